@@ -1,0 +1,26 @@
+"""mine-vae: text variational autoencoders with a mutual-information critic, native to Hugging Face transformers."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_mine_vae import MineVaeConfig
+from .critic import MineCritic, mi_lower_bound
+from .modeling_mine_vae import MineVaeModel, MineVaeOutput, MineVaePosterior, MineVaePreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(MineVaeConfig.model_type, MineVaeConfig, exist_ok=True)
+AutoModel.register(MineVaeConfig, MineVaeModel, exist_ok=True)
+# save_pretrained copies the modelling files and writes `auto_map`, so the folder loads with trust_remote_code alone.
+MineVaeConfig.register_for_auto_class()
+MineVaeModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "MineCritic",
+    "MineVaeConfig",
+    "MineVaeModel",
+    "MineVaeOutput",
+    "MineVaePosterior",
+    "MineVaePreTrainedModel",
+    "__version__",
+    "mi_lower_bound",
+]

@@ -1,0 +1,147 @@
+"""Configuration of a MINE-VAE: a pretrained encoder and causal decoder around a Gaussian latent, plus an MI critic."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_MODES = ("pooler", "first", "mean")
+LATENT_INJECTIONS = ("memory", "embedding", "both")
+XI_MODES = ("dv", "ema")
+
+
+class MineVaeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MineVaeModel`]: q(z|x) from a pretrained encoder, a Gaussian latent z, p(x|z) from a
+    pretrained causal language model, and a critic f(x, z) whose score gives a lower bound on I(x; z).
+
+    Args:
+        encoder (`PreTrainedConfig` or `dict`):
+            Config of the encoder (any model `AutoModel` can build, BERT family in practice).
+        decoder (`PreTrainedConfig` or `dict`):
+            Config of the causal decoder (any model `AutoModelForCausalLM` can build: GPT-2, Llama family, ...).
+        latent_size (`int`, defaults to 32):
+            Dimension of z.
+        pooling (`str`, defaults to `"mean"`):
+            How the encoder states become the vector the posterior is read from: `"pooler"` (the encoder's own
+            pooler output), `"first"` (the first token's state) or `"mean"` (the mean over unmasked tokens).
+        latent_injection (`str`, defaults to `"both"`):
+            How z reaches the decoder: `"memory"` (z is projected to one extra key/value position in every decoder
+            layer, with separate key and value projections), `"embedding"` (z is projected and added to every input
+            embedding, generated tokens included) or `"both"`.
+        critic_hidden_size (`int`, defaults to 256):
+            Width of the critic's hidden layers.
+        critic_num_layers (`int`, defaults to 2):
+            Number of hidden layers of the critic.
+        xi (`float` or `str`, defaults to 1.0):
+            The ξ of the bound E_joint[f] - ξ E_marginal[e^f] + log ξ + 1. A positive number is used as is (1.0 is
+            the NWJ bound); `"dv"` sets ξ = 1 / E_marginal[e^f] (Donsker-Varadhan, MINE); `"ema"` uses a moving
+            average of E_marginal[e^f] instead (MINE's bias-corrected gradient).
+        ema_decay (`float`, defaults to 0.99):
+            Decay of that moving average (only used with `xi="ema"`).
+        kl_weight (`float`, defaults to 1.0):
+            β, the weight of the KL term.
+        mi_weight (`float`, defaults to 1.0):
+            λ, the weight of the MI lower bound (subtracted from the loss).
+        free_bits (`float`, defaults to 0.0):
+            Free-bits threshold per latent dimension, in nats: a dimension's batch-mean KL below it costs nothing.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the initialisation of the heads this model adds (posterior, injection, critic).
+    """
+
+    model_type = "mine_vae"
+    keys_to_ignore_at_inference = ["past_key_values", "mu", "logvar", "z", "pooler_output", "kl_per_dimension"]
+    sub_configs_defaults = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "decoder": SubConfigSpec(config_class=AutoConfig, model_type="gpt2"),
+    }
+
+    encoder: PreTrainedConfig | dict | None = None
+    decoder: PreTrainedConfig | dict | None = None
+    latent_size: int = 32
+    pooling: str = "mean"
+    latent_injection: str = "both"
+    critic_hidden_size: int = 256
+    critic_num_layers: int = 2
+    xi: float | str = 1.0
+    ema_decay: float = 0.99
+    kl_weight: float = 1.0
+    mi_weight: float = 1.0
+    free_bits: float = 0.0
+    initializer_range: float = 0.02
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    decoder_start_token_id: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)
+        # The decoder's special tokens drive generation; inherit them unless given explicitly.
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(self.decoder, name, None))
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.bos_token_id if self.bos_token_id is not None else self.eos_token_id
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Raise a `ValueError` naming the field and what is allowed when the config contradicts itself."""
+        _require(_is_int(self.latent_size) and self.latent_size > 0, "latent_size", self.latent_size, "a positive integer")
+        _require(self.pooling in POOLING_MODES, "pooling", self.pooling, f"one of {POOLING_MODES}")
+        _require(
+            self.latent_injection in LATENT_INJECTIONS,
+            "latent_injection",
+            self.latent_injection,
+            f"one of {LATENT_INJECTIONS}",
+        )
+        _require(
+            _is_int(self.critic_hidden_size) and self.critic_hidden_size > 0,
+            "critic_hidden_size",
+            self.critic_hidden_size,
+            "a positive integer",
+        )
+        _require(
+            _is_int(self.critic_num_layers) and self.critic_num_layers > 0,
+            "critic_num_layers",
+            self.critic_num_layers,
+            "a positive integer",
+        )
+        _require(
+            self.xi in XI_MODES or (_is_number(self.xi) and math.isfinite(self.xi) and self.xi > 0),
+            "xi",
+            self.xi,
+            f"a positive number or one of {XI_MODES}",
+        )
+        _require(_is_number(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1)")
+        for name in ("kl_weight", "mi_weight", "free_bits"):
+            value = getattr(self, name)
+            _require(_is_number(value) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        if self.pooling == "pooler" and getattr(self.encoder, "add_pooling_layer", True) is False:
+            raise ValueError("pooling='pooler' needs an encoder with a pooler; use pooling='first' or 'mean'.")
+
+    @property
+    def injects_memory(self) -> bool:
+        return self.latent_injection in ("memory", "both")
+
+    @property
+    def injects_embedding(self) -> bool:
+        return self.latent_injection in ("embedding", "both")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(condition: bool, field: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"MineVaeConfig.{field}={value!r} is not allowed: it must be {allowed}.")
+
+
+__all__ = ["MineVaeConfig"]

@@ -1,0 +1,562 @@
+"""MINE-VAE: a text VAE whose encoder and decoder are pretrained transformers, with a mutual-information critic head.
+
+This file also loads as remote code (`trust_remote_code=True`): it imports only installed libraries and its sibling
+modules `configuration_mine_vae` and `critic`, relatively.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput, logging
+
+from .configuration_mine_vae import MineVaeConfig
+from .critic import MineCritic, derangement
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MineVaePosterior(ModelOutput):
+    """
+    The Gaussian posterior q(z|x) = N(mu, diag(exp(logvar))).
+
+    Args:
+        mu (`torch.FloatTensor` of shape `(batch_size, latent_size)`): posterior means.
+        logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`): posterior log-variances.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`): the pooled encoder states
+            the posterior was read from; detached, they are also what the critic sees of x.
+    """
+
+    mu: torch.FloatTensor | None = None
+    logvar: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+
+    def sample(self, num_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps (reparameterised). Shape `(batch_size, latent_size)`, or
+        `(num_samples, batch_size, latent_size)` when `num_samples` is given."""
+        shape = self.mu.shape if num_samples is None else (num_samples, *self.mu.shape)
+        eps = torch.randn(shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + torch.exp(0.5 * self.logvar) * eps
+
+    def kl_per_dimension(self) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) per latent dimension, averaged over the batch: shape `(latent_size,)`."""
+        kl = 0.5 * (self.mu.float().pow(2) + self.logvar.float().exp() - 1.0 - self.logvar.float())
+        return kl.mean(dim=0)
+
+
+@dataclass
+class MineVaeOutput(ModelOutput):
+    """
+    Output of [`MineVaeModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` scalar, *optional*, with `labels`):
+            reconstruction_loss + kl_weight * KL (after free bits) - mi_weight * mi_lower_bound.
+        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): decoder logits.
+        reconstruction_loss (`torch.FloatTensor` scalar, *optional*): -log p(x|z), summed over the label tokens of
+            each sentence and averaged over the batch (nats per sentence).
+        kl (`torch.FloatTensor` scalar, *optional*): KL(q(z|x) || p(z)) per sentence, averaged over the batch.
+        kl_per_dimension (`torch.FloatTensor` of shape `(latent_size,)`, *optional*): the same per latent dimension.
+        mi_lower_bound (`torch.FloatTensor` scalar, *optional*): the critic's lower bound on I(x; z), in nats, with the
+            critic's parameters held fixed (gradients reach the encoder through z only). Needs at least 2 examples.
+        mu, logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`, *optional*): the posterior.
+        z (`torch.FloatTensor` of shape `(batch_size, latent_size)`): the latent the decoder was conditioned on.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`, *optional*): pooled
+            encoder states (the critic's view of x, detached).
+        past_key_values (`Cache`, *optional*): the decoder's cache, the latent's key/value position included.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    kl: torch.FloatTensor | None = None
+    kl_per_dimension: torch.FloatTensor | None = None
+    mi_lower_bound: torch.FloatTensor | None = None
+    mu: torch.FloatTensor | None = None
+    logvar: torch.FloatTensor | None = None
+    z: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+
+
+class MineVaePreTrainedModel(PreTrainedModel):
+    config: MineVaeConfig
+    config_class = MineVaeConfig
+    base_model_prefix = "mine_vae"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MineCritic):
+            module.log_ema.zero_()
+            module.ema_updates.zero_()
+
+
+class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
+    r"""
+    A text VAE with a mutual-information critic (Qian & Cheung, 2019).
+
+    x -> encoder -> pooled h -> (mu, logvar) -> z = mu + sigma * eps -> decoder p(x|z), where z enters the decoder as
+    one extra key/value position in every layer (`memory`), as a vector added to every input embedding
+    (`embedding`), or both. A critic f(x, z) scores joint pairs (x_i, z_i) and marginal pairs (x_i, z_perm(i)) and
+    gives a lower bound on I(x; z) that the loss rewards with weight `config.mi_weight`.
+
+    The critic is trained by its own step (see `critic_loss` and `MineVaeTrainer`): inside `forward` its parameters are
+    held fixed, so the loss's gradient reaches the encoder only through z.
+    """
+
+    def __init__(
+        self,
+        config: MineVaeConfig,
+        encoder: PreTrainedModel | None = None,
+        decoder: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder)
+        self.decoder = decoder if decoder is not None else AutoModelForCausalLM.from_config(config.decoder)
+        # The sub-models read the composite config's sections, so edits to one are seen by the other.
+        self.config.encoder._attn_implementation = self.encoder.config._attn_implementation
+        self.config.decoder._attn_implementation = self.decoder.config._attn_implementation
+        self.encoder.config = self.config.encoder
+        self.decoder.config = self.config.decoder
+        if self.decoder.get_output_embeddings() is None:
+            raise ValueError(
+                f"The decoder {type(self.decoder).__name__} has no language-model head; give a causal LM "
+                "(a model AutoModelForCausalLM can build)."
+            )
+
+        encoder_hidden = config.encoder.hidden_size
+        decoder_hidden = config.decoder.hidden_size
+        self.posterior = nn.Linear(encoder_hidden, 2 * config.latent_size)
+        if config.injects_memory:
+            num_layers, num_kv_heads, head_dim = _decoder_kv_geometry(self.decoder)
+            self._kv_shape = (num_kv_heads, 1, head_dim)
+            self.latent_to_key = nn.Linear(config.latent_size, num_layers * num_kv_heads * head_dim)
+            self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * head_dim)
+        if config.injects_embedding:
+            self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
+        self.critic = MineCritic(
+            feature_size=encoder_hidden,
+            latent_size=config.latent_size,
+            hidden_size=config.critic_hidden_size,
+            num_layers=config.critic_num_layers,
+            xi=config.xi,
+            ema_decay=config.ema_decay,
+        )
+        # The critic has its own optimizer and step; distributed training syncs its gradients there, not in DDP.
+        self._ddp_params_and_buffers_to_ignore = [f"critic.{name}" for name, _ in self.critic.named_parameters()]
+        self.generation_config.decoder_start_token_id = config.decoder_start_token_id
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Construction from two pretrained models
+    # ----------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_pretrained_model_name_or_path: str,
+        decoder_pretrained_model_name_or_path: str,
+        **kwargs,
+    ) -> MineVaeModel:
+        """
+        Build a MINE-VAE from a pretrained encoder and a pretrained causal decoder (local folders or Hub ids).
+
+        Keyword arguments prefixed `encoder_` go to the encoder's `AutoModel.from_pretrained`, those prefixed `decoder_`
+        to the decoder's `AutoModelForCausalLM.from_pretrained` (e.g. `decoder_gguf_file=...`, `decoder_dtype=...`);
+        the rest configure the [`MineVaeConfig`] (e.g. `latent_size=64`, `xi="dv"`). The new heads (posterior, latent
+        injection, critic) start from random weights.
+        """
+        encoder_kwargs = {k[len("encoder_") :]: v for k, v in kwargs.items() if k.startswith("encoder_")}
+        decoder_kwargs = {k[len("decoder_") :]: v for k, v in kwargs.items() if k.startswith("decoder_")}
+        config_kwargs = {k: v for k, v in kwargs.items() if not k.startswith(("encoder_", "decoder_"))}
+        encoder = AutoModel.from_pretrained(encoder_pretrained_model_name_or_path, **encoder_kwargs)
+        decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **decoder_kwargs)
+        if encoder.get_output_embeddings() is not None:
+            raise ValueError(
+                f"{encoder_pretrained_model_name_or_path} loaded with a language-model head; give an encoder "
+                "checkpoint that AutoModel loads as a base model (e.g. a BERT-family encoder)."
+            )
+        config = MineVaeConfig(encoder=encoder.config, decoder=decoder.config, **config_kwargs)
+        return cls(config, encoder=encoder, decoder=decoder)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        if self.config.injects_memory:
+            # Checkpointed decoder layers are called without the cache, which is where z's key/value position lives.
+            raise ValueError(
+                "Gradient checkpointing drops the decoder cache that carries z with latent_injection="
+                f"'{self.config.latent_injection}'; use latent_injection='embedding' to checkpoint activations."
+            )
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.decoder.set_output_embeddings(new_embeddings)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # The VAE's parts
+    # ----------------------------------------------------------------------------------------------------------------
+    def encode(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> MineVaePosterior:
+        """
+        q(z|x) for a batch of encoder inputs.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids.
+            attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): 1 on real tokens.
+            token_type_ids (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*).
+
+        Returns:
+            [`MineVaePosterior`] with `mu`, `logvar` of shape `(batch_size, latent_size)`.
+        """
+        if input_ids is None or input_ids.numel() == 0:
+            raise ValueError("encode() got an empty batch: pass at least one non-empty sequence of encoder input_ids.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
+        if token_type_ids is not None:
+            encoder_kwargs["token_type_ids"] = token_type_ids
+        encoder_outputs = self.encoder(**encoder_kwargs)
+        pooled = self._pool(encoder_outputs, attention_mask)
+        mu, logvar = self.posterior(pooled).float().chunk(2, dim=-1)
+        return MineVaePosterior(mu=mu, logvar=logvar, pooler_output=pooled.detach())
+
+    def _pool(self, encoder_outputs: ModelOutput, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "pooler":
+            pooled = getattr(encoder_outputs, "pooler_output", None)
+            if pooled is None:
+                raise ValueError(
+                    f"pooling='pooler' but the encoder {type(self.encoder).__name__} returns no pooler_output; "
+                    "use pooling='first' or 'mean'."
+                )
+            return pooled
+        states = encoder_outputs.last_hidden_state
+        if self.config.pooling == "first":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def mi_lower_bound(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """
+        The critic's lower bound on I(x; z) with the critic's parameters held fixed: gradients flow into `latent`
+        only. Needs `batch_size >= 2` (marginal pairs pair each example with another example's z).
+
+        Args:
+            pooler_output (`torch.Tensor` of shape `(batch_size, encoder_hidden_size)`): the critic's view of x.
+            latent (`torch.Tensor` of shape `(batch_size, latent_size)`): z.
+        """
+        permutation = derangement(latent.shape[0], device=latent.device)
+        frozen = {name: param.detach() for name, param in self.critic.named_parameters()}
+        frozen.update(dict(self.critic.named_buffers()))
+        joint, marginal = torch.func.functional_call(
+            self.critic, frozen, (pooler_output.detach(), latent, permutation)
+        )
+        return self.critic.lower_bound(joint, marginal)
+
+    def critic_loss(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """
+        The critic's own objective, -bound, with x's view and z detached: its gradient reaches only the critic's
+        parameters. With `xi="ema"` it also updates the moving average. Needs `batch_size >= 2`.
+        """
+        permutation = derangement(latent.shape[0], device=latent.device)
+        joint, marginal = self.critic(pooler_output.detach(), latent.detach(), permutation)
+        self.critic.update_moving_average(marginal)
+        return -self.critic.lower_bound(joint, marginal)
+
+    def _latent_cache(self, latent: torch.Tensor, cache: Cache | None) -> Cache:
+        """Write z's key/value position into (a fresh, or an empty) decoder cache, layer by layer."""
+        if cache is None:
+            cache = DynamicCache(config=self.config.decoder)
+        dtype = self.decoder.get_input_embeddings().weight.dtype
+        batch_size = latent.shape[0]
+        keys = self.latent_to_key(latent.to(self.latent_to_key.weight.dtype)).to(dtype)
+        values = self.latent_to_value(latent.to(self.latent_to_value.weight.dtype)).to(dtype)
+        keys = keys.view(batch_size, -1, *self._kv_shape).unbind(1)
+        values = values.view(batch_size, -1, *self._kv_shape).unbind(1)
+        for layer_idx, (key, value) in enumerate(zip(keys, values)):
+            cache.update(key, value, layer_idx)
+        return cache
+
+    def _decode(
+        self,
+        latent: torch.Tensor,
+        decoder_input_ids: torch.LongTensor,
+        decoder_attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        use_cache: bool,
+        **decoder_kwargs,
+    ) -> ModelOutput:
+        """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
+        if self.config.injects_memory:
+            if past_key_values is None or past_key_values.get_seq_length() == 0:
+                past_key_values = self._latent_cache(latent, past_key_values)
+            if decoder_attention_mask is not None:
+                decoder_attention_mask = torch.cat(
+                    [decoder_attention_mask.new_ones(decoder_attention_mask.shape[0], 1), decoder_attention_mask], dim=1
+                )
+        embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
+        if self.config.injects_embedding:
+            shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
+            embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)
+        return self.decoder(
+            inputs_embeds=embeddings,
+            attention_mask=decoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            return_dict=True,
+            **decoder_kwargs,
+        )
+
+    def log_likelihood(
+        self,
+        latent: torch.Tensor,
+        decoder_input_ids: torch.LongTensor,
+        labels: torch.LongTensor,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        log p(x|z) per example: the sum over label positions (labels != -100) of log p(token | z, previous tokens).
+
+        Args:
+            latent (`torch.Tensor` of shape `(batch_size, latent_size)`).
+            decoder_input_ids, labels, decoder_attention_mask (`(batch_size, target_length)`): as in `forward`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size,)`.
+        """
+        self._check_decoder_length(decoder_input_ids.shape[1])
+        logits = self._decode(latent, decoder_input_ids, decoder_attention_mask, None, use_cache=False).logits
+        return -_token_nll(logits, labels).sum(dim=1)
+
+    def _check_decoder_length(self, length: int) -> None:
+        limit = getattr(self.config.decoder, "max_position_embeddings", None)
+        prefix = 1 if self.config.injects_memory else 0
+        if limit is not None and length + prefix > limit:
+            raise ValueError(
+                f"The decoder sequence has {length} tokens (+{prefix} latent position) but the decoder accepts "
+                f"{limit} positions; truncate the text (MineVaeProcessor(max_decoder_length=...) does, with a warning)."
+            )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # forward
+    # ----------------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        latent: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        sample_latent: bool | None = None,
+        kl_weight: float | None = None,
+        mi_weight: float | None = None,
+        return_dict: bool | None = None,
+        **decoder_kwargs,
+    ) -> MineVaeOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids of x.
+            attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): encoder mask.
+            decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): decoder inputs,
+                BOS first. Built from `labels` (shifted right, BOS prepended) when omitted.
+            decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*).
+            labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): the targets aligned with
+                `decoder_input_ids` (label t is the token after input t), -100 where ignored.
+            latent (`torch.Tensor` of shape `(batch_size, latent_size)`, *optional*): decode from this z; the encoder,
+                the KL and the MI bound are skipped.
+            sample_latent (`bool`, *optional*): use a posterior sample (default in training mode) or the posterior
+                mean (default in eval mode, like dropout).
+            kl_weight, mi_weight (`float`, *optional*): override `config.kl_weight` / `config.mi_weight` for this
+                call (the trainer's schedules use this).
+
+        Returns:
+            [`MineVaeOutput`].
+        """
+        posterior = None
+        if latent is None:
+            if input_ids is None:
+                raise ValueError("forward() needs encoder `input_ids` (to encode x) or a `latent` z to decode from.")
+            posterior = self.encode(input_ids, attention_mask, token_type_ids)
+            sample = self.training if sample_latent is None else sample_latent
+            latent = posterior.sample() if sample else posterior.mu
+        elif latent.ndim != 2 or latent.shape[-1] != self.config.latent_size:
+            raise ValueError(
+                f"latent must have shape (batch_size, {self.config.latent_size}), got {tuple(latent.shape)}."
+            )
+
+        if decoder_input_ids is None and labels is not None:
+            decoder_input_ids = self._shift_right(labels)
+        kl_per_dimension = kl = bound = logits = cache = reconstruction = loss = None
+        if posterior is not None:
+            kl_per_dimension = posterior.kl_per_dimension()
+            kl = kl_per_dimension.sum()
+            if latent.shape[0] >= 2:
+                bound = self.mi_lower_bound(posterior.pooler_output, latent)
+
+        if decoder_input_ids is not None:
+            cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+            self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - 1, 0))
+            use_cache = bool(use_cache)
+            decoder_outputs = self._decode(
+                latent, decoder_input_ids, decoder_attention_mask, past_key_values, use_cache, **decoder_kwargs
+            )
+            logits = decoder_outputs.logits
+            cache = decoder_outputs.past_key_values if use_cache else None
+
+        if labels is not None:
+            reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
+            loss = reconstruction
+            if posterior is not None:
+                beta = self.config.kl_weight if kl_weight is None else kl_weight
+                lam = self.config.mi_weight if mi_weight is None else mi_weight
+                loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
+                if bound is not None and lam > 0:
+                    loss = loss - lam * bound
+
+        return MineVaeOutput(
+            loss=loss,
+            logits=logits,
+            reconstruction_loss=reconstruction,
+            kl=kl,
+            kl_per_dimension=kl_per_dimension,
+            mi_lower_bound=bound,
+            mu=posterior.mu if posterior is not None else None,
+            logvar=posterior.logvar if posterior is not None else None,
+            z=latent,
+            pooler_output=posterior.pooler_output if posterior is not None else None,
+            past_key_values=cache,
+        )
+
+    def _shift_right(self, labels: torch.LongTensor) -> torch.LongTensor:
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to build decoder inputs from labels.")
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else start
+        shifted = labels.new_full(labels.shape, start)
+        shifted[:, 1:] = labels[:, :-1]
+        return shifted.masked_fill(shifted == -100, pad)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Latent-space helpers
+    # ----------------------------------------------------------------------------------------------------------------
+    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`num_samples` draws from the prior N(0, I): shape `(num_samples, latent_size)`."""
+        return torch.randn(num_samples, self.config.latent_size, generator=generator, device=self.device)
+
+    @staticmethod
+    def interpolate(start: torch.Tensor, end: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """
+        `num_steps` latents evenly spaced on the line from `start` to `end` (both of shape `(latent_size,)`, or
+        `(1, latent_size)`), endpoints included: shape `(num_steps, latent_size)`.
+        """
+        if num_steps < 2:
+            raise ValueError(f"num_steps must be at least 2 (both endpoints), got {num_steps}.")
+        start, end = start.reshape(-1), end.reshape(-1)
+        if start.shape != end.shape:
+            raise ValueError(f"start and end latents differ in size: {tuple(start.shape)} vs {tuple(end.shape)}.")
+        weights = torch.linspace(0, 1, num_steps, device=start.device, dtype=start.dtype).unsqueeze(1)
+        return (1 - weights) * start + weights * end
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
+        sample_latent: bool = False,
+        **kwargs,
+    ) -> torch.LongTensor:
+        r"""
+        Decode text from a latent, with every option of [`~GenerationMixin.generate`] (greedy, sampling, beam search,
+        `num_return_sequences`, `max_new_tokens`, ...), using the key/value cache.
+
+        Either give encoder inputs (`input_ids`, `attention_mask`): x is encoded and decoded from the posterior mean
+        (or a posterior sample with `sample_latent=True`): reconstruction / paraphrase. Or give `latent` of shape
+        `(batch_size, latent_size)`: prior samples (`model.sample_prior(n)`), interpolations (`model.interpolate`).
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size * num_return_sequences, length)`: decoder token ids, starting with
+            the decoder start token (`skip_special_tokens=True` drops it when decoding).
+        """
+        if latent is None:
+            if input_ids is None:
+                raise ValueError("generate() needs encoder `input_ids` (to reconstruct) or a `latent` to decode from.")
+            posterior = self.encode(input_ids, attention_mask, kwargs.pop("token_type_ids", None))
+            latent = posterior.sample() if sample_latent else posterior.mu
+        if latent.ndim != 2 or latent.shape[-1] != self.config.latent_size or latent.shape[0] == 0:
+            raise ValueError(
+                f"latent must have shape (batch_size, {self.config.latent_size}) with batch_size >= 1, "
+                f"got {tuple(latent.shape)}; sample one with model.sample_prior(n)."
+            )
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to generate.")
+        latent = latent.to(self.device)
+        prompt = torch.full((latent.shape[0], 1), start, dtype=torch.long, device=self.device)
+        # An explicit mask: the start token may equal the pad token (GPT-2), which generate() would mask out.
+        return super().generate(prompt, attention_mask=torch.ones_like(prompt), latent=latent, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        # GenerationMixin's `input_ids`/`attention_mask` are the decoder's: rename them to this model's decoder inputs.
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        inputs["decoder_input_ids"] = inputs.pop("input_ids")
+        inputs["decoder_attention_mask"] = inputs.pop("attention_mask", None)
+        return inputs
+
+
+def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32, 0 where labels are -100: shape `(batch_size, target_length)`."""
+    return F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+
+
+def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of a decoder that can take a key/value prefix; a clear error otherwise."""
+    config = decoder.config
+    accepts_cache = "past_key_values" in inspect.signature(decoder.forward).parameters
+    num_heads = getattr(config, "num_attention_heads", None)
+    if (
+        not accepts_cache
+        or num_heads is None
+        or getattr(config, "is_encoder_decoder", False)
+        or not decoder._supports_default_dynamic_cache()
+        or getattr(decoder, "_is_stateful", False)
+    ):
+        raise ValueError(
+            f"The decoder {type(decoder).__name__} cannot take a key/value prefix, which latent_injection='memory' "
+            "and 'both' need; use latent_injection='embedding'."
+        )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+    return config.num_hidden_layers, num_kv_heads, head_dim
+
+
+__all__ = ["MineVaeModel", "MineVaeOutput", "MineVaePosterior", "MineVaePreTrainedModel"]
