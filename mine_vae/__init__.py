@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, mi_lower_bound
 from .modeling_mine_vae import MineVaeModel, MineVaeOutput, MineVaePosterior, MineVaePreTrainedModel
+from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
 
 __version__ = "0.1.0"
 
@@ -17,10 +18,12 @@ MineVaeModel.register_for_auto_class("AutoModel")
 __all__ = [
     "MineCritic",
     "MineVaeConfig",
+    "MineVaeDataCollator",
     "MineVaeModel",
     "MineVaeOutput",
     "MineVaePosterior",
     "MineVaePreTrainedModel",
+    "MineVaeProcessor",
     "__version__",
     "mi_lower_bound",
 ]

@@ -89,7 +89,9 @@ class MineVaeConfig(PreTrainedConfig):
 
     def _check_fields(self) -> None:
         """Raise a `ValueError` naming the field and what is allowed when the config contradicts itself."""
-        _require(_is_int(self.latent_size) and self.latent_size > 0, "latent_size", self.latent_size, "a positive integer")
+        _require(
+            _is_int(self.latent_size) and self.latent_size > 0, "latent_size", self.latent_size, "a positive integer"
+        )
         _require(self.pooling in POOLING_MODES, "pooling", self.pooling, f"one of {POOLING_MODES}")
         _require(
             self.latent_injection in LATENT_INJECTIONS,
@@ -115,7 +117,9 @@ class MineVaeConfig(PreTrainedConfig):
             self.xi,
             f"a positive number or one of {XI_MODES}",
         )
-        _require(_is_number(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1)")
+        _require(
+            _is_number(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1)"
+        )
         for name in ("kl_weight", "mi_weight", "free_bits"):
             value = getattr(self, name)
             _require(_is_number(value) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")

@@ -7,11 +7,12 @@ modules `configuration_mine_vae` and `critic`, relatively.
 from __future__ import annotations
 
 import inspect
-import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
@@ -95,6 +96,30 @@ class MineVaePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args, **kwargs):
+        """Like [`PreTrainedModel.from_pretrained`], but only ever reads safetensors weights: pickled weights
+        (`.bin`, `.pt`) can run arbitrary code when loaded, so they are refused, and a corrupt file gets an error
+        that says so."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("MINE-VAE models load safetensors weights only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"The safetensors weights of {pretrained_model_name_or_path} are corrupt or incomplete ({error}); "
+                "save or download the checkpoint again, or load the previous checkpoint."
+            ) from error
+        except OSError as error:
+            if "safetensors" not in str(error):
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no safetensors weights. MINE-VAE never loads pickled weights "
+                "(.bin/.pt can run code when unpickled); convert them in a trusted environment with "
+                "`model.save_pretrained(folder)` (which writes model.safetensors)."
+            ) from error
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -191,14 +216,14 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         config = MineVaeConfig(encoder=encoder.config, decoder=decoder.config, **config_kwargs)
         return cls(config, encoder=encoder, decoder=decoder)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, *args, **kwargs) -> None:
         if self.config.injects_memory:
             # Checkpointed decoder layers are called without the cache, which is where z's key/value position lives.
             raise ValueError(
                 "Gradient checkpointing drops the decoder cache that carries z with latent_injection="
                 f"'{self.config.latent_injection}'; use latent_injection='embedding' to checkpoint activations."
             )
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        super().activation_checkpointing_enable(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.decoder.get_input_embeddings()
@@ -268,9 +293,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         permutation = derangement(latent.shape[0], device=latent.device)
         frozen = {name: param.detach() for name, param in self.critic.named_parameters()}
         frozen.update(dict(self.critic.named_buffers()))
-        joint, marginal = torch.func.functional_call(
-            self.critic, frozen, (pooler_output.detach(), latent, permutation)
-        )
+        joint, marginal = torch.func.functional_call(self.critic, frozen, (pooler_output.detach(), latent, permutation))
         return self.critic.lower_bound(joint, marginal)
 
     def critic_loss(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -454,7 +477,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     def _shift_right(self, labels: torch.LongTensor) -> torch.LongTensor:
         start = self.config.decoder_start_token_id
         if start is None:
-            raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to build decoder inputs from labels.")
+            raise ValueError(
+                "Set config.decoder_start_token_id (the decoder's BOS) to build decoder inputs from labels."
+            )
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else start
         shifted = labels.new_full(labels.shape, start)
         shifted[:, 1:] = labels[:, :-1]
@@ -533,9 +558,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
     """Per-token negative log-likelihood in float32, 0 where labels are -100: shape `(batch_size, target_length)`."""
-    return F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-    )
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
 
 
 def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:

@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from mine_vae.critic import MineCritic, derangement, mi_lower_bound
+
+
+def hand_bound(joint: list[float], marginal: list[float], xi: float) -> float:
+    mean_exp = sum(math.exp(m) for m in marginal) / len(marginal)
+    return sum(joint) / len(joint) - xi * mean_exp + math.log(xi) + 1
+
+
+@pytest.mark.parametrize("xi", [1.0, 0.5, 3.0])
+def test_fixed_xi_bound_matches_hand_computation(xi):
+    joint, marginal = [1.5, 0.2, -0.3, 2.0], [0.1, -1.0, 0.7, 0.0]
+    got = mi_lower_bound(torch.tensor(joint), torch.tensor(marginal), xi=xi)
+    assert got.item() == pytest.approx(hand_bound(joint, marginal, xi), rel=1e-6)
+
+
+def test_dv_bound_is_the_best_xi():
+    joint, marginal = [1.5, 0.2, -0.3, 2.0], [0.1, -1.0, 0.7, 0.0]
+    mean_exp = sum(math.exp(m) for m in marginal) / len(marginal)
+    dv = mi_lower_bound(torch.tensor(joint), torch.tensor(marginal), xi="dv").item()
+    assert dv == pytest.approx(sum(joint) / 4 - math.log(mean_exp), rel=1e-6)
+    # DV is the fixed-xi bound at xi = 1 / E[e^f], and no other xi gives more.
+    assert dv == pytest.approx(hand_bound(joint, marginal, 1 / mean_exp), rel=1e-6)
+    for xi in (0.3, 1.0, 2.0):
+        assert dv >= hand_bound(joint, marginal, xi)
+
+
+def test_ema_bound_uses_the_moving_average_as_inverse_xi():
+    joint, marginal = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -0.5])
+    log_ema = torch.tensor(0.3)
+    got = mi_lower_bound(joint, marginal, xi="ema", log_ema=log_ema).item()
+    assert got == pytest.approx(hand_bound([1.0, 2.0], [0.5, -0.5], math.exp(-0.3)), rel=1e-6)
+    with pytest.raises(ValueError, match="log_ema"):
+        mi_lower_bound(joint, marginal, xi="ema")
+
+
+@pytest.mark.parametrize("xi", [1.0, "dv", "ema"])
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_bound_stays_finite_for_huge_scores(xi, scale):
+    joint = torch.full((8,), scale, requires_grad=True)
+    marginal = torch.full((8,), scale, requires_grad=True)
+    bound = mi_lower_bound(joint, marginal, xi=xi, log_ema=torch.tensor(0.0))
+    bound.backward()
+    assert torch.isfinite(bound)
+    assert torch.isfinite(joint.grad).all() and torch.isfinite(marginal.grad).all()
+
+
+def test_huge_marginal_scores_give_a_very_negative_but_finite_bound():
+    bound = mi_lower_bound(torch.zeros(4), torch.full((4,), 1e4), xi=1.0)
+    assert torch.isfinite(bound) and bound.item() < -1e8
+
+
+def test_derangement_has_no_fixed_point():
+    for size in (2, 3, 7, 64):
+        for seed in range(20):
+            perm = derangement(size, generator=torch.Generator().manual_seed(seed))
+            assert sorted(perm.tolist()) == list(range(size))
+            assert (perm != torch.arange(size)).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1)
+
+
+def test_critic_moving_average_starts_at_first_batch_then_decays():
+    critic = MineCritic(feature_size=4, latent_size=3, hidden_size=8, num_layers=2, xi="ema", ema_decay=0.9)
+    first, second = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 2.0])
+    critic.update_moving_average(first)
+    expected = math.log((1 + math.e) / 2)
+    assert critic.log_ema.item() == pytest.approx(expected, rel=1e-6)
+    critic.update_moving_average(second)
+    expected = math.log(0.9 * math.exp(expected) + 0.1 * math.exp(2.0))
+    assert critic.log_ema.item() == pytest.approx(expected, rel=1e-6)
+    assert critic.ema_updates.item() == 2
+
+
+def test_critic_learns_dependence():
+    """Trained on pairs where z copies x, the critic's bound rises well above 0 (and stays 0-ish when independent)."""
+    torch.manual_seed(0)
+    critic = MineCritic(feature_size=4, latent_size=4, hidden_size=32, num_layers=2, xi="dv")
+    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    for _ in range(150):
+        x = torch.randn(64, 4)
+        z = x + 0.1 * torch.randn(64, 4)
+        joint, marginal = critic(x, z, derangement(64))
+        loss = -critic.lower_bound(joint, marginal)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x = torch.randn(256, 4)
+    with torch.no_grad():
+        dependent = critic.lower_bound(*critic(x, x + 0.1 * torch.randn(256, 4), derangement(256)))
+        independent = critic.lower_bound(*critic(x, torch.randn(256, 4), derangement(256)))
+    assert dependent.item() > 1.5
+    assert independent.item() < 0.5

@@ -1,0 +1,82 @@
+import pytest
+import tiny
+import torch
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model(request):
+    return tiny.model(request.param).eval()
+
+
+@pytest.fixture(scope="module")
+def encoder_inputs():
+    batch = tiny.processor()(tiny.sentences(3))
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_cached_greedy_decoding_equals_uncached(kind, injection):
+    model = tiny.model(kind, latent_injection=injection).eval()
+    z = model.sample_prior(4, generator=torch.Generator().manual_seed(0)) * 3
+    cached = model.generate(latent=z, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    uncached = model.generate(latent=z, max_new_tokens=12, do_sample=False, min_new_tokens=12, use_cache=False)
+    assert cached.shape == (4, 13)
+    assert torch.equal(cached, uncached)
+
+
+def test_greedy_generation_follows_forward_argmax(model):
+    """Each generated token is the argmax of a full forward pass over the prefix: the cache changes nothing."""
+    z = model.sample_prior(2, generator=torch.Generator().manual_seed(1)) * 3
+    tokens = model.generate(latent=z, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    logits = model(latent=z, decoder_input_ids=tokens[:, :-1]).logits
+    logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
+    assert torch.equal(logits.argmax(-1), tokens[:, 1:])
+
+
+def test_generation_starts_with_decoder_start_token(model):
+    tokens = model.generate(latent=model.sample_prior(2), max_new_tokens=3)
+    assert (tokens[:, 0] == model.config.decoder_start_token_id).all()
+
+
+def test_reconstruction_from_encoder_inputs_uses_posterior_mean(model, encoder_inputs):
+    from_text = model.generate(**encoder_inputs, max_new_tokens=8, do_sample=False)
+    mu = model.encode(**encoder_inputs).mu
+    from_mean = model.generate(latent=mu, max_new_tokens=8, do_sample=False)
+    assert torch.equal(from_text, from_mean)
+    torch.manual_seed(0)
+    sampled = model.generate(**encoder_inputs, sample_latent=True, max_new_tokens=8, do_sample=False)
+    assert sampled.shape[0] == 3
+
+
+def test_beam_search_and_num_return_sequences(model, encoder_inputs):
+    out = model.generate(**encoder_inputs, num_beams=3, num_return_sequences=2, max_new_tokens=5)
+    assert out.shape[0] == 6 and out.shape[1] <= 6
+
+
+def test_sampling_is_seeded_and_varies(model):
+    z = model.sample_prior(1).repeat(8, 1)
+    torch.manual_seed(0)
+    first = model.generate(latent=z, do_sample=True, top_k=10, max_new_tokens=8, min_new_tokens=8)
+    torch.manual_seed(0)
+    again = model.generate(latent=z, do_sample=True, top_k=10, max_new_tokens=8, min_new_tokens=8)
+    assert torch.equal(first, again)
+    assert len({tuple(row.tolist()) for row in first}) > 1
+
+
+def test_different_latents_decode_differently():
+    model = tiny.model("llama").eval()
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)) * 4
+    out = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert len({tuple(row.tolist()) for row in out}) > 1
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(8), torch.zeros(2, 5), torch.zeros(0, 8), torch.zeros(1, 2, 8)])
+def test_latent_of_wrong_shape_is_refused(model, bad):
+    with pytest.raises(ValueError, match=r"latent must have shape \(batch_size, 8\)"):
+        model.generate(latent=bad, max_new_tokens=2)
+
+
+def test_nothing_to_generate_from_is_refused(model):
+    with pytest.raises(ValueError, match="input_ids.*or a `latent`"):
+        model.generate(max_new_tokens=2)

@@ -1,0 +1,97 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tiny
+import torch
+from transformers import AutoModel
+
+from mine_vae import MineVaeModel
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_round_trip_gives_identical_outputs(tmp_path, kind):
+    model = tiny.model(kind, xi="ema").eval()
+    model.critic.update_moving_average(torch.tensor([0.3, 1.2]))
+    batch = tiny.processor()(tiny.sentences(4))
+    model.save_pretrained(tmp_path)
+    files = os.listdir(tmp_path)
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    loaded = MineVaeModel.from_pretrained(tmp_path).eval()
+    torch.manual_seed(0)
+    expected = model(**batch)
+    torch.manual_seed(0)
+    got = loaded(**batch)
+    for field in ("loss", "logits", "mu", "logvar", "mi_lower_bound"):
+        assert torch.equal(expected[field], got[field]), field
+    assert torch.equal(loaded.critic.log_ema, model.critic.log_ema)
+    z = model.sample_prior(2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.generate(latent=z, max_new_tokens=6), loaded.generate(latent=z, max_new_tokens=6))
+
+
+def test_saved_folder_carries_auto_map_and_code(tmp_path):
+    tiny.model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mine_vae.MineVaeConfig",
+        "AutoModel": "modeling_mine_vae.MineVaeModel",
+    }
+    assert {"modeling_mine_vae.py", "configuration_mine_vae.py", "critic.py"} <= set(os.listdir(tmp_path))
+
+
+def test_auto_model_loads_after_import(tmp_path):
+    tiny.model().save_pretrained(tmp_path)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MineVaeModel)
+
+
+def test_trust_remote_code_loads_in_a_process_that_never_imported_mine_vae(tmp_path):
+    model = tiny.model("llama").eval()
+    model.save_pretrained(tmp_path / "model")
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    expected = model.generate(latent=z, max_new_tokens=6, min_new_tokens=6).tolist()
+    script = textwrap.dedent(
+        f"""
+        import json, sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "mine_vae" not in sys.modules, "mine_vae was imported"
+        z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+        print(json.dumps(model.generate(latent=z, max_new_tokens=6, min_new_tokens=6).tolist()))
+        """
+    )
+    # Run from an empty folder with a clean path so the installed/checked-out package cannot be imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "mine_vae.py").write_text("raise ImportError('mine_vae must not be imported here')\n")
+    env["PYTHONPATH"] = str(blocker)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    tiny.model().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt or incomplete.*load the previous checkpoint"):
+        MineVaeModel.from_pretrained(tmp_path)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    model = tiny.model()
+    model.save_pretrained(tmp_path)
+    os.remove(tmp_path / "model.safetensors")
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="no safetensors weights.*never loads pickled weights"):
+        MineVaeModel.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="never loads pickled weights"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        MineVaeModel.from_pretrained(tmp_path, use_safetensors=False)
