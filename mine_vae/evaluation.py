@@ -1,0 +1,499 @@
+r"""The numbers text-VAE papers report, usable with or without a ``Trainer``.
+
+Notation: an evaluation set of ``N`` sentences ``x``, a diagonal Gaussian posterior
+``q(z|x) = N(mu(x), diag(exp(logvar(x))))`` over an ``L``-dimensional latent, the prior
+``p(z) = N(0, I)`` and the decoder ``p(x|z)``. All log-probabilities are natural logs (nats).
+
+Metrics returned by :func:`evaluate_vae` (keys of its dict):
+
+- ``nll``: importance-weighted negative log-likelihood per sentence (Burda et al. 2016, as in
+  Bowman et al. 2016 / He et al. 2019 / Li et al. 2020), with ``K`` samples
+  ``z_k ~ q(z|x)``:
+  ``-log p(x) ~= -[logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K]``,
+  averaged over sentences. It is an upper bound on the true NLL that tightens as ``K`` grows;
+  with ``K = 1`` it is the negative single-sample ELBO.
+- ``ppl``: perplexity per decoder token, ``exp(sum_x nll(x) / #label tokens)``, where the label
+  tokens are the positions of ``labels`` that are not ``-100`` (the end-of-sentence token
+  included, any start token excluded since it is never predicted).
+- ``ppl_word`` (only when word counts are known): ``exp(sum_x nll(x) / #words)``. Following
+  He et al. 2019, word counts should include one end-of-sentence token per sentence
+  (:func:`count_words` does this).
+- ``kl``: ``KL(q(z|x) || p(z))`` in closed form, summed over latent dimensions and averaged over
+  sentences.
+- ``mi``: the mutual information ``I_q(x; z)`` under the aggregate posterior, estimated as in
+  He et al. 2019 ("Lagging inference networks", ``calc_mi``):
+  ``E_x E_{q(z|x)}[log q(z|x)] - E_x E_{q(z|x)}[log q(z)]`` with
+  ``q(z) ~= (1/N) sum_j q(z|x_j)`` over the *whole* evaluation set (He et al. average per-batch
+  estimates instead, which caps each estimate at ``log(batch size)``). Both terms are averaged
+  over the same posterior samples (He et al. take the first in closed form; same expectation,
+  more variance: see :func:`mutual_information`).
+- ``au``: the number of active units (Burda et al. 2016): latent dimensions whose posterior mean
+  varies over the data, ``Var_x(E_{q(z|x)}[z_d]) > threshold`` (0.01), with the unbiased
+  variance as in He et al. 2019.
+- ``mi_bound``: the critic's lower bound on the MI (``model.mi_lower_bound``, Qian & Cheung
+  2019, on one posterior sample per sentence), averaged over batches.
+- ``reconstruction``: ``-log p(x|z)`` per sentence for one sample ``z ~ q(z|x)``, averaged over
+  sentences; ``elbo = -(reconstruction + kl)``.
+- ``bleu`` (only with ``compute_bleu=True``): corpus BLEU (sacrebleu, 0-100) of greedy
+  reconstructions decoded from the posterior mean against the input sentences.
+- ``num_examples``, ``num_tokens``, ``num_words``: the counts behind the averages.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# -------------------------------------------------------------------------------------------
+# Pure tensor functions
+# -------------------------------------------------------------------------------------------
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``log N(z; mu, diag(exp(logvar)))`` summed over the last (latent) dimension.
+
+    Args:
+        z: ``(..., L)``.
+        mu, logvar: broadcastable to ``z``, e.g. ``(B, L)`` against ``z`` of shape ``(K, B, L)``.
+    Returns:
+        ``(...)``: ``z``'s shape without the last dimension (after broadcasting).
+    """
+    return -0.5 * (_LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(dim=-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """``log N(z; 0, I)`` summed over the last dimension: ``(..., L) -> (...)``."""
+    return -0.5 * (_LOG_2PI + z.pow(2)).sum(dim=-1)
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Closed-form ``KL(N(mu, exp(logvar)) || N(0, 1))`` per latent dimension, averaged over the batch.
+
+    Args:
+        mu, logvar: ``(B, L)``.
+    Returns:
+        ``(L,)``; its sum is the mean KL per example.
+    """
+    if mu.dim() != 2 or mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must both be (B, L); got {tuple(mu.shape)} and {tuple(logvar.shape)}.")
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(dim=0)
+
+
+def importance_weighted_log_likelihood(
+    log_px_given_z: torch.Tensor, log_pz: torch.Tensor, log_qz_given_x: torch.Tensor
+) -> torch.Tensor:
+    """The importance-weighted estimate of ``log p(x)`` from ``K`` samples ``z_k ~ q(z|x)``.
+
+    ``logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K``; logsumexp keeps it exact
+    when the weights underflow (log-weights of whole sentences are in the hundreds of nats).
+
+    Args:
+        log_px_given_z, log_pz, log_qz_given_x: ``(K, B)``.
+    Returns:
+        ``(B,)``.
+    """
+    if not (log_px_given_z.shape == log_pz.shape == log_qz_given_x.shape) or log_pz.dim() != 2:
+        raise ValueError(
+            "log_px_given_z, log_pz and log_qz_given_x must all be (K, B); got "
+            f"{tuple(log_px_given_z.shape)}, {tuple(log_pz.shape)}, {tuple(log_qz_given_x.shape)}."
+        )
+    num_samples = log_pz.shape[0]
+    log_weights = log_px_given_z + log_pz - log_qz_given_x
+    return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)
+
+
+def mutual_information(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: int = 1,
+    chunk_size: int = 1024,
+    generator: torch.Generator | None = None,
+    closed_form_entropy: bool = False,
+) -> float:
+    """Aggregate-posterior estimate of ``I_q(x; z)`` (He et al. 2019, ``calc_mi``).
+
+    ``MI = E_x E_{q(z|x)}[log q(z|x)] - E_x E_{q(z|x)}[log q(z)]``, where
+    ``q(z) ~= (1/N) sum_j q(z|x_j)`` is the mixture of all ``N`` posteriors given, and ``x`` is
+    uniform over those examples. The expectations use ``num_samples`` draws ``z ~ q(z|x_i)`` per
+    example. The ``(M, N)`` matrix of ``log q(z_m|x_j)`` is built ``chunk_size`` rows at a time,
+    so memory is ``O(chunk_size * N)`` whatever ``N`` is (float64, because the quadratic form is
+    expanded into matrix products).
+
+    By default both terms are averaged over the *same* draws, i.e. the mean of
+    ``log q(z|x_i) - log q(z)``: the two terms are strongly correlated, so this has far less
+    variance than He et al.'s version, which takes the first term in closed form (the negative
+    entropy); both have the same expectation. Each paired term is at most ``log N``, so the
+    estimate is too, and it is exactly 0 when the posterior ignores ``x``.
+    ``closed_form_entropy=True`` reproduces He et al.'s ``calc_mi`` number for number.
+
+    Args:
+        mu, logvar: ``(N, L)`` posterior parameters of the whole evaluation set, ``N >= 2``.
+        num_samples: draws of ``z`` per example (He et al. use 1).
+        chunk_size: rows of ``z`` per chunk.
+        generator: optional ``torch.Generator`` (on ``mu``'s device) for reproducible draws.
+        closed_form_entropy: use the closed-form negative entropy for the first term (He et al.).
+    Returns:
+        The estimate in nats.
+    """
+    if mu.dim() != 2 or mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must both be (N, L); got {tuple(mu.shape)} and {tuple(logvar.shape)}.")
+    num_examples, latent_size = mu.shape
+    if num_examples < 2:
+        raise ValueError(
+            "mutual_information needs at least 2 examples: q(z) is approximated by the mixture of the "
+            f"posteriors of the evaluation set; got {num_examples}."
+        )
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(f"num_samples and chunk_size must be >= 1; got {num_samples} and {chunk_size}.")
+    mu = mu.detach().to(torch.float64)
+    logvar = logvar.detach().to(torch.float64)
+
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn((num_samples, num_examples, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = (mu + std * eps).reshape(num_samples * num_examples, latent_size)  # (M, L), row s * N + i
+    source = torch.arange(num_examples, device=mu.device).repeat(num_samples)  # (M,): the i of each row
+
+    if closed_form_entropy:
+        # E_{q(z|x)}[log q(z|x)] = -0.5 * (L * log 2pi + sum_d (1 + logvar_d)), the negative entropy.
+        first_term = (-0.5 * (latent_size * _LOG_2PI + (1.0 + logvar).sum(dim=-1))).mean()
+    else:
+        first_term = gaussian_log_density(z, mu[source], logvar[source]).mean()
+
+    # sum_d (z_d - mu_jd)^2 / var_jd = z^2 @ (1/var)^T - 2 z @ (mu/var)^T + sum_d mu_jd^2/var_jd:
+    # two (chunk, L) x (L, N) products instead of a (chunk, N, L) tensor.
+    inv_var = torch.exp(-logvar)  # (N, L)
+    mu_inv_var = mu * inv_var  # (N, L)
+    const = (mu.pow(2) * inv_var).sum(dim=-1) + logvar.sum(dim=-1) + latent_size * _LOG_2PI  # (N,)
+    log_qz_total = torch.zeros((), dtype=torch.float64, device=mu.device)
+    for begin in range(0, z.shape[0], chunk_size):
+        chunk = z[begin : begin + chunk_size]  # (C, L)
+        quad = chunk.pow(2) @ inv_var.T - 2.0 * (chunk @ mu_inv_var.T)  # (C, N)
+        log_q_z_given_xj = -0.5 * (quad + const)  # (C, N): log q(z_c | x_j)
+        log_qz = torch.logsumexp(log_q_z_given_xj, dim=1) - math.log(num_examples)  # (C,)
+        log_qz_total = log_qz_total + log_qz.sum()
+    return float(first_term - log_qz_total / z.shape[0])
+
+
+class ActiveUnits(NamedTuple):
+    """Result of :func:`active_units`: ``count`` of active dims and per-dim ``variances`` ``(L,)``."""
+
+    count: int
+    variances: torch.Tensor
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> ActiveUnits:
+    """Active units (Burda et al. 2016): dims whose posterior mean varies over the data.
+
+    Args:
+        mu: ``(N, L)`` posterior means of the evaluation set, ``N >= 2``.
+        threshold: a dim is active when ``Var_x(mu_d) > threshold`` (0.01 in He et al. 2019).
+    Returns:
+        ``ActiveUnits(count, variances)`` with ``variances`` ``(L,)``, the unbiased variance over
+        examples (He et al. divide by ``N - 1``).
+    """
+    if mu.dim() != 2:
+        raise ValueError(f"mu must be (N, L); got {tuple(mu.shape)}.")
+    if mu.shape[0] < 2:
+        raise ValueError(f"active_units needs at least 2 examples to compute a variance; got {mu.shape[0]}.")
+    variances = mu.detach().to(torch.float64).var(dim=0, unbiased=True).to(torch.float32)
+    return ActiveUnits(count=int((variances > threshold).sum()), variances=variances)
+
+
+def count_words(texts: Iterable[str], add_eos: bool = True) -> list[int]:
+    """Whitespace word counts per sentence, plus one for the end-of-sentence when ``add_eos``.
+
+    The ``+1`` follows He et al. 2019 / Bowman et al. 2016, whose per-word perplexity counts the
+    end-of-sentence token as a word.
+    """
+    return [len(text.split()) + int(add_eos) for text in texts]
+
+
+# -------------------------------------------------------------------------------------------
+# Whole-model evaluation
+# -------------------------------------------------------------------------------------------
+_TENSOR_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "labels",
+)
+
+
+def _model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _accepts_keyword(function: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _repeat_rows(tensor: torch.Tensor | None, times: int) -> torch.Tensor | None:
+    """``(B, ...) -> (times * B, ...)``, sample-major: row ``s * B + b`` is ``tensor[b]``."""
+    if tensor is None:
+        return None
+    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+
+
+@torch.no_grad()
+def evaluate_vae(
+    model: Any,
+    dataloader: Iterable[Mapping[str, Any]],
+    num_importance_samples: int = 100,
+    importance_batch_size: int = 10,
+    word_counts: Sequence[int] | int | None = None,
+    compute_bleu: bool = False,
+    processor: Any = None,
+    max_new_tokens: int | None = None,
+    mi_num_samples: int = 1,
+    active_units_threshold: float = 0.01,
+    seed: int | None = 0,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Evaluate a text VAE over ``dataloader``; see the module docstring for each metric.
+
+    Args:
+        model: exposes ``encode(input_ids, attention_mask[, token_type_ids]) -> posterior`` (``.mu``,
+            ``.logvar`` ``(B, L)`` and ``.pooler_output`` ``(B, H)``),
+            ``log_likelihood(latent, decoder_input_ids, labels, decoder_attention_mask) -> (B,)``,
+            ``mi_lower_bound(pooler_output, z) -> scalar`` (batches of one are skipped) and, for BLEU,
+            ``generate(input_ids=, attention_mask=, max_new_tokens=, do_sample=False)``.
+        dataloader: batches (mappings) with ``input_ids``, ``attention_mask``,
+            ``decoder_input_ids``, ``decoder_attention_mask`` (optional) and ``labels`` (``-100``
+            on ignored positions). A batch may also carry ``num_words`` ``(B,)`` (word counts) and
+            ``texts`` (list of str, BLEU references).
+        num_importance_samples: ``K`` for the importance-weighted NLL.
+        importance_batch_size: samples per decoder call: each call runs
+            ``importance_batch_size * B`` rows (the batch repeated), not one call per sample. The
+            logits dominate memory: about ``rows * length * vocab * 4`` bytes, twice over.
+        word_counts: words per sentence in dataloader order (or their total) for ``ppl_word``;
+            include one per sentence for the end-of-sentence (:func:`count_words`).
+        compute_bleu: also compute reconstruction BLEU (needs ``processor.decoder_tokenizer``).
+        processor: object with ``decoder_tokenizer`` (used only for BLEU).
+        max_new_tokens: generation length for BLEU; default: the batch's label length + 8.
+        mi_num_samples: ``z`` draws per example for the MI estimate.
+        active_units_threshold: variance threshold for active units.
+        seed: seeds the latent samples with local generators, leaving the global RNG alone (the
+            critic's permutation too when ``mi_lower_bound`` takes a ``generator``; otherwise it
+            draws from the global RNG); ``None`` draws everything from the global RNG.
+        max_batches: stop after this many batches (quick evaluations during training).
+    Returns:
+        ``dict[str, float]`` with ``nll``, ``ppl``, ``kl``, ``mi``, ``au``, ``mi_bound``,
+        ``reconstruction``, ``elbo``, ``num_examples``, ``num_tokens`` and, when available,
+        ``ppl_word``, ``num_words``, ``bleu``.
+    """
+    if num_importance_samples < 1 or importance_batch_size < 1:
+        raise ValueError(
+            "num_importance_samples and importance_batch_size must be >= 1; "
+            f"got {num_importance_samples} and {importance_batch_size}."
+        )
+    decoder_tokenizer = getattr(processor, "decoder_tokenizer", None)
+    if compute_bleu and decoder_tokenizer is None:
+        raise ValueError("compute_bleu=True needs a processor with a decoder_tokenizer to decode reconstructions.")
+
+    device = _model_device(model)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    # The critic's marginal pairs come from a random permutation; seed it too when the model lets us
+    # (a CPU generator: permutations are drawn on the CPU).
+    bound_kwargs: dict[str, Any] = {}
+    if seed is not None and _accepts_keyword(model.mi_lower_bound, "generator"):
+        bound_kwargs["generator"] = torch.Generator().manual_seed(seed)
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+
+    total_nll = 0.0  # sum over sentences of -log p(x) (IW estimate)
+    total_kl = 0.0
+    total_reconstruction = 0.0
+    num_examples = 0
+    num_tokens = 0
+    batch_num_words = 0
+    batch_word_counts_seen = True
+    bounds: list[float] = []
+    all_mu: list[torch.Tensor] = []
+    all_logvar: list[torch.Tensor] = []
+    predictions: list[str] = []
+    references: list[str] = []
+
+    try:
+        for batch_index, batch in enumerate(dataloader):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            inputs = {key: batch[key].to(device) for key in _TENSOR_KEYS if key in batch and batch[key] is not None}
+            for key in ("input_ids", "attention_mask", "decoder_input_ids", "labels"):
+                if key not in inputs:
+                    raise ValueError(f"evaluate_vae: every batch needs {key!r}; got keys {sorted(batch.keys())}.")
+            input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+            decoder_input_ids, labels = inputs["decoder_input_ids"], inputs["labels"]
+            decoder_attention_mask = inputs.get("decoder_attention_mask")
+
+            encode_kwargs = {"token_type_ids": inputs["token_type_ids"]} if "token_type_ids" in inputs else {}
+            posterior = model.encode(input_ids, attention_mask, **encode_kwargs)
+            latent_dtype = posterior.mu.dtype
+            # Metrics in float32 even under bf16/fp16 weights: log-weights are hundreds of nats.
+            mu, logvar = posterior.mu.float(), posterior.logvar.float()
+            std = torch.exp(0.5 * logvar)
+            batch_size, latent_size = mu.shape
+            num_examples += batch_size
+            num_tokens += int((labels != -100).sum())
+            if "num_words" in batch and batch["num_words"] is not None:
+                batch_num_words += int(torch.as_tensor(batch["num_words"]).sum())
+            else:
+                batch_word_counts_seen = False
+            all_mu.append(mu.cpu())
+            all_logvar.append(logvar.cpu())
+            total_kl += float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum())
+
+            # One posterior sample for the reconstruction term and the critic's bound.
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + std * eps
+            log_px = model.log_likelihood(
+                z.to(latent_dtype), decoder_input_ids, labels, decoder_attention_mask=decoder_attention_mask
+            )
+            total_reconstruction -= float(log_px.float().sum())
+            if batch_size >= 2:
+                # The bound pairs each x with another example's z for its marginal term: a batch of
+                # one (a ragged last batch) has no such pair and is left out of the average.
+                bound = model.mi_lower_bound(posterior.pooler_output, z.to(latent_dtype), **bound_kwargs)
+                bounds.append(float(bound))
+
+            # Importance-weighted log-likelihood: chunks of samples, each chunk in ONE decoder call
+            # over the batch repeated sample-major (row s * B + b holds sample s of example b).
+            log_px_chunks: list[torch.Tensor] = []
+            log_pz_chunks: list[torch.Tensor] = []
+            log_qz_chunks: list[torch.Tensor] = []
+            for begin in range(0, num_importance_samples, importance_batch_size):
+                num = min(importance_batch_size, num_importance_samples - begin)
+                eps = torch.randn((num, batch_size, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
+                z_k = mu + std * eps  # (num, B, L)
+                log_px_k = (
+                    model.log_likelihood(
+                        z_k.reshape(num * batch_size, latent_size).to(latent_dtype),
+                        _repeat_rows(decoder_input_ids, num),
+                        _repeat_rows(labels, num),
+                        decoder_attention_mask=_repeat_rows(decoder_attention_mask, num),
+                    )
+                    .float()
+                    .view(num, batch_size)
+                )
+                log_px_chunks.append(log_px_k)
+                log_pz_chunks.append(standard_normal_log_density(z_k))  # (num, B)
+                log_qz_chunks.append(gaussian_log_density(z_k, mu, logvar))  # (num, B)
+            log_px_iw = importance_weighted_log_likelihood(  # (K, B) -> (B,)
+                torch.cat(log_px_chunks), torch.cat(log_pz_chunks), torch.cat(log_qz_chunks)
+            )
+            total_nll -= float(log_px_iw.sum())
+
+            if compute_bleu:
+                new_tokens = max_new_tokens if max_new_tokens is not None else labels.shape[1] + 8
+                generated = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, do_sample=False
+                )
+                predictions.extend(
+                    text.strip() for text in decoder_tokenizer.batch_decode(generated, skip_special_tokens=True)
+                )
+                references.extend(_references(batch, labels, decoder_tokenizer))
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+
+    if num_examples == 0:
+        raise ValueError("evaluate_vae: the dataloader yielded no batches.")
+
+    results: dict[str, float] = {
+        "nll": total_nll / num_examples,
+        "ppl": _exp(total_nll / num_tokens) if num_tokens > 0 else float("nan"),
+        "kl": total_kl / num_examples,
+        "reconstruction": total_reconstruction / num_examples,
+        "elbo": -(total_reconstruction + total_kl) / num_examples,
+        "mi_bound": sum(bounds) / len(bounds) if bounds else float("nan"),
+        "num_examples": float(num_examples),
+        "num_tokens": float(num_tokens),
+    }
+
+    mu_all, logvar_all = torch.cat(all_mu), torch.cat(all_logvar)
+    if num_examples >= 2:
+        mi_generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        results["mi"] = mutual_information(mu_all, logvar_all, num_samples=mi_num_samples, generator=mi_generator)
+        results["au"] = float(active_units(mu_all, threshold=active_units_threshold).count)
+    else:
+        warnings.warn("evaluate_vae: MI and active units need at least 2 examples; reporting NaN.", stacklevel=2)
+        results["mi"] = float("nan")
+        results["au"] = float("nan")
+
+    num_words = _total_words(word_counts, num_examples)
+    if num_words is None and batch_word_counts_seen:
+        num_words = batch_num_words
+    if num_words is not None and num_words > 0:
+        results["ppl_word"] = _exp(total_nll / num_words)
+        results["num_words"] = float(num_words)
+
+    if compute_bleu:
+        from .metrics import load_metric
+
+        results["bleu"] = float(
+            load_metric("reconstruction_bleu").compute(predictions=predictions, references=references)["score"]
+        )
+    return results
+
+
+def _exp(value: float) -> float:
+    """``math.exp`` that saturates to ``inf`` (an untrained model's perplexity can overflow)."""
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
+def _total_words(word_counts: Sequence[int] | int | None, num_examples: int) -> int | None:
+    if word_counts is None:
+        return None
+    if isinstance(word_counts, int):
+        return word_counts
+    counts = list(word_counts)
+    if len(counts) < num_examples:
+        raise ValueError(
+            f"word_counts has {len(counts)} entries but the dataloader yielded {num_examples} examples; "
+            "pass one count per example (in dataloader order) or the total as an int."
+        )
+    # More counts than examples only happens with max_batches: the first ones were evaluated.
+    return int(sum(counts[:num_examples]))
+
+
+def _references(batch: Mapping[str, Any], labels: torch.Tensor, decoder_tokenizer: Any) -> list[str]:
+    """The input sentences for BLEU: ``batch["texts"]`` when the collator keeps them, else the labels decoded."""
+    texts = batch.get("texts") if hasattr(batch, "get") else None
+    if isinstance(texts, (list, tuple)) and len(texts) == labels.shape[0] and all(isinstance(t, str) for t in texts):
+        return [t.strip() for t in texts]
+    ids = [row[row != -100].tolist() for row in labels.cpu()]
+    return [text.strip() for text in decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+__all__ = [
+    "ActiveUnits",
+    "active_units",
+    "count_words",
+    "evaluate_vae",
+    "gaussian_log_density",
+    "importance_weighted_log_likelihood",
+    "kl_per_dimension",
+    "mutual_information",
+    "standard_normal_log_density",
+]
