@@ -142,6 +142,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     held fixed, so the loss's gradient reaches the encoder only through z.
     """
 
+    # The loss is a per-sentence mean of its own terms, not a token sum to renormalise across accumulation steps.
+    accepts_loss_kwargs = False
+
     def __init__(
         self,
         config: MineVaeConfig,
@@ -281,7 +284,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
-    def mi_lower_bound(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    def mi_lower_bound(
+        self, pooler_output: torch.Tensor, latent: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """
         The critic's lower bound on I(x; z) with the critic's parameters held fixed: gradients flow into `latent`
         only. Needs `batch_size >= 2` (marginal pairs pair each example with another example's z).
@@ -289,8 +294,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         Args:
             pooler_output (`torch.Tensor` of shape `(batch_size, encoder_hidden_size)`): the critic's view of x.
             latent (`torch.Tensor` of shape `(batch_size, latent_size)`): z.
+            generator (`torch.Generator`, *optional*, on the CPU): draws the pairing of the marginal pairs.
         """
-        permutation = derangement(latent.shape[0], device=latent.device)
+        permutation = derangement(latent.shape[0], device=latent.device, generator=generator)
         frozen = {name: param.detach() for name, param in self.critic.named_parameters()}
         frozen.update(dict(self.critic.named_buffers()))
         joint, marginal = torch.func.functional_call(self.critic, frozen, (pooler_output.detach(), latent, permutation))
