@@ -1,0 +1,119 @@
+"""MineVaeTrainingArguments: the Trainer's arguments plus the knobs of the alternating critic step and the schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .schedules import SCHEDULE_KINDS, WeightSchedule
+
+
+@dataclass
+class MineVaeTrainingArguments(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`MineVaeTrainer`]. The peak values of β and λ are the model's
+    `config.kl_weight` and `config.mi_weight`; these arguments shape them over the run.
+
+    Defaults are chosen against posterior collapse (see docs/method.md): β rises linearly from 0 over the first 30%
+    of training, so the encoder writes into z before the KL pushes back, and the critic trains alone for the first
+    `critic_warmup_steps` so that when λ enters the loss the bound already carries a gradient.
+    """
+
+    critic_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the critic's optimizer."})
+    critic_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the critic's AdamW."})
+    critic_adam_beta1: float = field(default=0.9, metadata={"help": "beta1 of the critic's AdamW."})
+    critic_adam_beta2: float = field(default=0.999, metadata={"help": "beta2 of the critic's AdamW."})
+    critic_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping of the critic (0: off)."})
+    critic_lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule of the critic (any `lr_scheduler_type`)."}
+    )
+    critic_steps: int = field(
+        default=1, metadata={"help": "Critic updates per VAE update (k >= 1), each on a fresh posterior sample."}
+    )
+    critic_warmup_steps: int = field(
+        default=50, metadata={"help": "Steps at the start where only the critic learns the bound (lambda = 0)."}
+    )
+    mi_schedule: str = field(
+        default="linear", metadata={"help": f"Schedule of lambda after the critic warm-up: one of {SCHEDULE_KINDS}."}
+    )
+    mi_warmup_steps: int = field(
+        default=0, metadata={"help": "With mi_schedule='linear': steps for lambda to rise from 0 after the warm-up."}
+    )
+    kl_schedule: str = field(default="linear", metadata={"help": f"Schedule of beta: one of {SCHEDULE_KINDS}."})
+    kl_warmup_ratio: float = field(
+        default=0.3, metadata={"help": "With kl_schedule='linear': fraction of training over which beta rises from 0."}
+    )
+    kl_warmup_steps: int = field(
+        default=0, metadata={"help": "With kl_schedule='linear': steps for beta to rise (overrides kl_warmup_ratio)."}
+    )
+    kl_cycles: int = field(default=4, metadata={"help": "With kl_schedule='cyclical': number of cycles."})
+    kl_zero_ratio: float = field(
+        default=0.5, metadata={"help": "With kl_schedule='cyclical': fraction of each cycle at beta = 0."}
+    )
+    kl_increase_ratio: float = field(
+        default=0.25, metadata={"help": "With kl_schedule='cyclical': fraction of each cycle where beta rises."}
+    )
+    free_bits: float | None = field(
+        default=None, metadata={"help": "Free bits per latent dimension (nats); overrides model.config.free_bits."}
+    )
+    eval_importance_samples: int = field(
+        default=10, metadata={"help": "Importance samples per sentence for the NLL in evaluate() (100 for papers)."}
+    )
+    eval_bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU in evaluate()."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator reads 'text' / 'decoder_token_ids' columns."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.critic_steps >= 1, "critic_steps", self.critic_steps, "an integer >= 1")
+        _require(self.critic_learning_rate > 0, "critic_learning_rate", self.critic_learning_rate, "a number > 0")
+        _require(self.critic_weight_decay >= 0, "critic_weight_decay", self.critic_weight_decay, "a number >= 0")
+        _require(self.critic_max_grad_norm >= 0, "critic_max_grad_norm", self.critic_max_grad_norm, "a number >= 0")
+        _require(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, "an integer >= 0")
+        _require(self.mi_warmup_steps >= 0, "mi_warmup_steps", self.mi_warmup_steps, "an integer >= 0")
+        _require(0 <= self.kl_warmup_ratio <= 1, "kl_warmup_ratio", self.kl_warmup_ratio, "a number in [0, 1]")
+        _require(self.kl_warmup_steps >= 0, "kl_warmup_steps", self.kl_warmup_steps, "an integer >= 0")
+        _require(self.eval_importance_samples >= 1, "eval_importance_samples", self.eval_importance_samples, ">= 1")
+        _require(self.free_bits is None or self.free_bits >= 0, "free_bits", self.free_bits, "None or a number >= 0")
+        for name in ("mi_schedule", "kl_schedule"):
+            _require(getattr(self, name) in SCHEDULE_KINDS, name, getattr(self, name), f"one of {SCHEDULE_KINDS}")
+        if self.fp16:
+            raise ValueError(
+                "MineVaeTrainingArguments: fp16 is not supported (the critic step has no loss scaler); use bf16."
+            )
+        # Validate the cyclical shape now rather than at the first step.
+        self.kl_weight_schedule(1.0, 100)
+
+    def kl_weight_schedule(self, peak: float, total_steps: int) -> WeightSchedule:
+        """β over the optimizer steps, rising to `peak` (the model's `config.kl_weight`)."""
+        if self.kl_schedule == "linear":
+            warmup = self.kl_warmup_steps or round(self.kl_warmup_ratio * total_steps)
+            return WeightSchedule.linear(peak, warmup_steps=warmup)
+        if self.kl_schedule == "cyclical":
+            return WeightSchedule.cyclical(
+                peak,
+                total_steps=max(total_steps, self.kl_cycles),
+                num_cycles=self.kl_cycles,
+                zero_ratio=self.kl_zero_ratio,
+                increase_ratio=self.kl_increase_ratio,
+            )
+        return WeightSchedule.constant(peak)
+
+    def mi_weight_schedule(self, peak: float, total_steps: int) -> WeightSchedule:
+        """λ over the optimizer steps: 0 during the critic warm-up, then the chosen shape up to `peak`."""
+        if self.mi_schedule == "cyclical":
+            return WeightSchedule.cyclical(peak, total_steps=max(total_steps, 1))
+        if self.mi_schedule == "linear" or self.critic_warmup_steps:
+            warmup = self.mi_warmup_steps if self.mi_schedule == "linear" else 0
+            return WeightSchedule.linear(peak, warmup_steps=warmup, delay_steps=self.critic_warmup_steps)
+        return WeightSchedule.constant(peak)
+
+
+def _require(condition: bool, field_name: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"MineVaeTrainingArguments.{field_name}={value!r} is not allowed: it must be {allowed}.")
+
+
+__all__ = ["MineVaeTrainingArguments"]
