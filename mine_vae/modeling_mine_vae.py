@@ -439,12 +439,17 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
         if decoder_input_ids is None and labels is not None:
             decoder_input_ids = self._shift_right(labels)
+        beta = self.config.kl_weight if kl_weight is None else kl_weight
+        lam = self.config.mi_weight if mi_weight is None else mi_weight
         kl_per_dimension = kl = bound = logits = cache = reconstruction = loss = None
         if posterior is not None:
             kl_per_dimension = posterior.kl_per_dimension()
             kl = kl_per_dimension.sum()
             if latent.shape[0] >= 2:
-                bound = self.mi_lower_bound(posterior.pooler_output, latent)
+                # Keep a graph only when the bound enters the loss: a stray graph through the critic's weights
+                # would be backpropagated by DDP's output hooks after the critic has stepped.
+                with torch.set_grad_enabled(torch.is_grad_enabled() and lam > 0):
+                    bound = self.mi_lower_bound(posterior.pooler_output, latent)
 
         if decoder_input_ids is not None:
             cached = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -460,8 +465,6 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
             loss = reconstruction
             if posterior is not None:
-                beta = self.config.kl_weight if kl_weight is None else kl_weight
-                lam = self.config.mi_weight if mi_weight is None else mi_weight
                 loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
                 if bound is not None and lam > 0:
                     loss = loss - lam * bound

@@ -82,8 +82,17 @@ class MineVaeTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------------
     @staticmethod
     def _check_columns(dataset: Any, name: str) -> None:
+        if isinstance(dataset, dict):  # several evaluation sets
+            for key, part in dataset.items():
+                MineVaeTrainer._check_columns(part, f"{name}[{key!r}]")
+            return
+        if name.startswith("eval") and dataset is not None and hasattr(dataset, "__len__") and len(dataset) < 2:
+            raise ValueError(
+                f"{name} has {len(dataset)} example(s); the MI estimate (aggregate posterior) and active units need "
+                "at least 2, and a few hundred for stable numbers."
+            )
         columns = getattr(dataset, "column_names", None)
-        if columns is None or isinstance(columns, dict):
+        if columns is None:
             return
         if "text" not in columns and not {"input_ids", "decoder_token_ids"} <= set(columns):
             raise ValueError(

@@ -1,0 +1,268 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import tiny
+from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
+from mine_vae.training_args import MineVaeTrainingArguments
+
+
+def make_args(tmp_path, **overrides) -> MineVaeTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=6,
+        learning_rate=3e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        critic_warmup_steps=1,
+        eval_importance_samples=2,
+    )
+    return MineVaeTrainingArguments(**{**defaults, **overrides})
+
+
+def make_trainer(tmp_path, model=None, dataset_size=48, **overrides) -> MineVaeTrainer:
+    model = model or tiny.model(mi_weight=1.0)
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(dataset_size)})
+    return MineVaeTrainer(
+        model=model,
+        args=make_args(tmp_path, **overrides),
+        processing_class=tiny.processor(),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+    )
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_optimizers_are_disjoint_and_both_parts_learn(tmp_path):
+    trainer = make_trainer(tmp_path, critic_steps=2)
+    before = parameters(trainer.model)
+    trainer.train()
+    critic_ids = {id(p) for p in trainer.model.critic.parameters()}
+    vae_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert critic_ids and not critic_ids & vae_ids
+    assert {id(p) for g in trainer.critic_optimizer.param_groups for p in g["params"]} == critic_ids
+    after = parameters(trainer.model)
+    assert not torch.equal(before["critic.feature_proj.weight"], after["critic.feature_proj.weight"])
+    assert not torch.equal(
+        before["encoder.embeddings.word_embeddings.weight"], after["encoder.embeddings.word_embeddings.weight"]
+    )
+    # k = 2 critic updates per VAE update.
+    steps = {int(state["step"]) for state in trainer.critic_optimizer.state.values()}
+    assert steps == {2 * 6}
+
+
+def test_each_term_is_logged(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged
+    for key in ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda"):
+        assert all(key in entry for entry in logged), key
+    # lambda is 0 during the critic warm-up step and then active.
+    assert logged[0]["lambda"] < 1.0 and logged[-1]["lambda"] == 1.0
+
+
+def test_schedules_drive_the_weights(tmp_path):
+    trainer = make_trainer(tmp_path, kl_schedule="cyclical", kl_cycles=2, critic_warmup_steps=3, max_steps=8)
+    trainer.create_optimizer_and_scheduler(8)
+    assert [trainer.kl_schedule(s) for s in range(8)] == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert [trainer.mi_schedule(s) for s in range(5)] == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_gradient_accumulation_and_bf16_autocast_train(tmp_path):
+    trainer = make_trainer(
+        tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=4, bf16=True, max_steps=3
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    # The critic updates once per micro-batch: 2 micro-batches x 3 optimizer steps.
+    assert {int(s["step"]) for s in trainer.critic_optimizer.state.values()} == {6}
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = make_trainer_with_ema(tmp_path / "full", max_steps=6)
+    full.train()
+    expected = parameters(full.model)
+
+    first = make_trainer_with_ema(tmp_path / "half", max_steps=6, save_strategy="steps", save_steps=3)
+    first.add_callback(StopAt(3))  # an interruption half-way through the same 6-step run
+    first.train()
+    checkpoint = last_complete_checkpoint(first.args.output_dir)
+    assert checkpoint.endswith("checkpoint-3")
+    second = make_trainer_with_ema(tmp_path / "half", max_steps=6, save_strategy="steps", save_steps=3)
+    second.train(resume_from_checkpoint=True)
+    got = parameters(second.model)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def make_trainer_with_ema(tmp_path, **overrides):
+    return make_trainer(tmp_path, model=tiny.model(mi_weight=1.0, xi="ema"), **overrides)
+
+
+def test_resume_restores_critic_state_and_moving_average(tmp_path):
+    trainer = make_trainer_with_ema(tmp_path, max_steps=4, save_strategy="steps", save_steps=4)
+    trainer.train()
+    checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-4")
+    files = os.listdir(checkpoint)
+    assert "critic_optimizer.safetensors" in files and "critic_state.json" in files
+    resumed = make_trainer_with_ema(tmp_path, max_steps=4)
+    resumed.create_optimizer_and_scheduler(4)
+    resumed._load_optimizer_and_scheduler(checkpoint)
+    for key, state in trainer.critic_optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            assert torch.equal(resumed.critic_optimizer.state_dict()["state"][key][name], value)
+    assert resumed.critic_lr_scheduler.state_dict() == json.loads(json.dumps(trainer.critic_lr_scheduler.state_dict()))
+    from mine_vae import MineVaeModel
+
+    reloaded = MineVaeModel.from_pretrained(checkpoint)
+    assert reloaded.critic.ema_updates.item() == 4 and torch.equal(
+        reloaded.critic.log_ema, trainer.model.critic.log_ema
+    )
+
+
+def test_interrupted_save_leaves_the_last_good_checkpoint_loadable(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer.train()
+    out = trainer.args.output_dir
+    # Simulate a save cut off half-way: the weights are there but not the trainer state written last.
+    broken = os.path.join(out, "checkpoint-6")
+    shutil.copytree(os.path.join(out, "checkpoint-4"), broken)
+    os.remove(os.path.join(broken, "trainer_state.json"))
+    assert last_complete_checkpoint(out).endswith("checkpoint-4")
+    again = make_trainer(tmp_path, max_steps=5, save_strategy="no")
+    again.train(resume_from_checkpoint=True)
+    assert again.state.global_step == 5
+    with pytest.raises(ValueError, match="not a complete checkpoint.*checkpoint-4"):
+        make_trainer(tmp_path, max_steps=8).train(resume_from_checkpoint=broken)
+
+
+def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
+    original = trainer.model.decoder.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        if calls["n"] == 4:
+            out.logits = out.logits * float("nan")
+        return out
+
+    trainer.model.decoder.forward = poisoned
+    with pytest.raises(
+        FloatingPointError, match=r"VAE step's loss is not finite at step 3 \(non-finite term: reconstruction"
+    ):
+        trainer.train()
+    from mine_vae import MineVaeModel
+
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir)
+    assert checkpoint.endswith("checkpoint-2")
+    model = MineVaeModel.from_pretrained(checkpoint)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_evaluate_reports_text_vae_metrics(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train()
+    metrics = trainer.evaluate()
+    for key in ("eval_nll", "eval_ppl", "eval_kl", "eval_mi", "eval_au", "eval_mi_bound"):
+        assert key in metrics and metrics[key] == metrics[key]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"critic_steps": 0}, "critic_steps=0"),
+        ({"critic_learning_rate": -1.0}, "critic_learning_rate=-1.0"),
+        ({"kl_schedule": "cosine"}, "kl_schedule='cosine'"),
+        ({"kl_schedule": "cyclical", "kl_zero_ratio": 0.9, "kl_increase_ratio": 0.5}, "zero_ratio \\+ increase_ratio"),
+    ],
+)
+def test_contradictory_critic_settings_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_bad_datasets_fail_before_training(tmp_path):
+    model, processor = tiny.model(), tiny.processor()
+    wrong = datasets.Dataset.from_dict({"sentence": tiny.sentences(8)})
+    with pytest.raises(ValueError, match="needs a 'text' column"):
+        MineVaeTrainer(model=model, args=make_args(tmp_path), processing_class=processor, train_dataset=wrong)
+    tiny_eval = datasets.Dataset.from_dict({"text": tiny.sentences(1)})
+    with pytest.raises(ValueError, match="at least 2"):
+        MineVaeTrainer(model=model, args=make_args(tmp_path), processing_class=processor, eval_dataset=tiny_eval)
+    with pytest.raises(ValueError, match="per_device_train_batch_size must be >= 2"):
+        MineVaeTrainer(model=model, args=make_args(tmp_path, per_device_train_batch_size=1), processing_class=processor)
+
+
+def test_two_processes_end_with_identical_parameters(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, os, torch, datasets
+            sys.path.insert(0, {os.path.dirname(__file__)!r})
+            import tiny
+            from safetensors.torch import save_file
+            from mine_vae.trainer import MineVaeTrainer
+            from mine_vae.training_args import MineVaeTrainingArguments
+            args = MineVaeTrainingArguments(output_dir={str(tmp_path / "out")!r}, per_device_train_batch_size=4,
+                max_steps=3, learning_rate=3e-3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                critic_warmup_steps=0, ddp_backend="gloo", seed=0)
+            model = tiny.model(mi_weight=1.0, xi="ema")
+            data = datasets.Dataset.from_dict({{"text": tiny.sentences(64)}})
+            trainer = MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data)
+            assert trainer.accelerator.num_processes == 2
+            # Each process sees its own shard and its own z samples; gradients are averaged.
+            trainer.train()
+            state = {{k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
+            save_file(state, os.path.join({str(tmp_path)!r}, f"rank{{trainer.accelerator.process_index}}.safetensors"))
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    from safetensors.torch import load_file
+
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{i}.safetensors")) for i in (0, 1))
+    initial = tiny.model(mi_weight=1.0, xi="ema").state_dict()
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert not torch.equal(rank0["critic.feature_proj.weight"], initial["critic.feature_proj.weight"])
+    assert not torch.equal(rank0["posterior.weight"], initial["posterior.weight"])
