@@ -6,6 +6,8 @@ from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, mi_lower_bound
 from .modeling_mine_vae import MineVaeModel, MineVaeOutput, MineVaePosterior, MineVaePreTrainedModel
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
+from .trainer import MineVaeTrainer
+from .training_args import MineVaeTrainingArguments
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,8 @@ __all__ = [
     "MineVaePosterior",
     "MineVaePreTrainedModel",
     "MineVaeProcessor",
+    "MineVaeTrainer",
+    "MineVaeTrainingArguments",
     "__version__",
     "mi_lower_bound",
 ]
