@@ -17,7 +17,7 @@ from transformers import Trainer
 from transformers.optimization import get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .evaluation import evaluate_vae
+from .evaluation import count_words, evaluate_vae
 from .modeling_mine_vae import MineVaeModel
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
 from .training_args import MineVaeTrainingArguments
@@ -221,17 +221,20 @@ class MineVaeTrainer(Trainer):
         """The text-VAE metrics of `mine_vae.evaluation.evaluate_vae` (IW-NLL, PPL, KL, MI, AU, bound; BLEU with
         `args.eval_bleu`) on the evaluation set, logged with the `eval_` prefix."""
         dataloader = self.get_eval_dataloader(eval_dataset)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        columns = getattr(dataset, "column_names", None) or []
         metrics = evaluate_vae(
             self._vae,
             dataloader,
             num_importance_samples=self.args.eval_importance_samples,
+            # Word counts give the per-word perplexity papers report (the eval sampler keeps dataset order).
+            word_counts=count_words(dataset["text"]) if "text" in columns else None,
             compute_bleu=self.args.eval_bleu,
             processor=self.processing_class,
         )
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self._memory_tracker.stop_and_update_metrics(metrics) if hasattr(self, "_memory_tracker") else None
         return metrics
 
     # ----------------------------------------------------------------------------------------------------------------
