@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -206,9 +207,17 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         the rest configure the [`MineVaeConfig`] (e.g. `latent_size=64`, `xi="dv"`). The new heads (posterior, latent
         injection, critic) start from random weights.
         """
-        encoder_kwargs = {k[len("encoder_") :]: v for k, v in kwargs.items() if k.startswith("encoder_")}
-        decoder_kwargs = {k[len("decoder_") :]: v for k, v in kwargs.items() if k.startswith("decoder_")}
-        config_kwargs = {k: v for k, v in kwargs.items() if not k.startswith(("encoder_", "decoder_"))}
+        # Config fields that happen to start with a prefix (decoder_start_token_id) stay with the config.
+        config_fields = set(MineVaeConfig.__dataclass_fields__)
+        config_kwargs = {
+            k: v for k, v in kwargs.items() if k in config_fields or not k.startswith(("encoder_", "decoder_"))
+        }
+        encoder_kwargs = {
+            k[len("encoder_") :]: v for k, v in kwargs.items() if k.startswith("encoder_") and k not in config_kwargs
+        }
+        decoder_kwargs = {
+            k[len("decoder_") :]: v for k, v in kwargs.items() if k.startswith("decoder_") and k not in config_kwargs
+        }
         encoder = AutoModel.from_pretrained(encoder_pretrained_model_name_or_path, **encoder_kwargs)
         decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **decoder_kwargs)
         if encoder.get_output_embeddings() is not None:
@@ -216,7 +225,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 f"{encoder_pretrained_model_name_or_path} loaded with a language-model head; give an encoder "
                 "checkpoint that AutoModel loads as a base model (e.g. a BERT-family encoder)."
             )
+        # Building the composite config resets the sub-configs' attention implementation; keep what each model loaded.
+        attention = {"encoder": encoder.config._attn_implementation, "decoder": decoder.config._attn_implementation}
         config = MineVaeConfig(encoder=encoder.config, decoder=decoder.config, **config_kwargs)
+        config._attn_implementation = {"": config._attn_implementation, **attention}
         return cls(config, encoder=encoder, decoder=decoder)
 
     def activation_checkpointing_enable(self, *args, **kwargs) -> None:
@@ -493,6 +505,17 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         shifted = labels.new_full(labels.shape, start)
         shifted[:, 1:] = labels[:, :-1]
         return shifted.masked_fill(shifted == -100, pad)
+
+    def push_to_hub(self, repo_id: str, *, processor: Any = None, **kwargs: Any) -> Any:
+        """Upload in one commit: safetensors weights, config with `auto_map`, the modelling code, a MINE-VAE model
+        card and, with `processor=`, both tokenizers (options: `mine_vae.hub.push_to_hub`)."""
+        try:  # absolute import: this file also runs as remote code, where the package may be absent
+            from mine_vae.hub import push_to_hub
+        except ImportError:
+            if processor is not None:
+                processor.push_to_hub(repo_id, **kwargs)
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_to_hub(self, repo_id, processor, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Latent-space helpers

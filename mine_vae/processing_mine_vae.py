@@ -171,6 +171,13 @@ class MineVaeProcessor(PushToHubMixin):
                     f"max_{side}_length={length} (+{prefix} latent position) exceeds the {side}'s {limit} positions; "
                     f"build the processor with max_{side}_length={limit - prefix}."
                 )
+        eos = self.decoder_tokenizer.eos_token_id
+        if model.config.eos_token_id is not None and eos not in _as_list(model.config.eos_token_id):
+            raise ValueError(
+                f"model.config.eos_token_id={model.config.eos_token_id} but the decoder tokenizer ends sentences with "
+                f"id {eos}; generation would not stop. Set `model.config.eos_token_id = {eos}` and "
+                f"`model.generation_config.eos_token_id = {eos}`."
+            )
         if model.config.decoder_start_token_id != self.decoder_start_token_id:
             raise ValueError(
                 f"model.config.decoder_start_token_id={model.config.decoder_start_token_id} but the decoder tokenizer "
@@ -265,6 +272,10 @@ def _check_texts(texts: Sequence[str]) -> Sequence[str]:
         if not text.strip():
             raise ValueError(f"Text at index {i} is empty; remove empty lines from the corpus (a VAE needs some x).")
     return texts
+
+
+def _as_list(value: int | list[int]) -> list[int]:
+    return value if isinstance(value, list) else [value]
 
 
 def _tokenizer_limit(tokenizer: PreTrainedTokenizerBase, reserve: int) -> int:

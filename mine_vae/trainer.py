@@ -13,11 +13,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.optimization import get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import count_words, evaluate_vae
+from .hub import write_trainer_model_card
 from .modeling_mine_vae import MineVaeModel
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
 from .training_args import MineVaeTrainingArguments
@@ -141,9 +143,12 @@ class MineVaeTrainer(Trainer):
         step = self.state.global_step
         beta, lam = self.kl_schedule(step), self.mi_schedule(step)
         outputs = model(**inputs, kl_weight=beta, mi_weight=0.0)
-        critic_loss = self._critic_updates(outputs)
         loss = outputs.loss
         bound = outputs.mi_lower_bound
+        if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
+            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta)
+            return (loss, outputs) if return_outputs else loss
+        critic_loss = self._critic_updates(outputs)
         if lam > 0:
             bound = self._vae.mi_lower_bound(outputs.pooler_output, outputs.z)
             loss = loss - lam * bound
@@ -220,8 +225,13 @@ class MineVaeTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The text-VAE metrics of `mine_vae.evaluation.evaluate_vae` (IW-NLL, PPL, KL, MI, AU, bound; BLEU with
         `args.eval_bleu`) on the evaluation set, logged with the `eval_` prefix."""
-        dataloader = self.get_eval_dataloader(eval_dataset)
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        # Every process evaluates the whole set: MI and active units are properties of the whole set, not of a shard.
+        dataloader = DataLoader(
+            dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator, shuffle=False
+        )
         columns = getattr(dataset, "column_names", None) or []
         metrics = evaluate_vae(
             self._vae,
@@ -269,7 +279,14 @@ class MineVaeTrainer(Trainer):
                 f"{resume_from_checkpoint} is not a complete checkpoint (an interrupted save?); "
                 f"resume from {newest or 'an earlier checkpoint'} instead."
             )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.args.push_to_hub:  # the Trainer pushes only at saves (hub_strategy); push the final model and card
+            self.push_to_hub(commit_message="End of training")
+        return output
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """The MINE-VAE model card (README.md in output_dir), which `push_to_hub` uploads with the model."""
+        write_trainer_model_card(self, **kwargs)
 
 
 def is_complete_checkpoint(folder: str) -> bool:

@@ -215,3 +215,21 @@ def test_one_step_lowers_loss_on_fixed_batch(batch):
         optimizer.step()
     model.eval()
     assert model(**batch).loss.item() < before
+
+
+def test_from_encoder_decoder_pretrained_routes_kwargs_and_keeps_attention(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(tiny.encoder_config())
+    decoder = AutoModelForCausalLM.from_config(tiny.decoder_config("llama"))
+    encoder.save_pretrained(tmp_path / "enc")
+    decoder.save_pretrained(tmp_path / "dec")
+    model = MineVaeModel.from_encoder_decoder_pretrained(
+        tmp_path / "enc", tmp_path / "dec", latent_size=4, decoder_start_token_id=5, decoder_attn_implementation="eager"
+    )
+    assert model.config.latent_size == 4 and model.config.decoder_start_token_id == 5
+    assert model.config.encoder._attn_implementation == "sdpa"
+    assert model.decoder.config._attn_implementation == "eager"
+    assert torch.equal(model.decoder.lm_head.weight, decoder.lm_head.weight)
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)

@@ -99,3 +99,10 @@ def test_batch_decode_drops_special_tokens():
     processor = tiny.processor()
     ids = processor(["the cat sees the moon"])["decoder_input_ids"]
     assert processor.batch_decode(ids) == ["the cat sees the moon"]
+
+
+def test_mismatched_end_token_is_refused():
+    model = tiny.model()
+    model.config.eos_token_id = 4
+    with pytest.raises(ValueError, match="eos_token_id=4.*would not stop"):
+        tiny.processor().check_model(model)

@@ -41,7 +41,7 @@ def make_trainer(tmp_path, model=None, dataset_size=48, **overrides) -> MineVaeT
         args=make_args(tmp_path, **overrides),
         processing_class=tiny.processor(),
         train_dataset=data,
-        eval_dataset=data.select(range(16)),
+        eval_dataset=data.select(range(min(16, dataset_size))),
     )
 
 
@@ -266,3 +266,10 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     assert not torch.equal(rank0["critic.feature_proj.weight"], initial["critic.feature_proj.weight"])
     assert not torch.equal(rank0["posterior.weight"], initial["posterior.weight"])
+
+
+def test_a_last_batch_of_one_trains_without_the_critic(tmp_path):
+    trainer = make_trainer(tmp_path, dataset_size=9, max_steps=4)  # batches of 8, 1, 8, 1
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert {int(s["step"]) for s in trainer.critic_optimizer.state.values()} == {2}
