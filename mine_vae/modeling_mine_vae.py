@@ -590,7 +590,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
     """Per-token negative log-likelihood in float32, 0 where labels are -100: shape `(batch_size, target_length)`."""
-    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    # Rows of (batch * length, vocab): cross_entropy over a transposed (batch, vocab, length) view is ~5x slower on CPU.
+    flat = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    )
+    return flat.view(labels.shape)
 
 
 def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:

@@ -1,0 +1,397 @@
+"""Benchmark MineVaeModel against its own decoder and encoder, measured side by side in one run.
+
+Builds a BERT encoder + GPT-2 decoder pair from configs (random weights, no download) and prints one table of ratios:
+
+1. `MineVaeModel.generate(latent=z)` tokens/s vs the bare decoder's `generate(BOS column)` (greedy, fixed length).
+2. Cached vs `use_cache=False` decoding with `MineVaeModel.generate`.
+3. One MINE-VAE training step (forward + backward, labels) vs the encoder's forward/backward plus the decoder's own LM
+   forward/backward on the same batch.
+
+The compared variants are interleaved (their order rotating every round) after a warm-up. Values A and B are medians
+over rounds; each ratio is the median of the per-round ratios, so that load drifting on a shared machine cancels. The
+exit status is 1 when a target fails.
+
+Wall-clock time with torch's default thread count is the measure. On a machine other processes keep busy (load
+average above the core count, which the script reports) multi-threaded wall-clock timings swing several-fold; there,
+`--clock cpu` runs torch on one thread and measures that thread's CPU time, which other processes barely disturb.
+
+Usage:
+    python bench/bench_model.py                 # full run
+    python bench/bench_model.py --quick         # smoke run (few repeats)
+    python bench/bench_model.py --repeats 30 --json results.json
+    python bench/bench_model.py --clock cpu     # on a busy shared machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import BertConfig, GPT2Config
+
+from mine_vae import MineVaeConfig, MineVaeModel
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of the benchmarked model and workloads."""
+
+    vocab_size: int = 10000
+    encoder_layers: int = 4
+    encoder_hidden: int = 256
+    encoder_heads: int = 4
+    encoder_intermediate: int = 1024
+    decoder_layers: int = 4
+    decoder_hidden: int = 256
+    decoder_heads: int = 4
+    latent_size: int = 32
+    latent_injection: str = "both"
+    max_positions: int = 128
+    generate_batch: int = 8
+    new_tokens: int = 64
+    train_batch: int = 16
+    train_length: int = 48
+
+
+@dataclass
+class Row:
+    """One line of the result table: A and B are medians; `ratio` (A / B) is the median of per-round ratios."""
+
+    what: str
+    unit: str
+    value_a: float
+    value_b: float
+    ratio: float
+    target: str
+    passed: bool
+    seconds_a: list[float]
+    seconds_b: list[float]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model and inputs
+# --------------------------------------------------------------------------------------------------------------------
+def build_model(shape: Shape) -> MineVaeModel:
+    """A MINE-VAE with a random-weight BERT encoder and GPT-2 decoder of the given sizes."""
+    torch.manual_seed(SEED)
+    encoder = BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.encoder_hidden,
+        num_hidden_layers=shape.encoder_layers,
+        num_attention_heads=shape.encoder_heads,
+        intermediate_size=shape.encoder_intermediate,
+        max_position_embeddings=shape.max_positions,
+    )
+    decoder = GPT2Config(
+        vocab_size=shape.vocab_size,
+        n_embd=shape.decoder_hidden,
+        n_layer=shape.decoder_layers,
+        n_head=shape.decoder_heads,
+        n_positions=shape.max_positions,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    config = MineVaeConfig(
+        encoder=encoder, decoder=decoder, latent_size=shape.latent_size, latent_injection=shape.latent_injection
+    )
+    return MineVaeModel(config)
+
+
+def latent_batch(shape: Shape) -> torch.Tensor:
+    return torch.randn(shape.generate_batch, shape.latent_size, generator=torch.Generator().manual_seed(SEED))
+
+
+def token_batch(shape: Shape, seed: int) -> torch.Tensor:
+    """Random non-special token ids of shape `(train_batch, train_length)`."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(EOS_ID + 1, shape.vocab_size, (shape.train_batch, shape.train_length), generator=generator)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------------------------
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:
+    start = clock()
+    fn()
+    return clock() - start
+
+
+def measure(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int, clock: Callable[[], float]
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round; variants are interleaved (their order rotating each
+    round) after `warmup` untimed rounds."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(time_call(variants[name], clock))
+    return samples
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of the per-round ratio: the two were timed back to back, so slow drifts in machine load
+    (other processes on a shared box) cancel in each pair."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Workloads
+# --------------------------------------------------------------------------------------------------------------------
+def greedy_kwargs(shape: Shape) -> dict[str, object]:
+    return {"max_new_tokens": shape.new_tokens, "min_new_tokens": shape.new_tokens, "do_sample": False}
+
+
+def mine_generate(model: MineVaeModel, shape: Shape, use_cache: bool = True) -> Callable[[], torch.Tensor]:
+    z = latent_batch(shape)
+    return lambda: model.generate(latent=z, use_cache=use_cache, **greedy_kwargs(shape))
+
+
+def decoder_generate(model: MineVaeModel, shape: Shape) -> Callable[[], torch.Tensor]:
+    bos = torch.full((shape.generate_batch, 1), BOS_ID, dtype=torch.long)
+    return lambda: model.decoder.generate(input_ids=bos, **greedy_kwargs(shape))
+
+
+def mine_train_step(model: MineVaeModel, source: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    mask = torch.ones_like(source)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=source, attention_mask=mask, labels=target).loss.backward()
+
+    return step
+
+
+def parts_train_step(model: MineVaeModel, source: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """The encoder's forward/backward (sum of its last states) plus the decoder's own LM step, one backward."""
+    mask = torch.ones_like(source)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        encoded = model.encoder(input_ids=source, attention_mask=mask).last_hidden_state.sum()
+        decoded = model.decoder(input_ids=target, labels=target).loss
+        (encoded + decoded).backward()
+
+    return step
+
+
+def check_generation(model: MineVaeModel, shape: Shape) -> None:
+    """The generate variants must really produce `new_tokens` tokens, or the throughput comparison is meaningless."""
+    expected = (shape.generate_batch, 1 + shape.new_tokens)
+    variants = {"MineVae.generate": mine_generate(model, shape), "decoder.generate": decoder_generate(model, shape)}
+    for name, fn in variants.items():
+        got = tuple(fn().shape)
+        if got != expected:
+            raise RuntimeError(f"{name} returned shape {got}, expected {expected}.")
+    cached, uncached = mine_generate(model, shape, True)(), mine_generate(model, shape, False)()
+    if not torch.equal(cached, uncached):
+        raise RuntimeError("Cached and uncached greedy decoding disagree.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------------------------------------
+def generation_rows(
+    model: MineVaeModel, shape: Shape, repeats: int, warmup: int, clock: Callable[[], float]
+) -> list[Row]:
+    model.eval()
+    check_generation(model, shape)
+    seconds = measure(
+        {
+            "mine": mine_generate(model, shape),
+            "decoder": decoder_generate(model, shape),
+            "mine_uncached": mine_generate(model, shape, use_cache=False),
+        },
+        repeats,
+        warmup,
+        clock,
+    )
+    tokens = shape.generate_batch * shape.new_tokens
+    rate = {name: tokens / statistics.median(times) for name, times in seconds.items()}
+    # Ratios of tokens/s are inverse ratios of seconds.
+    vs_decoder = paired_ratio(seconds["decoder"], seconds["mine"])
+    vs_uncached = paired_ratio(seconds["mine_uncached"], seconds["mine"])
+    return [
+        Row(
+            f"generate tok/s: MineVae vs decoder (b={shape.generate_batch}, {shape.new_tokens} new)",
+            "tok/s",
+            rate["mine"],
+            rate["decoder"],
+            vs_decoder,
+            ">= 0.90",
+            vs_decoder >= 0.90,
+            seconds["mine"],
+            seconds["decoder"],
+        ),
+        Row(
+            f"generate tok/s: cached vs use_cache=False ({shape.new_tokens} new)",
+            "tok/s",
+            rate["mine"],
+            rate["mine_uncached"],
+            vs_uncached,
+            ">= 3.00",
+            vs_uncached >= 3.0,
+            seconds["mine"],
+            seconds["mine_uncached"],
+        ),
+    ]
+
+
+def training_row(model: MineVaeModel, shape: Shape, repeats: int, warmup: int, clock: Callable[[], float]) -> Row:
+    model.train()
+    source, target = token_batch(shape, SEED + 1), token_batch(shape, SEED + 2)
+    torch.manual_seed(SEED)
+    seconds = measure(
+        {"mine": mine_train_step(model, source, target), "parts": parts_train_step(model, source, target)},
+        repeats,
+        warmup,
+        clock,
+    )
+    model.zero_grad(set_to_none=True)
+    ratio = paired_ratio(seconds["mine"], seconds["parts"])
+    return Row(
+        f"train step ms: MineVae vs encoder+decoder (b={shape.train_batch}, len={shape.train_length})",
+        "ms",
+        1000 * statistics.median(seconds["mine"]),
+        1000 * statistics.median(seconds["parts"]),
+        ratio,
+        "<= 1.10",
+        ratio <= 1.10,
+        seconds["mine"],
+        seconds["parts"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------------------------
+def format_table(rows: list[Row]) -> str:
+    header = ("what", "value A", "value B", "ratio", "target", "result")
+    lines = [header] + [
+        (
+            row.what,
+            f"{row.value_a:.1f} {row.unit}",
+            f"{row.value_b:.1f} {row.unit}",
+            f"{row.ratio:.3f}",
+            row.target,
+            "PASS" if row.passed else "FAIL",
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in lines) for i in range(len(header))]
+    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in lines]
+    return "\n".join([rendered[0], "-+-".join("-" * width for width in widths), *rendered[1:]])
+
+
+def environment() -> dict[str, object]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average where the system reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(loads: list[float | None]) -> str | None:
+    """A warning when other work kept the machine's cores busy while timing with the wall clock."""
+    busiest = max((load for load in loads if load is not None), default=None)
+    cpus = os.cpu_count() or 1
+    if busiest is None or busiest <= cpus:
+        return None
+    return (
+        f"WARNING: load average reached {busiest:.1f} on {cpus} CPUs: other processes compete for the cores and "
+        "multi-threaded wall-clock timings are unreliable; rerun on an idle machine or with --clock cpu."
+    )
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=count(1), help="timed rounds (default 11, or 3 with --quick)")
+    parser.add_argument("--warmup", type=count(0), help="untimed rounds first (default 2, or 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not a measurement")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: wall-clock time, torch's default threads (default); cpu: this thread's CPU time, torch on 1 thread",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 11
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+    clock = CLOCKS[args.clock]
+    shape = Shape()
+    model = build_model(shape)
+    loads = [load_average()]
+    rows = generation_rows(model, shape, args.repeats, args.warmup, clock)
+    loads.append(load_average())
+    rows.append(training_row(model, shape, args.repeats, args.warmup, clock))
+    loads.append(load_average())
+    env = environment() | {"clock": args.clock, "load_average": loads}
+    print(f"{args.clock} clock, medians of {args.repeats} interleaved rounds after {args.warmup} warm-up; {env}")
+    print(format_table(rows))
+    warning = load_warning(loads) if args.clock == "wall" else None
+    if warning:
+        print(warning)
+    if args.json is not None:
+        payload = {"shape": asdict(shape), "repeats": args.repeats, "warmup": args.warmup, "env": env}
+        payload["rows"] = [asdict(row) for row in rows]
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0 if all(row.passed for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
