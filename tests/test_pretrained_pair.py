@@ -37,17 +37,21 @@ def test_pair_builds_with_grouped_kv_heads(pair):
 def test_one_step_lowers_the_loss_and_generate_returns_text(pair):
     model, processor = pair
     batch = processor(SENTENCES)
+    # Dropout off and the same pairing seed: both losses are the same function of the weights, so a small enough
+    # gradient step must lower it.
     model.eval()
     torch.manual_seed(0)
-    before = model(**batch).loss.item()
-    optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("critic.")], lr=1e-4)
-    model.train()
+    loss = model(**batch).loss
+    before = loss.item()
+    vae_parameters = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+    optimizer = torch.optim.SGD(vae_parameters, lr=1e-2)
     optimizer.zero_grad()
-    model(**batch, sample_latent=False).loss.backward()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae_parameters, 1.0)
     optimizer.step()
-    model.eval()
     torch.manual_seed(0)
-    assert model(**batch).loss.item() < before
+    with torch.no_grad():
+        assert model(**batch).loss.item() < before
     out = model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}, max_new_tokens=8)
     texts = processor.batch_decode(out)
     assert len(texts) == 4 and all(isinstance(t, str) and t.strip() for t in texts)
