@@ -20,7 +20,9 @@ def pair():
     encoder_path, decoder_path = minilm_path(), smollm2_path()
     torch.manual_seed(0)
     model = MineVaeModel.from_encoder_decoder_pretrained(encoder_path, decoder_path, latent_size=16)
-    processor = MineVaeProcessor(AutoTokenizer.from_pretrained(encoder_path), AutoTokenizer.from_pretrained(decoder_path))
+    processor = MineVaeProcessor(
+        AutoTokenizer.from_pretrained(encoder_path), AutoTokenizer.from_pretrained(decoder_path)
+    )
     return model, processor
 
 

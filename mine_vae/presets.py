@@ -1,0 +1,352 @@
+"""Named presets for the `mine-vae` command line: a model, its tokenizers, training defaults and data settings.
+
+A preset is a starting point, not a cage: every value it sets is only a default that a flag or a config file
+overrides (`mine-vae train --preset small --latent_size 64 --max_steps 5000`).
+
+* ``small`` (the default): a word-level BERT encoder + GPT-2 decoder trained from scratch on the Penn Treebank,
+  sized so that ``mine-vae train`` with no other argument finishes on 2 CPU cores in about a quarter of an hour,
+  final evaluation and samples included.
+* ``tiny``: the same recipe shrunk until training takes seconds (tests, smoke runs).
+* ``minilm-smollm2``: the pretrained pair shipped in PyPI packages (all-MiniLM-L6-v2 encoder, SmolLM2-135M
+  decoder, see ``mine_vae.assets``), for GPU machines and long runs.
+
+Imports flow one way: this module uses ``data``, ``assets``, the model and the processor, never the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .configuration_mine_vae import MineVaeConfig
+from .modeling_mine_vae import MineVaeModel
+from .processing_mine_vae import MineVaeProcessor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "small"
+
+
+def _frozen(values: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(values or {}))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """
+    A named recipe. Every mapping below holds defaults that the CLI's flags and config files override.
+
+    Args:
+        name: what `--preset` takes.
+        description: one line for `--help` and error messages.
+        model: `MineVaeConfig` keyword arguments (latent size, ξ, β and λ peaks, pooling, ...).
+        training: `MineVaeTrainingArguments` keyword arguments (steps, batch size, schedules, critic warm-up, ...).
+        data: the CLI's data settings (`max_length`, `overlength`, `vocab_size`, `max_eval_examples`, ...).
+        encoder_config, decoder_config: for a model trained from scratch, `BertConfig` / `GPT2Config` keyword
+            arguments (the vocabulary size comes from the word tokenizers built on the training text).
+        encoder, decoder: for a pretrained pair, a folder or Hub id, or a function returning one (so that optional
+            packages are only imported when the preset is used).
+    """
+
+    name: str
+    description: str
+    model: Mapping[str, Any] = field(default_factory=_frozen)
+    training: Mapping[str, Any] = field(default_factory=_frozen)
+    data: Mapping[str, Any] = field(default_factory=_frozen)
+    encoder_config: Mapping[str, Any] | None = None
+    decoder_config: Mapping[str, Any] | None = None
+    encoder: str | Callable[[], str] | None = None
+    decoder: str | Callable[[], str] | None = None
+
+    @property
+    def from_scratch(self) -> bool:
+        """True when the preset builds word-level tokenizers and random models instead of loading a pair."""
+        return self.encoder is None and self.decoder is None
+
+    def defaults(self) -> dict[str, Any]:
+        """All of the preset's defaults as one flat dict of CLI field names (model, training and data settings)."""
+        return {**self.model, **self.training, **self.data}
+
+    def encoder_path(self) -> str:
+        return _resolve(self.encoder, self.name, "encoder")
+
+    def decoder_path(self) -> str:
+        return _resolve(self.decoder, self.name, "decoder")
+
+
+def _resolve(source: str | Callable[[], str] | None, preset: str, side: str) -> str:
+    if source is None:
+        raise ValueError(f"Preset {preset!r} trains its {side} from scratch; it has no pretrained {side} path.")
+    return source() if callable(source) else source
+
+
+def _minilm() -> str:
+    from .assets import minilm_path
+
+    return minilm_path()
+
+
+def _smollm2() -> str:
+    from .assets import smollm2_path
+
+    return smollm2_path()
+
+
+# Training settings shared by every preset: the CLI owns progress display and the final save.
+_COMMON_TRAINING = {
+    "report_to": "none",
+    "logging_first_step": True,
+    "train_sampling_strategy": "group_by_length",  # similar lengths per batch: less padding, faster CPU steps
+    "length_column_name": "length",  # written by data.tokenize_corpus
+    "eval_strategy": "no",  # the CLI evaluates once at the end (evaluation on CPU costs minutes)
+    "save_strategy": "steps",
+    "save_total_limit": 1,
+    "seed": 0,
+}
+
+PRESETS: dict[str, Preset] = {
+    "small": Preset(
+        name="small",
+        description="word-level BERT 2x128 encoder + GPT-2 3x256 decoder from scratch on PTB; ~15 min on 2 CPU cores",
+        model={
+            "latent_size": 32,
+            "pooling": "mean",
+            "latent_injection": "both",
+            "critic_hidden_size": 256,
+            # Donsker-Varadhan: its log-mean-exp keeps the critic's step bounded. With the NWJ bound (xi=1) the
+            # e^f of marginal pairs blew up after ~1,000 steps of this preset (bound -265 nats, critic loss 5e3).
+            "xi": "dv",
+            "kl_weight": 1.0,
+            "mi_weight": 2.0,
+        },
+        training={
+            **_COMMON_TRAINING,
+            "output_dir": "mine-vae-small",
+            "max_steps": 1200,
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64,
+            "learning_rate": 1e-3,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 100,
+            "weight_decay": 0.01,
+            "logging_steps": 50,
+            "save_steps": 400,
+            "critic_learning_rate": 1e-3,
+            "critic_warmup_steps": 100,
+            "mi_warmup_steps": 200,
+            "kl_warmup_ratio": 0.5,
+            # 0.25 nats per dimension (8 nats over z): the KL has no reason to collapse below it, and the critic's
+            # bound (lambda above) rewards spending it on what tells sentences apart. A decoder trained for minutes
+            # cannot use much more: at 0.4 the KL rose to 11 nats and the NLL by 5.
+            "free_bits": 0.25,
+            "eval_importance_samples": 10,
+        },
+        data={
+            "max_length": 40,
+            "overlength": "drop",
+            "vocab_size": None,
+            "min_frequency": 1,
+            "max_eval_examples": 500,  # 500 sentences x 11 decoder passes: about 2 minutes of the budget
+        },
+        # No dropout: in less than one epoch nothing overfits, and an encoder with dropout shows the critic other
+        # features in training than in evaluation (the bound then reads negative at evaluation).
+        encoder_config={
+            "hidden_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 512,
+            "max_position_embeddings": 64,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+        decoder_config={
+            "n_embd": 256,
+            "n_layer": 3,
+            "n_head": 4,
+            "n_inner": 1024,
+            "n_positions": 64,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        },
+    ),
+    "tiny": Preset(
+        name="tiny",
+        description="a toy model for tests and smoke runs (seconds); not meant to produce good text",
+        model={"latent_size": 8, "critic_hidden_size": 16, "xi": 1.0, "kl_weight": 1.0, "mi_weight": 1.0},
+        training={
+            **_COMMON_TRAINING,
+            "output_dir": "mine-vae-tiny",
+            "max_steps": 8,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 16,
+            "learning_rate": 3e-3,
+            "logging_steps": 2,
+            "save_steps": 4,
+            "critic_warmup_steps": 2,
+            "eval_importance_samples": 2,
+            "disable_tqdm": True,
+        },
+        data={"max_length": 24, "overlength": "drop", "vocab_size": 2000, "min_frequency": 1, "max_eval_examples": 32},
+        encoder_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 32,
+        },
+        decoder_config={"n_embd": 32, "n_layer": 1, "n_head": 2, "n_inner": 64, "n_positions": 32},
+    ),
+    "minilm-smollm2": Preset(
+        name="minilm-smollm2",
+        description="pretrained all-MiniLM-L6-v2 encoder + SmolLM2-135M decoder (GPU machines, long runs)",
+        model={"latent_size": 64, "pooling": "mean", "latent_injection": "both", "critic_hidden_size": 512},
+        training={
+            **_COMMON_TRAINING,
+            "output_dir": "mine-vae-minilm-smollm2",
+            "num_train_epochs": 1,
+            "max_steps": 5000,
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64,
+            "learning_rate": 5e-5,
+            "lr_scheduler_type": "linear",
+            "warmup_steps": 200,
+            "logging_steps": 50,
+            "save_steps": 1000,
+            "critic_warmup_steps": 200,
+            "mi_warmup_steps": 500,
+            "kl_warmup_ratio": 0.3,
+            "free_bits": 0.1,
+            "eval_importance_samples": 50,
+        },
+        data={"max_length": 64, "overlength": "drop", "max_eval_examples": None},
+        encoder=_minilm,
+        decoder=_smollm2,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; a `ValueError` listing the known presets otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(f"{key} ({preset.description})" for key, preset in PRESETS.items())
+        raise ValueError(f"Unknown preset {name!r}; use one of: {known}.") from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building a model and its processor
+# --------------------------------------------------------------------------------------------------------------------
+def build_from_scratch(
+    preset: Preset,
+    texts: Iterable[str],
+    max_length: int,
+    vocab_size: int | None = None,
+    min_frequency: int = 1,
+    **config_kwargs: Any,
+) -> tuple[MineVaeModel, MineVaeProcessor]:
+    """
+    Word-level tokenizers built on `texts`, then a randomly initialised BERT encoder and GPT-2 decoder of the
+    preset's sizes around them.
+
+    Args:
+        texts: the training sentences (the vocabulary is read from them).
+        max_length: most words per sentence, without special tokens.
+        vocab_size: most entries per vocabulary, special tokens included (None: every word seen).
+        config_kwargs: `MineVaeConfig` keyword arguments, over the preset's.
+    """
+    from transformers import BertConfig, GPT2Config
+
+    from .data import build_word_tokenizers
+
+    if preset.encoder_config is None or preset.decoder_config is None:
+        raise ValueError(f"Preset {preset.name!r} loads a pretrained pair; use build_pretrained.")
+    encoder_tokenizer, decoder_tokenizer = build_word_tokenizers(texts, vocab_size, min_frequency)
+    # Positions: the decoder also holds z's key/value position and BOS; the encoder [CLS] and [SEP].
+    needed = max_length + 2
+    for side, sizes, key in (
+        ("encoder", preset.encoder_config, "max_position_embeddings"),
+        ("decoder", preset.decoder_config, "n_positions"),
+    ):
+        if sizes[key] < needed:
+            raise ValueError(
+                f"max_length={max_length} needs {needed} {side} positions but preset {preset.name!r} has "
+                f"{sizes[key]}; use max_length <= {sizes[key] - 2}."
+            )
+    encoder_config = BertConfig(vocab_size=len(encoder_tokenizer), **preset.encoder_config)
+    decoder_config = GPT2Config(
+        vocab_size=len(decoder_tokenizer),
+        pad_token_id=decoder_tokenizer.pad_token_id,
+        bos_token_id=decoder_tokenizer.bos_token_id,
+        eos_token_id=decoder_tokenizer.eos_token_id,
+        **preset.decoder_config,
+    )
+    config = MineVaeConfig(encoder=encoder_config, decoder=decoder_config, **{**preset.model, **config_kwargs})
+    processor = MineVaeProcessor(
+        encoder_tokenizer, decoder_tokenizer, max_encoder_length=max_length + 2, max_decoder_length=max_length + 1
+    )
+    return MineVaeModel(config), processor
+
+
+def build_pretrained(
+    encoder: str,
+    decoder: str,
+    max_length: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    **config_kwargs: Any,
+) -> tuple[MineVaeModel, MineVaeProcessor]:
+    """
+    A MINE-VAE around a pretrained encoder and causal decoder (local folders or Hub ids) and their tokenizers.
+
+    Args:
+        max_length: most tokens per sentence for each tokenizer, without special tokens.
+        model_kwargs: `from_encoder_decoder_pretrained` loading options (e.g. `decoder_dtype=torch.bfloat16`).
+        config_kwargs: `MineVaeConfig` keyword arguments.
+    """
+    from transformers import AutoTokenizer
+
+    encoder_tokenizer = AutoTokenizer.from_pretrained(encoder)
+    decoder_tokenizer = AutoTokenizer.from_pretrained(decoder)
+    _give_pad_token(decoder_tokenizer, decoder)
+    model = MineVaeModel.from_encoder_decoder_pretrained(encoder, decoder, **dict(model_kwargs or {}), **config_kwargs)
+    # The tokenizer, not the checkpoint's config, decides which ids start, end and pad sentences.
+    start = (
+        decoder_tokenizer.bos_token_id if decoder_tokenizer.bos_token_id is not None else decoder_tokenizer.eos_token_id
+    )
+    for config in (model.config, model.config.decoder, model.generation_config):
+        config.pad_token_id = decoder_tokenizer.pad_token_id
+        config.eos_token_id = decoder_tokenizer.eos_token_id
+        config.bos_token_id = start
+    model.config.decoder_start_token_id = model.generation_config.decoder_start_token_id = start
+    processor = MineVaeProcessor(
+        encoder_tokenizer,
+        decoder_tokenizer,
+        max_encoder_length=_within(max_length + 2, model.config.encoder, 0),
+        max_decoder_length=_within(max_length + 1, model.config.decoder, 1 if model.config.injects_memory else 0),
+    )
+    return model, processor
+
+
+def _give_pad_token(tokenizer: Any, name: str) -> None:
+    """Decoders such as GPT-2 ship without a pad token. Padding is masked out of the loss by position, so any existing
+    token serves; unk is preferred over EOS so that nothing keyed on `pad_token_id` can hide the EOS."""
+    if tokenizer.pad_token_id is not None:
+        return
+    substitute = tokenizer.unk_token if tokenizer.unk_token not in (None, tokenizer.eos_token) else tokenizer.eos_token
+    if substitute is None:
+        raise ValueError(f"The decoder tokenizer of {name} has neither a pad, an unk nor an EOS token; give it a pad.")
+    logger.warning("The decoder tokenizer of %s has no pad token; padding with %s.", name, substitute)
+    tokenizer.pad_token = substitute
+
+
+def _within(length: int, config: Any, prefix: int) -> int:
+    """`length` capped at what the model's position embeddings allow."""
+    limit = getattr(config, "max_position_embeddings", None)
+    return length if limit is None else min(length, limit - prefix)
+
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "build_from_scratch", "build_pretrained", "get_preset"]

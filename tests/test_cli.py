@@ -1,0 +1,344 @@
+"""The `mine-vae` command line end to end, offline, on a tiny corpus and the tiny preset.
+
+Commands run in-process through `main([...])`; one test runs the installed `mine-vae` entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiny
+import torch
+
+from mine_vae import MineVaeModel, MineVaeProcessor
+from mine_vae.cli import COMMANDS, format_table, main
+from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
+
+TINY = ["--preset", "tiny"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine its barrier waits cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """`main(argv)` with stdout and stderr captured: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
+    files["train"].write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
+    files["validation"].write_text("\n".join(tiny.sentences(20, seed=1)) + "\n")
+    return files
+
+
+def data_flags(corpus: dict[str, Path]) -> list[str]:
+    return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("run") / "model"
+    code, out, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), "--json"])
+    assert code == 0, err
+    return output_dir, json.loads(out)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The commands
+# --------------------------------------------------------------------------------------------------------------------
+def test_train_saves_a_loadable_folder_and_reports(trained):
+    output_dir, report = trained
+    model = MineVaeModel.from_pretrained(output_dir)
+    processor = MineVaeProcessor.from_pretrained(output_dir)
+    processor.check_model(model)
+    for key in ("nll", "ppl", "ppl_word", "kl", "mi", "au", "mi_bound"):
+        assert key in report["metrics"]
+    assert report["global_step"] == 8 and report["split"] == "validation"
+    assert len(report["samples"]) == 5 and len(report["reconstructions"]) == 3
+    assert [step["t"] for step in report["interpolation"]["steps"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert json.loads((output_dir / "mine_vae_results.json").read_text())["metrics"] == report["metrics"]
+
+
+def test_evaluate_prints_a_table_and_json(trained, corpus):
+    output_dir, _ = trained
+    code, out, err = run(["evaluate", "--model", str(output_dir), "--file", str(corpus["validation"])])
+    assert code == 0, err
+    assert "Metrics on validation (20 sentences" in out and "active units" in out
+    code, out, _ = run(
+        [
+            "evaluate",
+            "--model",
+            str(output_dir),
+            "--file",
+            str(corpus["validation"]),
+            "--json",
+            "--importance_samples",
+            "3",
+            "--max_eval_examples",
+            "10",
+        ]
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["metrics"]["num_examples"] == 10 and report["importance_samples"] == 3
+
+
+def test_generate_from_the_prior_and_reconstructs(trained):
+    output_dir, _ = trained
+    code, out, _ = run(["generate", "--model", str(output_dir), "--num_samples", "3", "--json"])
+    assert code == 0
+    report = json.loads(out)
+    assert report["mode"] == "prior" and len(report["results"]) == 3
+    code, out, _ = run(
+        [
+            "generate",
+            "--model",
+            str(output_dir),
+            "the cat sees the moon",
+            "a dog likes an apple",
+            "--do_sample",
+            "--top_p",
+            "0.9",
+            "--num_return_sequences",
+            "2",
+            "--max_new_tokens",
+            "8",
+        ]
+    )
+    assert code == 0
+    assert "Reconstructions" in out and out.count("the cat sees the moon") == 2
+
+
+def test_interpolate(trained):
+    output_dir, _ = trained
+    code, out, _ = run(
+        [
+            "interpolate",
+            "the cat sees the moon",
+            "a bird hears the river",
+            "--steps",
+            "4",
+            "--model",
+            str(output_dir),
+            "--json",
+        ]
+    )
+    assert code == 0
+    steps = json.loads(out)["steps"]
+    assert [round(s["t"], 3) for s in steps] == [0.0, 0.333, 0.667, 1.0]
+    code, out, _ = run(["interpolate", "the cat sees the moon", "a bird hears the river", "--model", str(output_dir)])
+    assert code == 0 and "Interpolation from" in out and "1.00" in out
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkeypatch):
+    output_dir = tmp_path / "model"
+    original = MineVaeTrainer.training_step
+
+    def interrupted_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 2:  # during the third step: the CLI must finish it, then save
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    flags = ["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), "--save_steps", "100"]
+    monkeypatch.setattr(MineVaeTrainer, "training_step", interrupted_at_step_3)
+    code, _, err = run(flags)
+    assert code == 130, err
+    assert last_complete_checkpoint(str(output_dir)).endswith("checkpoint-3")
+    assert "--resume" in err and not (output_dir / "config.json").exists()
+    monkeypatch.setattr(MineVaeTrainer, "training_step", original)
+
+    code, _, err = run(flags)  # the unfinished run is not silently restarted
+    assert code == 2 and "--resume" in err
+
+    code, out, err = run([*flags, "--resume"])
+    assert code == 0, err
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 8
+    assert "Metrics on validation" in out and "Samples from the prior" in out and "Interpolation" in out
+
+
+def test_config_file_and_overwrite(trained, corpus, tmp_path):
+    output_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], output_dir)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"preset: tiny\ntrain_file: {corpus['train']}\nvalidation-file: {corpus['validation']}\n"
+        f"output_dir: {output_dir}\nmax_steps: 2\nnum_samples: 1\nlatent_size: 4\n"
+    )
+    code, _, err = run(["train", str(config), "--max_steps", "3", "--overwrite"])  # the flag wins over the file
+    assert code == 0, err
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    assert MineVaeModel.from_pretrained(output_dir).config.latent_size == 4
+    json_config = tmp_path / "run.json"
+    json_config.write_text(json.dumps({"num_samples": 2}))
+    code, out, _ = run(["generate", "--config", str(json_config), "--model", str(output_dir), "--json"])
+    assert code == 0 and len(json.loads(out)["results"]) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input: one line naming the fix, exit code 2, no traceback
+# --------------------------------------------------------------------------------------------------------------------
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mine-vae ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_file(tmp_path):
+    code, _, err = run(
+        ["train", *TINY, "--train_file", str(tmp_path / "nope.txt"), "--output_dir", str(tmp_path / "o")]
+    )
+    assert_one_line_error(code, err, "does not exist", "Check the path")
+
+
+@pytest.mark.parametrize("content", ["", "\n   \n\n"])
+def test_empty_corpus(tmp_path, content):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(content)
+    code, _, err = run(["train", *TINY, "--train_file", str(empty), "--output_dir", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "empty")
+
+
+def test_text_column_that_does_not_exist(tmp_path):
+    table = tmp_path / "data.csv"
+    table.write_text("sentence,label\nthe cat sees the moon,1\na dog likes an apple,0\n")
+    code, _, err = run(["train", *TINY, "--train_file", str(table), "--output_dir", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "no column 'text'", "sentence")
+
+
+def test_unknown_preset(tmp_path):
+    code, _, err = run(["train", "--preset", "huge", "--output_dir", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "Unknown preset 'huge'", "small", "tiny", "minilm-smollm2")
+
+
+def test_output_folder_with_another_model_is_not_overwritten(trained, corpus):
+    output_dir, _ = trained
+    weights = output_dir / "model.safetensors"
+    before = weights.read_bytes()
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir)])
+    assert_one_line_error(code, err, "already holds a trained model", "--overwrite")
+    assert weights.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["generate", "--model", "no/such/folder"], "no model at"),
+        (["evaluate", "--model", "missing-model"], "no model at"),
+        (["train", "--max_stepz", "3"], "unrecognized arguments: --max_stepz"),
+        (["train", *TINY, "--critic_steps", "0"], "critic_steps=0"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["train", *TINY, "--resume", "--overwrite"], "pass only one"),
+        (["train", "--config", "missing.yaml"], "does not exist"),
+    ],
+)
+def test_other_bad_input(argv, fragment):
+    code, _, err = run(argv)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_unknown_setting_in_a_config_file(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"preset": "tiny", "max_stepz": 3}))
+    code, _, err = run(["train", str(config)])
+    assert_one_line_error(code, err, "unknown setting(s) max_stepz")
+
+
+def test_bad_interpolation_steps(trained):
+    code, _, err = run(["interpolate", "a", "b", "--steps", "1", "--model", str(trained[0])])
+    assert_one_line_error(code, err, "--steps must be at least 2")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Help and the real entry point
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["train", "evaluate", "generate", "interpolate"])
+def test_every_command_has_help_with_examples(name):
+    code, out, _ = run([name, "--help"])
+    assert code == 0
+    assert "examples:" in out and f"mine-vae {name}" in out and "--json" in out
+
+
+def test_train_help_lists_training_arguments_and_preset_defaults():
+    code, out, _ = run(["train", "--preset", "tiny", "--help"])
+    assert code == 0
+    for flag in (
+        "--learning_rate",
+        "--critic_warmup_steps",
+        "--kl_schedule",
+        "--train_file",
+        "--resume",
+        "--overwrite",
+    ):
+        assert flag in out
+    assert "mine-vae-tiny" in out  # the preset's output_dir is the default shown
+
+
+def test_overview_lists_commands():
+    code, out, _ = run(["--help"])
+    assert code == 0 and all(name in out for name in COMMANDS)
+    assert run([])[0] == 2
+
+
+def test_threads_follow_the_flag_or_the_load(monkeypatch):
+    from mine_vae import cli
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    for load, expected in ((0.1, 2), (1.2, 1), (6.0, 1)):
+        torch.set_num_threads(2)
+        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, load, load))
+        cli._set_threads(None)
+        assert torch.get_num_threads() == expected, load
+    cli._set_threads(2)  # an explicit choice wins over the load
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with pytest.raises(cli.CliError, match="at least 1"):
+        cli._set_threads(0)
+
+
+def test_format_table_aligns_columns():
+    table = format_table([("kl", 1.5), ("ppl", 123.25)], headers=("metric", "value"))
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "value"] and lines[2].endswith("1.5") and lines[3].endswith("123.2")
+
+
+def test_the_installed_entry_point_fails_cleanly(tmp_path):
+    script = Path(sys.executable).with_name("mine-vae")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mine_vae.cli"]
+    result = subprocess.run(
+        [*command, "train", "--train_file", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "missing.txt" in lines[0] and "does not exist" in lines[0]

@@ -1,0 +1,72 @@
+"""Every script in examples/ runs in its --smoke mode (tiny models and data, seconds, offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds waiting on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_example_has_a_smoke_test():
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == {
+        "finetune_pretrained_pair",
+        "generate_and_interpolate",
+        "plot_latent_space",
+    }
+
+
+def test_finetune_pretrained_pair_smoke(capsys):
+    metrics = load("finetune_pretrained_pair").main(["--smoke"])
+    for key in ("eval_nll", "eval_kl", "eval_mi", "eval_au", "eval_mi_bound"):
+        assert key in metrics
+    assert capsys.readouterr().out.count("sample:") == 3
+
+
+def test_generate_and_interpolate_smoke(capsys):
+    results = load("generate_and_interpolate").main(
+        ["--smoke", "--num_samples", "2", "--steps", "3", "--max_new_tokens", "6"]
+    )
+    assert len(results["prior, greedy"]) == 2 and len(results["reconstructions"]) == 3
+    assert len(results["posterior samples of sentence 1"]) == 2 and len(results["interpolation 1 -> 2"]) == 3
+    assert "interpolation 1 -> 2:" in capsys.readouterr().out
+
+
+def test_plot_latent_space_smoke(tmp_path):
+    import matplotlib.image
+
+    written = load("plot_latent_space").main(["--smoke", "--out_dir", str(tmp_path)])
+    assert [p.name for p in written] == ["latent_space.png", "training_curves.png"]
+    for path in written:
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 300 and image.shape[1] > 500
+        assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+
+
+def test_pca_projects_onto_the_directions_of_largest_variance():
+    pca_2d = load("plot_latent_space").pca_2d
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(500, 4, generator=generator) * torch.tensor([5.0, 0.1, 2.0, 0.1])
+    projected, explained = pca_2d(points)
+    assert projected.shape == (500, 2)
+    assert explained[0] > explained[1] > 0.1
+    assert torch.allclose(projected[:, 0].abs(), points[:, 0].sub(points[:, 0].mean()).abs(), atol=0.3)
