@@ -1,0 +1,492 @@
+"""Benchmark the cost of MineVaeTrainer's MI machinery and of the batched importance-weighted NLL, side by side.
+
+Builds a BERT encoder + GPT-2 decoder pair from configs (random weights, no download) and prints one table of ratios:
+
+1. One MINE-VAE optimizer step (`MineVaeTrainer.training_step` with `critic_steps=1`, λ = `mi_weight` = 1 active from
+   the first step, then the VAE optimizer step) vs the same model trained as a plain VAE (`config.mi_weight = 0`, no
+   critic step) by `transformers.Trainer.training_step` + the same optimizer step: time and peak memory.
+2. The importance-weighted NLL of `evaluate_vae` (samples batched into one decoder call per `importance_batch_size`
+   samples) vs a per-sample Python loop (one decoder call per importance sample) computing the same estimate from
+   the same draws: time, after checking the two numbers agree.
+
+Memory. On the CPU there is no `max_memory_allocated`, so two measures are given:
+
+- peak tensor memory (the primary one): the tensors alive at the start of a step (parameters, gradients, optimizer
+  states) plus the high-water mark of the allocations and frees the PyTorch CPU allocator reports to the profiler
+  (`profile_memory=True`) during the step: the CPU analogue of `torch.cuda.max_memory_allocated`, exact and
+  unaffected by glibc's caching;
+- peak RSS increment: in a fresh subprocess per variant that builds the model and runs a few steps, how far the steps
+  raise the process's peak RSS (`VmHWM`) above its peak before them. What the OS sees, glibc's caching and
+  fragmentation included, without the interpreter, libraries and model that both variants share; noisier.
+
+Timings: the compared variants are interleaved (their order rotating every repeat) after a warm-up; medians.
+
+Usage:
+    python bench/bench_trainer.py                 # full run
+    python bench/bench_trainer.py --quick         # smoke run (few repeats, fewer importance samples)
+    python bench/bench_trainer.py --repeats 20 --json results.json
+    python bench/bench_trainer.py --threads 1     # steadier on a shared machine (OpenMP threads spin-wait)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from transformers import BertConfig, GPT2Config, Trainer, TrainingArguments
+
+from mine_vae import MineVaeConfig, MineVaeModel
+from mine_vae.evaluation import (
+    evaluate_vae,
+    gaussian_log_density,
+    importance_weighted_log_likelihood,
+    standard_normal_log_density,
+)
+from mine_vae.trainer import MineVaeTrainer
+from mine_vae.training_args import MineVaeTrainingArguments
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+SEED = 0
+VARIANTS = ("mine", "plain")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of the benchmarked model and workloads."""
+
+    vocab_size: int = 10000
+    encoder_layers: int = 4
+    encoder_hidden: int = 256
+    encoder_heads: int = 4
+    encoder_intermediate: int = 1024
+    decoder_layers: int = 4
+    decoder_hidden: int = 256
+    decoder_heads: int = 4
+    latent_size: int = 32
+    critic_hidden_size: int = 256
+    max_positions: int = 128
+    batch_size: int = 16
+    length: int = 40
+    importance_samples: int = 20
+    importance_batch_size: int = 10
+    eval_batches: int = 1
+
+
+@dataclass
+class Row:
+    """One line of the result table: `ratio = value_a / value_b`, checked against `target`."""
+
+    what: str
+    unit: str
+    value_a: float
+    value_b: float
+    ratio: float
+    target: str
+    passed: bool
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model and inputs
+# --------------------------------------------------------------------------------------------------------------------
+def build_model(shape: Shape, mi_weight: float) -> MineVaeModel:
+    """A MINE-VAE with a random-weight BERT encoder and GPT-2 decoder of the given sizes (same weights every call)."""
+    torch.manual_seed(SEED)
+    encoder = BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.encoder_hidden,
+        num_hidden_layers=shape.encoder_layers,
+        num_attention_heads=shape.encoder_heads,
+        intermediate_size=shape.encoder_intermediate,
+        max_position_embeddings=shape.max_positions,
+    )
+    decoder = GPT2Config(
+        vocab_size=shape.vocab_size,
+        n_embd=shape.decoder_hidden,
+        n_layer=shape.decoder_layers,
+        n_head=shape.decoder_heads,
+        n_positions=shape.max_positions,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    config = MineVaeConfig(
+        encoder=encoder,
+        decoder=decoder,
+        latent_size=shape.latent_size,
+        critic_hidden_size=shape.critic_hidden_size,
+        kl_weight=1.0,
+        mi_weight=mi_weight,
+    )
+    return MineVaeModel(config)
+
+
+def make_batch(shape: Shape, seed: int) -> dict[str, torch.Tensor]:
+    """A padded batch like `MineVaeProcessor.pad` makes: random words, lengths between half and full `length`."""
+    generator = torch.Generator().manual_seed(seed)
+    size, length = shape.batch_size, shape.length
+    lengths = torch.randint(length // 2, length + 1, (size,), generator=generator)
+    lengths[0] = length
+    words = torch.randint(EOS_ID + 1, shape.vocab_size, (size, length), generator=generator)
+    mask = (torch.arange(length) < lengths.unsqueeze(1)).long()
+    decoder_input_ids = torch.cat([torch.full((size, 1), BOS_ID), words[:, :-1]], dim=1)
+    labels = torch.where(torch.arange(length) == lengths.unsqueeze(1) - 1, EOS_ID, words)
+    return {
+        "input_ids": words.masked_fill(mask == 0, PAD_ID),
+        "attention_mask": mask,
+        "decoder_input_ids": decoder_input_ids.masked_fill(mask == 0, PAD_ID),
+        "decoder_attention_mask": mask,
+        "labels": labels.masked_fill(mask == 0, -100),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training steps
+# --------------------------------------------------------------------------------------------------------------------
+def common_arguments(shape: Shape, output_dir: str) -> dict[str, object]:
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": shape.batch_size,
+        "max_steps": 10_000,
+        "learning_rate": 1e-4,
+        "use_cpu": True,
+        "report_to": [],
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "seed": SEED,
+    }
+
+
+def make_trainer(variant: str, shape: Shape, output_dir: str) -> Trainer:
+    """`mine`: MineVaeTrainer, k = 1 critic update, λ = 1 from step 0. `plain`: transformers.Trainer, λ = 0."""
+    if variant == "mine":
+        args = MineVaeTrainingArguments(
+            **common_arguments(shape, output_dir),
+            critic_steps=1,
+            critic_warmup_steps=0,
+            mi_schedule="constant",
+            kl_schedule="constant",
+        )
+        trainer: Trainer = MineVaeTrainer(model=build_model(shape, mi_weight=1.0), args=args)
+    elif variant == "plain":
+        args = TrainingArguments(**common_arguments(shape, output_dir))
+        trainer = Trainer(model=build_model(shape, mi_weight=0.0), args=args)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, read by training_step
+    return trainer
+
+
+def optimizer_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """What Trainer's loop does per optimizer step without accumulation: the step, clipping, update, zero_grad."""
+    model = trainer.model
+
+    def step() -> None:
+        trainer.training_step(model, batch)
+        nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1
+
+    return step
+
+
+def check_variants(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor]) -> None:
+    """The comparison is only meaningful if `mine` trains the critic once per step with λ > 0 and `plain` never
+    touches it: run one (untimed) step of each and check."""
+    mine, plain = trainers["mine"], trainers["plain"]
+    optimizer_step(mine, batch)()
+    critic_updates = {int(state["step"]) for state in mine.critic_optimizer.state.values()}
+    if critic_updates != {mine.state.global_step} or mine.mi_schedule(mine.state.global_step - 1) <= 0:
+        raise RuntimeError(f"The MINE variant must update the critic once per step with λ > 0 ({critic_updates}).")
+    plain.training_step(plain.model, batch)
+    if plain.model.config.mi_weight != 0 or any(p.grad is not None for p in plain.model.critic.parameters()):
+        raise RuntimeError("The plain variant must not train the critic.")
+    plain.model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------------------------
+def time_call(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each variant, interleaved (rotating order each repeat) after `warmup` rounds."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(time_call(variants[name]))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def resident_bytes(trainer: Trainer) -> int:
+    """Bytes of the tensors a step starts with: parameters, buffers, gradients and every optimizer's state."""
+    model = trainer.model
+    optimizers = [trainer.optimizer, getattr(trainer, "critic_optimizer", None)]
+    states = [v for o in optimizers if o is not None for state in o.state.values() for v in state.values()]
+    params = list(model.parameters())
+    return (
+        tensor_bytes(params)
+        + tensor_bytes(model.buffers())
+        + tensor_bytes(p.grad for p in params)
+        + tensor_bytes(states)
+    )
+
+
+def peak_step_bytes(step: Callable[[], None]) -> int:
+    """High-water mark of the CPU allocator's live bytes during `step`, relative to its start (profiler events)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_tensor_bytes(trainer: Trainer, step: Callable[[], None]) -> int:
+    return resident_bytes(trainer) + peak_step_bytes(step)
+
+
+def child_step_rss(variant: str, steps: int, threads: int | None) -> int:
+    """How far (bytes) `steps` optimizer steps of `variant` raise the peak RSS of a fresh process above its peak
+    before them: the training step's own footprint, without the interpreter, the libraries and the model, which both
+    variants share."""
+    command = [sys.executable, __file__, "--rss-child", variant, "--rss-steps", str(steps)]
+    if threads:
+        command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["peak"] - report["before_steps"]
+
+
+def proc_status_bytes(field: str) -> int:
+    """A `/proc/self/status` memory field (`VmRSS`, `VmHWM`: kB) in bytes. VmHWM is the peak RSS of this process's
+    own address space; `ru_maxrss` would not do here, since after fork + exec it still holds the parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} (the RSS rows need Linux).")
+
+
+def rss_child(variant: str, steps: int) -> None:
+    shape = Shape()
+    with tempfile.TemporaryDirectory() as output_dir:
+        step = optimizer_step(make_trainer(variant, shape, output_dir), make_batch(shape, SEED + 1))
+        # The high-water mark so far (building the model may have peaked above where it settled): the row shows
+        # what the steps add on top of it.
+        before = proc_status_bytes("VmHWM")
+        for _ in range(steps):
+            step()
+    print(json.dumps({"before_steps": before, "peak": proc_status_bytes("VmHWM")}))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Importance-weighted NLL: the batched path of evaluate_vae vs one decoder call per sample
+# --------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def looped_iw_nll(model: MineVaeModel, batches: list[dict[str, torch.Tensor]], num_samples: int, seed: int) -> float:
+    """The IW-NLL per sentence with one `log_likelihood` call per importance sample, drawing the same samples as
+    `evaluate_vae(seed=seed)` (its reconstruction sample first, then the importance samples, batch by batch)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for batch in batches:
+        posterior = model.encode(batch["input_ids"], batch["attention_mask"])
+        mu, logvar = posterior.mu, posterior.logvar
+        std = torch.exp(0.5 * logvar)
+        torch.randn(mu.shape, generator=generator)  # evaluate_vae's reconstruction sample
+        log_weights = []
+        for _ in range(num_samples):
+            z = mu + std * torch.randn(mu.shape, generator=generator)
+            log_px = model.log_likelihood(
+                z, batch["decoder_input_ids"], batch["labels"], decoder_attention_mask=batch["decoder_attention_mask"]
+            )
+            log_weights.append((log_px, standard_normal_log_density(z), gaussian_log_density(z, mu, logvar)))
+        log_px, log_pz, log_qz = (torch.stack(terms) for terms in zip(*log_weights))
+        total -= float(importance_weighted_log_likelihood(log_px, log_pz, log_qz).sum())
+        count += mu.shape[0]
+    return total / count
+
+
+def batched_iw_nll(model: MineVaeModel, batches: list[dict[str, torch.Tensor]], shape: Shape, seed: int) -> float:
+    return evaluate_vae(
+        model,
+        batches,
+        num_importance_samples=shape.importance_samples,
+        importance_batch_size=shape.importance_batch_size,
+        seed=seed,
+    )["nll"]
+
+
+def importance_row(shape: Shape, repeats: int, warmup: int) -> Row:
+    model = build_model(shape, mi_weight=1.0).eval()
+    batches = [make_batch(shape, SEED + 10 + index) for index in range(shape.eval_batches)]
+    batched = batched_iw_nll(model, batches, shape, SEED)
+    looped = looped_iw_nll(model, batches, shape.importance_samples, SEED)
+    if not math.isclose(batched, looped, rel_tol=1e-5):
+        raise RuntimeError(f"Batched and looped IW-NLL disagree: {batched!r} vs {looped!r}.")
+    seconds = measure(
+        {
+            "batched": lambda: batched_iw_nll(model, batches, shape, SEED),
+            "looped": lambda: looped_iw_nll(model, batches, shape.importance_samples, SEED),
+        },
+        repeats,
+        warmup,
+    )
+    speedup = seconds["looped"] / seconds["batched"]
+    return Row(
+        f"IW-NLL speed-up: evaluate_vae (K={shape.importance_samples}, {shape.importance_batch_size}/call) vs "
+        f"per-sample loop [nll {batched:.3f} = {looped:.3f}]",
+        "ms",
+        1000 * seconds["batched"],
+        1000 * seconds["looped"],
+        speedup,
+        ">= 5.00 (B/A)",
+        speedup >= 5.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------------------------------------
+def median_step_rss(steps: int, runs: int, threads: int | None) -> dict[str, float]:
+    """Median over `runs` fresh processes per variant (interleaved) of `child_step_rss`: glibc's arenas make one
+    process's RSS jitter by a few percent."""
+    samples: dict[str, list[int]] = {variant: [] for variant in VARIANTS}
+    for _ in range(runs):
+        for variant in VARIANTS:
+            samples[variant].append(child_step_rss(variant, steps, threads))
+    return {variant: statistics.median(values) for variant, values in samples.items()}
+
+
+def training_rows(shape: Shape, args: argparse.Namespace) -> list[Row]:
+    batch = make_batch(shape, SEED + 1)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainers = {variant: make_trainer(variant, shape, f"{output_dir}/{variant}") for variant in VARIANTS}
+        check_variants(trainers, batch)
+        steps = {variant: optimizer_step(trainer, batch) for variant, trainer in trainers.items()}
+        seconds = measure(steps, args.repeats, args.warmup)
+        tensor_peaks = {variant: peak_tensor_bytes(trainers[variant], steps[variant]) for variant in VARIANTS}
+    rss_peaks = median_step_rss(args.rss_steps, args.rss_runs, args.threads)
+    label = f"(b={shape.batch_size}, len={shape.length})"
+    return [
+        ratio_row(f"train step ms: MINE (k=1, λ=1) vs plain Trainer {label}", "ms", seconds, 1000, 1.10),
+        ratio_row("peak tensor MiB: resident + in-step high-water (profiler)", "MiB", tensor_peaks, 2**-20, 1.05),
+        ratio_row(
+            f"peak RSS MiB over pre-step peak: fresh processes, {args.rss_steps} steps", "MiB", rss_peaks, 2**-20, 1.05
+        ),
+    ]
+
+
+def ratio_row(what: str, unit: str, values: dict[str, float], scale: float, limit: float) -> Row:
+    ratio = values["mine"] / values["plain"]
+    return Row(what, unit, scale * values["mine"], scale * values["plain"], ratio, f"<= {limit:.2f}", ratio <= limit)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------------------------
+def format_table(rows: list[Row]) -> str:
+    header = ("what", "A", "B", "ratio", "target", "result")
+    lines = [header] + [
+        (
+            row.what,
+            f"{row.value_a:.1f} {row.unit}",
+            f"{row.value_b:.1f} {row.unit}",
+            f"{row.ratio:.3f}",
+            row.target,
+            "PASS" if row.passed else "FAIL",
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in lines) for i in range(len(header))]
+    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in lines]
+    return "\n".join([rendered[0], "-+-".join("-" * width for width in widths), *rendered[1:]])
+
+
+def environment() -> dict[str, object]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15, or 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2, or 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="few repeats and samples: a smoke run, not a measurement")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--rss-child", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--iw-repeats", type=int, default=None, help="timed rounds of the IW-NLL row (default 5, or 2)")
+    parser.add_argument("--rss-runs", type=int, default=None, help="fresh processes per variant (default 3, or 1)")
+    parser.add_argument("--rss-steps", type=int, default=None, help="steps per fresh process (default 4, or 2)")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 15)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.iw_repeats = args.iw_repeats or (2 if args.quick else 5)
+    args.rss_runs = args.rss_runs or (1 if args.quick else 3)
+    args.rss_steps = args.rss_steps or (2 if args.quick else 4)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child is not None:
+        rss_child(args.rss_child, args.rss_steps)
+        return 0
+    transformers.logging.set_verbosity_error()
+    shape = Shape(importance_samples=10) if args.quick else Shape()
+    rows = training_rows(shape, args) + [importance_row(shape, args.iw_repeats, min(args.warmup, 1))]
+    print(
+        f"medians of {args.repeats} (training) / {args.iw_repeats} (IW-NLL) interleaved repeats after warm-up; "
+        f"env: {environment()}"
+    )
+    print(format_table(rows))
+    if args.json is not None:
+        settings = ("repeats", "warmup", "iw_repeats", "rss_runs", "rss_steps")
+        payload = {"shape": asdict(shape), "settings": {name: getattr(args, name) for name in settings}}
+        payload.update(env=environment(), rows=[asdict(row) for row in rows])
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0 if all(row.passed for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
