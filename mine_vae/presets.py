@@ -203,12 +203,18 @@ PRESETS: dict[str, Preset] = {
     "minilm-smollm2": Preset(
         name="minilm-smollm2",
         description="pretrained all-MiniLM-L6-v2 encoder + SmolLM2-135M decoder (GPU machines, long runs)",
-        model={"latent_size": 64, "pooling": "mean", "latent_injection": "both", "critic_hidden_size": 512},
+        model={
+            "latent_size": 64,
+            "pooling": "mean",
+            "latent_injection": "both",
+            "critic_hidden_size": 512,
+            "xi": "dv",  # as in `small`: the NWJ bound's e^f diverged in long runs
+            "mi_weight": 1.0,
+        },
         training={
             **_COMMON_TRAINING,
             "output_dir": "mine-vae-minilm-smollm2",
-            "num_train_epochs": 1,
-            "max_steps": 5000,
+            "max_steps": 5000,  # about 4 epochs of PTB at 32 sentences a step
             "per_device_train_batch_size": 32,
             "per_device_eval_batch_size": 64,
             "learning_rate": 5e-5,
