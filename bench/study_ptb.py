@@ -730,7 +730,12 @@ def _cell(summary: Summary, key: str, digits: int) -> str:
     if key not in summary.mean:
         return "–"
     mean, std = summary.mean[key], summary.std[key]
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return _number(mean, digits) if math.isnan(std) else f"{_number(mean, digits)} ± {_number(std, digits)}"
+
+
+def _number(value: float, digits: int) -> str:
+    """Fixed point, or scientific notation for the values an exploding bound produces."""
+    return f"{value:.2e}" if abs(value) >= 1e5 else f"{value:.{digits}f}"
 
 
 def results_table(summaries: Mapping[str, Summary]) -> str:
