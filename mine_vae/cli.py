@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from . import __version__
@@ -529,7 +529,8 @@ def _set_threads(requested: int | None) -> None:
     threads = max(1, min(default, int(idle_cores + 0.5)))
     if threads < default:
         torch.set_num_threads(threads)
-        # A log line, not stderr output: error paths must stay one line long.
+        # A log line, not stderr output: error paths must stay one line long. (`train` states its thread count in
+        # the model summary, printed once the inputs have been checked.)
         logging.getLogger(__name__).info(
             f"The machine is busy (load {load:.1f} on {os.cpu_count()} cores): using {threads} thread(s) instead of "
             f"{default}; --num_threads N to choose."
@@ -937,7 +938,7 @@ def _model_summary(model: Any, preset_name: str) -> str:
     return (
         f"Model ({preset_name}): encoder {describe(config.encoder)}, decoder {describe(config.decoder)}, latent "
         f"{config.latent_size}, xi={config.xi}, peak beta={config.kl_weight}, peak lambda={config.mi_weight}; "
-        f"{parameters:,} parameters."
+        f"{parameters:,} parameters; {torch.get_num_threads()} CPU thread(s) (--num_threads)."
     )
 
 
@@ -969,6 +970,8 @@ def run_train(
     checkpoint = _resume_checkpoint(training_args, run)
     _check_output_dir(output_dir, resume=checkpoint is not None, overwrite=run.overwrite)
 
+    # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
+    set_seed(training_args.seed)
     corpus, eval_name = _split_for_eval(_load_corpus(data), data, training_args.seed)
     corpus["train"] = _first(corpus["train"], data.max_train_examples)
     corpus[eval_name] = _first(corpus[eval_name], data.max_eval_examples)
