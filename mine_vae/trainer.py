@@ -180,6 +180,8 @@ class MineVaeTrainer(Trainer):
                 nn.utils.clip_grad_norm_(vae.critic.parameters(), self.args.critic_max_grad_norm)
             self.critic_optimizer.step()
             self.critic_lr_scheduler.step()
+        # Spent: keep them out of the Trainer's clip_grad_norm_(model.parameters()) and its logged grad_norm.
+        self.critic_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     def _sync_critic(self) -> None:
