@@ -38,6 +38,9 @@ class MineVaeProcessor(PushToHubMixin):
             position, or 512).
     """
 
+    # What transformers' length-grouped sampler measures (`model_input_names[0]`) when the dataset has no length column.
+    model_input_names: list[str] = ["input_ids", "attention_mask"]
+
     def __init__(
         self,
         encoder_tokenizer: PreTrainedTokenizerBase,

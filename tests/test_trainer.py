@@ -268,6 +268,22 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
     assert not torch.equal(rank0["posterior.weight"], initial["posterior.weight"])
 
 
+def test_length_grouped_sampling_measures_the_encoder_inputs(tmp_path):
+    # Without a length column, transformers' sampler measures `processing_class.model_input_names[0]`.
+    processor = tiny.processor()
+    texts = tiny.sentences(48)
+    data = datasets.Dataset.from_dict(dict(processor.encode_texts(texts)))
+    trainer = MineVaeTrainer(
+        model=tiny.model(mi_weight=1.0),
+        args=make_args(tmp_path, train_sampling_strategy="group_by_length"),
+        processing_class=processor,
+        train_dataset=data,
+    )
+    first = next(iter(trainer.get_train_dataloader()))
+    # The sampler puts the batch holding the longest example first, so training fails fast on memory.
+    assert first["input_ids"].shape[1] == max(len(ids) for ids in data["input_ids"])
+
+
 def test_a_last_batch_of_one_trains_without_the_critic(tmp_path):
     trainer = make_trainer(tmp_path, dataset_size=9, max_steps=4)  # batches of 8, 1, 8, 1
     trainer.train()
