@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -556,15 +557,14 @@ def _load_corpus(data: DataArguments, validation_file: str | None = None) -> Any
 
 def _tokenize(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
     """Tokenise for both models. The limits are applied by `tokenize_corpus`, which counts what it drops or cuts;
-    the processor's own truncation is lifted here so that `overlength="drop"` can see the long sentences."""
+    the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
     from .data import tokenize_corpus
-    from .processing_mine_vae import MineVaeProcessor
 
-    untruncated = MineVaeProcessor(processor.encoder_tokenizer, processor.decoder_tokenizer, 10**9, 10**9)
     encoder_limit = min(max_length + 2, processor.max_encoder_length)  # + [CLS] ... [SEP]
     decoder_limit = min(max_length, processor.max_decoder_length - 1)  # the collator adds BOS / EOS
     with _user_errors(ValueError):
-        return tokenize_corpus(corpus, untruncated.encode_texts, encoder_limit, decoder_limit, overlength=overlength)
+        encode = functools.partial(processor.encode_texts, truncate=False)
+        return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)
 
 
 def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
@@ -1009,9 +1009,6 @@ def run_train(
 def _make_trainer(model: Any, processor: Any, training_args: Any, train_dataset: Any) -> tuple[Any, _StopOnInterrupt]:
     from .trainer import MineVaeTrainer
 
-    # transformers' length-grouped sampler reads `processing_class.model_input_names`, which the processor lacks.
-    if not hasattr(processor, "model_input_names"):
-        processor.model_input_names = ["input_ids", "attention_mask"]
     stopper = _StopOnInterrupt()
     with _user_errors(ValueError, TypeError):  # e.g. a batch size the MI bound cannot pair
         trainer = MineVaeTrainer(

@@ -73,17 +73,25 @@ class MineVaeProcessor(PushToHubMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # Text -> token ids -> tensors
     # ----------------------------------------------------------------------------------------------------------------
-    def encode_texts(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+    def encode_texts(self, texts: Sequence[str], truncate: bool = True) -> dict[str, list[list[int]]]:
         """
         Tokenise a batch of texts for both models, without padding (for `datasets.map(batched=True)`).
 
+        Args:
+            texts: non-empty strings.
+            truncate: cut over-long texts to `max_encoder_length` / `max_decoder_length` (with one warning per call);
+                `False` returns them whole, for callers that filter or count them themselves
+                (`mine_vae.data.tokenize_corpus`).
+
         Returns:
             `{"input_ids": [...], "decoder_token_ids": [...]}`: encoder ids with its special tokens; decoder ids with
-            no BOS/EOS (the collator adds them). Over-long texts are truncated, with one warning per call.
+            no BOS/EOS (the collator adds them).
         """
         texts = _check_texts(texts)
         encoder_ids = self.encoder_tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         decoder_ids = self.decoder_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if not truncate:
+            return {"input_ids": encoder_ids, "decoder_token_ids": decoder_ids}
         truncated = 0
         for ids, limit, keep_last in (
             (encoder_ids, self.max_encoder_length, True),

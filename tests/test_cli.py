@@ -104,6 +104,22 @@ def test_evaluate_prints_a_table_and_json(trained, corpus):
     assert report["metrics"]["num_examples"] == 10 and report["importance_samples"] == 3
 
 
+def test_evaluate_drops_sentences_longer_than_the_model_takes(trained, corpus, tmp_path):
+    # Longer than the processor's own limit: these must be dropped and counted, not silently truncated to fit.
+    output_dir, _ = trained
+    processor = MineVaeProcessor.from_pretrained(output_dir)
+    sentences = corpus["validation"].read_text().splitlines()
+    long_sentence = " ".join([sentences[0]] * processor.max_decoder_length)
+    file = tmp_path / "with_long.txt"
+    file.write_text("\n".join([*sentences, long_sentence, long_sentence]) + "\n")
+    argv = ["evaluate", "--model", str(output_dir), "--file", str(file), "--json", "--importance_samples", "2"]
+    code, out, err = run([*argv, "--overlength", "drop"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["data"]["validation/dropped"] == 2
+    assert report["metrics"]["num_examples"] == len(sentences)
+
+
 def test_generate_from_the_prior_and_reconstructs(trained):
     output_dir, _ = trained
     code, out, _ = run(["generate", "--model", str(output_dir), "--num_samples", "3", "--json"])

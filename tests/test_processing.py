@@ -59,6 +59,13 @@ def test_over_long_text_is_truncated_with_a_warning(caplog):
     assert batch["input_ids"].shape[1] == 6
     assert batch["input_ids"][0, -1].item() == processor.encoder_tokenizer.sep_token_id
     assert batch["decoder_input_ids"].shape[1] == 5 and batch["labels"][0, -1].item() == 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        whole = processor.encode_texts([long_text], truncate=False)
+    assert "Truncated" not in caplog.text
+    assert len(whole["input_ids"][0]) == len(processor.encoder_tokenizer(long_text)["input_ids"]) > 6
+    decoder_ids = processor.decoder_tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert whole["decoder_token_ids"][0] == decoder_ids
 
 
 def test_vocabulary_larger_than_the_embedding_is_refused():
