@@ -24,6 +24,7 @@ from mine_vae.evaluation import (
     importance_weighted_log_likelihood,
     kl_per_dimension,
     mutual_information,
+    samples_per_call,
     standard_normal_log_density,
 )
 from mine_vae.metrics import available_metrics, load_metric, metric_path
@@ -332,6 +333,26 @@ def test_iw_nll_approaches_the_true_nll_as_k_grows() -> None:
     assert one > true_nll + 0.2
     assert many == pytest.approx(true_nll, abs=0.02)
     assert many < one
+
+
+def test_default_decoder_calls_fit_a_logits_budget() -> None:
+    model = LinearGaussianVae()
+    model.config.vocab_size = 2**16  # 8 label positions: 2 MiB of float32 logits per sentence and sample
+    evaluate_vae(model, make_batches(37, 8), num_importance_samples=10)
+    # 64 MiB per call on a CPU: 4 samples for the batches of 8 sentences, 6 for the last batch of 5.
+    expected = []
+    for b, calls in [(8, (4, 4, 2))] * 4 + [(5, (6, 4))]:
+        expected += [b] + [n * b for n in calls]
+    assert model.log_likelihood_rows == expected
+
+
+def test_samples_per_call_budgets() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    per_sample = 16 * 64 * 32000 * 4  # 125 MiB of logits: over the CPU budget, 16 of them fit 2 GiB
+    assert samples_per_call(100, 16, 64, 32000, cpu) == 1
+    assert samples_per_call(100, 16, 64, 32000, cuda) == (2 * 2**30) // per_sample == 16
+    assert samples_per_call(5, 2, 8, 100, cuda) == 5  # never more than asked for
+    assert samples_per_call(100, 16, 64, None, cpu) == 10  # unknown vocabulary: a fixed 10
 
 
 def test_importance_samples_are_batched_not_looped() -> None:
