@@ -48,6 +48,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 PRESET = "small"
 EVAL_SPLIT = "test"
 PROBE_SPLIT = "validation"
+FINISHED = "finished"  # results of finished runs, under the study's folder (not "runs/": .gitignore drops those)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Methods
@@ -61,6 +62,7 @@ KL_WARMUP_RATIO = 0.5  # β-annealing: β rises linearly from 0 to 1 over the fi
 OPTIMUS = {"kl_schedule": "cyclical", "kl_cycles": 4, "free_bits": 0.5}  # Li et al. 2020 (Fu et al. 2019 cycles)
 _CONSTANT_BETA = {"kl_schedule": "constant", "free_bits": 0.0}
 _ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO, "free_bits": 0.0}
+_WATCHING = {"mi_weight": 0.0, "xi": "dv"}  # λ = 0: the critic only measures, with the DV bound (stable, tightest)
 _MINE_SCHEDULE = {"critic_warmup_ratio": CRITIC_WARMUP_RATIO, "mi_warmup_ratio": 0.0, "mi_schedule": "linear"}
 
 
@@ -78,9 +80,9 @@ class Method:
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("vae", "VAE (β = 1)", {"kl_weight": 1.0, "mi_weight": 0.0}, _CONSTANT_BETA, "baseline"),
-        Method("beta-anneal", "β-annealing", {"kl_weight": 1.0, "mi_weight": 0.0}, _ANNEALED_BETA, "baseline"),
-        Method("optimus", "Optimus: cyclical β + free bits", {"kl_weight": 1.0, "mi_weight": 0.0}, OPTIMUS, "baseline"),
+        Method("vae", "VAE (β = 1)", {"kl_weight": 1.0, **_WATCHING}, _CONSTANT_BETA, "baseline"),
+        Method("beta-anneal", "β-annealing", {"kl_weight": 1.0, **_WATCHING}, _ANNEALED_BETA, "baseline"),
+        Method("optimus", "Optimus: cyclical β + free bits", {"kl_weight": 1.0, **_WATCHING}, OPTIMUS, "baseline"),
         Method(
             "mine-xi1",
             "MINE-VAE ξ = 1",
@@ -109,7 +111,7 @@ METHODS: dict[str, Method] = {
             {**_ANNEALED_BETA, **_MINE_SCHEDULE},
             "mine",
         ),
-        Method("ae", "autoencoder-like (β = 0)", {"kl_weight": 0.0, "mi_weight": 0.0}, _CONSTANT_BETA, "reference"),
+        Method("ae", "autoencoder-like (β = 0)", {"kl_weight": 0.0, **_WATCHING}, _CONSTANT_BETA, "reference"),
     )
 }
 # Settings given as fractions of the run's steps, turned into step counts once the budget is known.
@@ -278,7 +280,7 @@ class StudyPaths:
     work: Path
 
     def result(self, spec: str, seed: int) -> Path:
-        return self.out / "runs" / f"{slug(spec)}-seed{seed}.json"
+        return self.out / FINISHED / f"{slug(spec)}-seed{seed}.json"
 
     def run_dir(self, spec: str, seed: int) -> Path:
         return self.work / f"{slug(spec)}-seed{seed}"
@@ -445,6 +447,7 @@ def run_one(
         "method": spec,
         "label": method.label,
         "role": method.role,
+        "preset": preset_name,
         "seed": seed,
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint and Path(checkpoint).name,
@@ -454,6 +457,7 @@ def run_one(
         "eval_cpu_seconds": round(time.process_time() - cpu_start, 1),
         "threads": torch.get_num_threads(),
         "model": dict(method.model),
+        "architecture": architecture(model),
         "training": {k: v for k, v in args.to_dict().items() if k in _REPORTED_ARGS},
         "budget": dataclasses.asdict(budget),
         "metrics": metrics,
@@ -463,6 +467,46 @@ def run_one(
     if not keep_checkpoints:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
+
+
+_CONFIG_KEYS = (
+    "latent_size",
+    "pooling",
+    "latent_injection",
+    "critic_hidden_size",
+    "critic_num_layers",
+    "xi",
+    "kl_weight",
+    "mi_weight",
+    "free_bits",
+)
+_SIDE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
+
+
+def architecture(model: Any) -> dict[str, Any]:
+    """What the run actually trained (the preset may change between studies): sizes, dropout, ξ, β, λ, parameters."""
+    config = model.config
+    summary: dict[str, Any] = {key: getattr(config, key) for key in _CONFIG_KEYS}
+    for side in ("encoder", "decoder"):
+        sub = getattr(config, side)
+        summary[side] = {"model_type": sub.model_type} | {k: getattr(sub, k) for k in _SIDE_KEYS if hasattr(sub, k)}
+    summary["parameters"] = sum(p.numel() for p in model.parameters())
+    return summary
 
 
 _REPORTED_ARGS = (
@@ -548,7 +592,7 @@ def run_study(
 
 
 def load_results(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
+    return [json.loads(path.read_text()) for path in sorted((out / FINISHED).glob("*.json"))]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -577,6 +621,11 @@ class Summary:
     std: dict[str, float] = field(default_factory=dict)
 
 
+def _nan_to_none(values: Mapping[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a standard deviation over one seed is written as null."""
+    return {key: None if math.isnan(value) else value for key, value in values.items()}
+
+
 def summarize(results: Sequence[Mapping[str, Any]], order: Sequence[str] | None = None) -> dict[str, Summary]:
     by_method: dict[str, list[Mapping[str, Any]]] = {}
     for result in results:
@@ -586,7 +635,7 @@ def summarize(results: Sequence[Mapping[str, Any]], order: Sequence[str] | None 
     for name in names:
         runs = by_method[name]
         summary = Summary(runs[0]["label"], runs[0]["role"], sorted(r["seed"] for r in runs))
-        for key in {k for r in runs for k in r["metrics"]}:
+        for key in sorted({k for r in runs for k in r["metrics"]}):  # sorted: the same file from the same results
             values = [float(r["metrics"][key]) for r in runs if key in r["metrics"]]
             summary.mean[key] = statistics.fmean(values)
             summary.std[key] = statistics.stdev(values) if len(values) > 1 else math.nan
@@ -791,13 +840,15 @@ def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     invocations = meta.get("invocations", [])
     wall = sum(i["wall_seconds"] for i in invocations)
     loads = ", ".join(f"{i['load_start']}→{i['load_end']}" for i in invocations)
+    codes = ", ".join(dict.fromkeys(i["code"] for i in invocations if "code" in i))
+    code = f"; code: {codes}" if codes else ""  # recorded since the study began to note its commit
     lines = [
         f"- Hardware: {device}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, Python {platform.python_version()}; torch threads per run: "
         f"{', '.join(map(str, threads)) or '?'}; runs at a time: {meta.get('jobs', 1)}.",
         f"- Wall time of the study: {wall / 60:.1f} min over {len(invocations)} invocation(s) (1-minute load "
         f"average at start→end of each: {loads or '?'}; other processes shared the machine when it exceeded the "
-        f"core count)."
+        f"core count){code}."
         if invocations
         else "- Wall time of the study: not recorded.",
         f"- Summed over runs: training {train / 60:.1f} min, evaluation {evaluation / 60:.1f} min of wall time; "
@@ -809,11 +860,26 @@ def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     return "\n".join(lines)
 
 
+def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
+    if not arch:
+        return ""
+    encoder, decoder = arch["encoder"], arch["decoder"]
+    return (
+        f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
+        f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
+        f"{decoder.get('n_layer')}×{decoder.get('n_embd')} decoder (dropout {decoder.get('resid_pdrop')}), vocabulary "
+        f"{decoder.get('vocab_size')}, latent {arch['latent_size']} ({arch['pooling']} pooling, injected as "
+        f"{arch['latent_injection']}), critic {arch['critic_num_layers']}×{arch['critic_hidden_size']}; "
+        f"{arch['parameters']:,} parameters.\n"
+    )
+
+
 def budget_text(results: Sequence[Mapping[str, Any]]) -> str:
     budget = results[0]["budget"]
     training = results[0]["training"]
     return (
-        f"- Budget per run: {budget['steps']} optimizer steps of {training['per_device_train_batch_size']} sentences "
+        _architecture_text(results[0].get("architecture"), results[0].get("preset", PRESET))
+        + f"- Budget per run: {budget['steps']} optimizer steps of {training['per_device_train_batch_size']} sentences "
         f"(learning rate {training['learning_rate']}, {training['lr_scheduler_type']}, {training['warmup_steps']} "
         f"warm-up steps); critic: AdamW lr {training['critic_learning_rate']}, k = {training['critic_steps']} "
         f"update(s) per step, trained in every method.\n"
@@ -843,7 +909,8 @@ def settings_table(results: Sequence[Mapping[str, Any]], order: Sequence[str]) -
         elif schedule == "cyclical":
             schedule += f", {training['kl_cycles']} cycles"
         lam = model.get("mi_weight", 0.0)
-        mine = f"{lam}, {model.get('xi', 1.0)}" if lam else "0 (critic still trained)"
+        xi = model.get("xi", "the preset's")
+        mine = f"{lam}, {xi}" if lam else f"0 (the critic only watches, ξ = {xi})"
         warmup = f"{training['critic_warmup_steps']}, {training['mi_warmup_steps']}" if lam else "–"
         lines.append(
             f"| {seen[name]['label']} | {model.get('kl_weight', 1.0)}, {schedule} | {training['free_bits']} | {mine} "
@@ -866,7 +933,7 @@ def section_markdown(
         [
             f"### Results: `{name}`",
             f"Regenerate with `{meta.get('command', 'python bench/study_ptb.py')}` (finished runs are kept in "
-            f"`{meta.get('out_rel', name)}/runs/` and skipped; delete them to train again).",
+            f"`{meta.get('out_rel', name)}/{FINISHED}/` and skipped; delete them to train again).",
             results_table(summaries),
             "IW-NLL, KL, bound and rec. (reconstruction −log p(x|z), one sample) in nats per sentence.",
             "#### The claims",
@@ -910,10 +977,11 @@ def report(out: Path, order: Sequence[str], doc: Path | None, meta: Mapping[str,
     (out / "summary.json").write_text(
         json.dumps(
             {
-                name: {"label": s.label, "role": s.role, "seeds": s.seeds, "mean": s.mean, "std": s.std}
+                name: {"label": s.label, "role": s.role, "seeds": s.seeds, "mean": s.mean, "std": _nan_to_none(s.std)}
                 for name, s in summaries.items()
             },
             indent=1,
+            allow_nan=False,
         )
         + "\n"
     )
@@ -945,6 +1013,20 @@ def _quiet() -> None:
     logging.getLogger("mine_vae").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def code_version() -> str:
+    """The commit the study ran from, marked when the package or this script differed from it."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "mine_vae", "bench/study_ptb.py").stdout.strip()
+    return head.stdout.strip() + (" with local changes" if changed else "")
 
 
 def load_average() -> str:
@@ -1013,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = args.out / "meta.json"
     meta: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     if not args.report_only:
-        load_start, start = load_average(), time.perf_counter()
+        load_start, start, code = load_average(), time.perf_counter(), code_version()
         ran = run_study(
             args.methods,
             range(args.seeds),
@@ -1023,7 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             keep_checkpoints=args.keep_checkpoints,
         )
-        invocation = {"wall_seconds": round(time.perf_counter() - start, 1), "load_start": load_start}
+        invocation = {"wall_seconds": round(time.perf_counter() - start, 1), "load_start": load_start, "code": code}
         invocation.update(load_end=load_average(), runs=len(ran))
         meta = {
             "command": _command_line(argv),

@@ -70,8 +70,8 @@ def plot_latent_space(means: torch.Tensor, sentences: list[str], path: Path) -> 
     fig, ax = plt.subplots(figsize=(7, 6))
     scatter = ax.scatter(projected[:, 0], projected[:, 1], c=lengths, cmap="viridis", s=8, alpha=0.8)
     fig.colorbar(scatter, ax=ax, label="sentence length (words)")
-    ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
-    ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
+    ax.set_xlabel(f"PC 1 ({explained[0]:.1%} of variance)")
+    ax.set_ylabel(f"PC 2 ({explained[1]:.1%} of variance)")
     ax.set_title(f"Posterior means of {len(sentences)} sentences ({active}/{means.shape[1]} active units)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -109,11 +109,14 @@ def plot_training_curves(log_history: list[dict], path: Path) -> None:
     )
     weights.set_ylabel("weight")
     handles = left.get_legend_handles_labels()[0] + weights.get_legend_handles_labels()[0]
-    left.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8)
+    left.legend(
+        handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8
+    )
     left.set_title("KL and the critic's bound")
     right.plot(steps, [entry.get("reconstruction", float("nan")) for entry in logs], color="tab:green")
     right.set_xlabel("step")
-    right.set_ylabel("-log p(x|z), nats per sentence")
+    right.set_ylabel("-log p(x|z), nats per sentence (log scale)")
+    right.set_yscale("log")  # the first steps (hundreds of nats) would flatten the rest of the curve
     right.set_title("Reconstruction")
     right.grid(alpha=0.3)
     fig.tight_layout()
