@@ -79,16 +79,25 @@ def _row(source: str, row: Any) -> Row:
     )
 
 
+def _flags(quick: bool, **options: object) -> list[str]:
+    """The scripts' own command-line flags, so that their `parse_args` picks repeats and warm-up as they do."""
+    flags = ["--quick"] if quick else []
+    for name, value in options.items():
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
 def model_rows(quick: bool, clock: str) -> list[Row]:
     """bench_model.py: generation vs the decoder, cached vs uncached, train step vs its parts."""
     import bench_model
 
-    repeats, warmup = (3, 1) if quick else (11, 2)
+    args = bench_model.parse_args(_flags(quick, clock=clock))
     shape = bench_model.Shape()
     model = bench_model.build_model(shape)
-    timer = bench_model.CLOCKS[clock]
-    rows = bench_model.generation_rows(model, shape, repeats, warmup, timer)
-    rows.append(bench_model.training_row(model, shape, repeats, warmup, timer))
+    timer = bench_model.CLOCKS[args.clock]
+    rows = bench_model.generation_rows(model, shape, args.repeats, args.warmup, timer)
+    rows.append(bench_model.training_row(model, shape, args.repeats, args.warmup, timer))
     return [_row("bench_model", row) for row in rows]
 
 
@@ -96,10 +105,10 @@ def trainer_rows(quick: bool, threads: int | None) -> list[Row]:
     """bench_trainer.py: MINE step vs λ = 0 step (time, memory), batched vs looped IW-NLL."""
     import bench_trainer
 
-    repeats, warmup, iw_repeats, rss_steps = (3, 1, 2, 2) if quick else (15, 2, 5, 4)
-    shape = bench_trainer.Shape(importance_samples=10, eval_batches=1) if quick else bench_trainer.Shape()
-    rows = bench_trainer.training_rows(shape, repeats, warmup, rss_steps, threads)
-    rows.append(bench_trainer.importance_row(shape, iw_repeats, min(warmup, 1)))
+    args = bench_trainer.parse_args(_flags(quick, threads=threads))
+    shape = bench_trainer.Shape(importance_samples=10) if quick else bench_trainer.Shape()
+    rows = bench_trainer.training_rows(shape, args)
+    rows += bench_trainer.importance_rows(shape, args.iw_repeats, min(args.warmup, 1), args.device)
     return [_row("bench_trainer", row) for row in rows]
 
 
@@ -117,8 +126,8 @@ def subprocess_rows(script: str, quick: bool, extra: Sequence[str] = ()) -> list
 def ratio_rows(quick: bool, clock: str, threads: int | None) -> list[Row]:
     rows = []
     for script, by_import, extra in (
-        ("bench_model", lambda: model_rows(quick, clock), ["--clock", clock]),
-        ("bench_trainer", lambda: trainer_rows(quick, threads), ["--threads", str(threads)] if threads else []),
+        ("bench_model", lambda: model_rows(quick, clock), _flags(False, clock=clock)),
+        ("bench_trainer", lambda: trainer_rows(quick, threads), _flags(False, threads=threads)),
     ):
         try:
             rows += by_import()
@@ -298,7 +307,8 @@ def section(rows: Sequence[Row], tokens: int, args: argparse.Namespace, wall: fl
             f"medians of timed `MineVaeTrainer` optimizer steps (critic update + VAE update, λ active) on one batch "
             f"of 32 PTB training sentences ({tokens} decoder tokens), the `small` preset's model; B is eager "
             f"float32. bf16 autocast on a CPU without native bf16 matrix units (no AVX-512 BF16/AMX) is emulated "
-            f"and is expected to be slower; `torch.compile` (inductor) pays its compilation in the first step.",
+            f"and is expected to be slower; `torch.compile` (inductor) pays its compilation in the first step "
+            f"(less when inductor's cache already holds the kernels from an earlier run).",
             f"{environment(args.clock)}; wall time {wall / 60:.1f} min.",
             gpu,
         ]

@@ -245,10 +245,10 @@ def _accepts_keyword(function: Any, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-# Logits a decoder call may hold at once in automatic chunking. On a CPU the decoder is compute-bound, so batching
-# samples only pays while the float32 logits (twice over, with the cross-entropy's copy) stay near the caches;
-# 64 MiB measured fastest there. On an accelerator larger calls are what make batching pay.
-_CPU_LOGITS_BUDGET = 64 * 2**20
+# Logits a decoder call may hold at once in automatic chunking. On a CPU the decoder is compute-bound and batching
+# samples gains nothing once a call is a few hundred rows; larger logits only fall out of the caches (measured on a
+# 2-core AMD EPYC: 24 MiB per call was fastest, 488 MiB 1.6x slower). On an accelerator large calls are what pay.
+_CPU_LOGITS_BUDGET = 32 * 2**20
 _ACCELERATOR_LOGITS_BUDGET = 2 * 2**30
 
 
@@ -258,7 +258,7 @@ def _vocab_size(model: Any) -> int | None:
     return getattr(decoder, "vocab_size", None) or getattr(config, "vocab_size", None)
 
 
-def samples_per_call(
+def budgeted_samples_per_call(
     num_samples: int, batch_size: int, length: int, vocab_size: int | None, device: torch.device
 ) -> int:
     """Importance samples per decoder call such that the call's float32 logits,
@@ -275,6 +275,58 @@ def _repeat_rows(tensor: torch.Tensor | None, times: int) -> torch.Tensor | None
     if tensor is None:
         return None
     return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+
+
+@torch.no_grad()
+def importance_weighted_log_marginal(
+    model: Any,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    decoder_input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    decoder_attention_mask: torch.Tensor | None = None,
+    num_samples: int = 100,
+    samples_per_call: int | None = None,
+    generator: torch.Generator | None = None,
+    latent_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The importance-weighted estimate of ``log p(x)`` for a batch, from ``num_samples`` draws ``z_k ~ q(z|x)``.
+
+    The samples go through the decoder in chunks, each chunk ONE ``model.log_likelihood`` call over the batch
+    repeated sample-major (row ``s * B + b`` holds sample ``s`` of example ``b``), not one call per sample.
+
+    Args:
+        model: exposes ``log_likelihood(latent, decoder_input_ids, labels, decoder_attention_mask) -> (rows,)``.
+        mu, logvar: the posterior, ``(B, L)``, float32 for the densities.
+        decoder_input_ids, labels, decoder_attention_mask: ``(B, T)``, as ``log_likelihood`` takes them.
+        num_samples: ``K``.
+        samples_per_call: samples per decoder call; ``None`` sizes calls to a logits budget
+            (:func:`budgeted_samples_per_call`).
+        generator: draws the samples (the global RNG when ``None``).
+        latent_dtype: dtype of the latents given to the decoder (default: ``mu``'s).
+    Returns:
+        ``(B,)``: ``log p(x)`` estimates in nats, float32.
+    """
+    batch_size, latent_size = mu.shape
+    std = torch.exp(0.5 * logvar)
+    per_call = samples_per_call or budgeted_samples_per_call(
+        num_samples, batch_size, labels.shape[1], _vocab_size(model), mu.device
+    )
+    log_px, log_pz, log_qz = [], [], []
+    for begin in range(0, num_samples, per_call):
+        num = min(per_call, num_samples - begin)
+        eps = torch.randn((num, batch_size, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + std * eps  # (num, B, L)
+        rows = model.log_likelihood(
+            z.reshape(num * batch_size, latent_size).to(latent_dtype or mu.dtype),
+            _repeat_rows(decoder_input_ids, num),
+            _repeat_rows(labels, num),
+            decoder_attention_mask=_repeat_rows(decoder_attention_mask, num),
+        )
+        log_px.append(rows.float().view(num, batch_size))
+        log_pz.append(standard_normal_log_density(z))  # (num, B)
+        log_qz.append(gaussian_log_density(z, mu, logvar))  # (num, B)
+    return importance_weighted_log_likelihood(torch.cat(log_px), torch.cat(log_pz), torch.cat(log_qz))
 
 
 @torch.no_grad()
@@ -308,7 +360,7 @@ def evaluate_vae(
         importance_batch_size: samples per decoder call: each call runs
             ``importance_batch_size * B`` rows (the batch repeated), not one call per sample. The
             logits dominate memory: about ``rows * length * vocab * 4`` bytes, twice over. ``None``
-            (default) sizes the calls per batch to a logits budget (:func:`samples_per_call`: 64 MiB
+            (default) sizes the calls per batch to a logits budget (:func:`budgeted_samples_per_call`: 32 MiB
             on a CPU, 2 GiB on an accelerator).
         word_counts: words per sentence in dataloader order (or their total) for ``ppl_word``;
             include one per sentence for the end-of-sentence (:func:`count_words`).
@@ -336,7 +388,6 @@ def evaluate_vae(
         raise ValueError("compute_bleu=True needs a processor with a decoder_tokenizer to decode reconstructions.")
 
     device = _model_device(model)
-    vocab_size = _vocab_size(model)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     # The critic's marginal pairs come from a random permutation; seed it too when the model lets us
     # (a CPU generator: permutations are drawn on the CPU).
@@ -402,33 +453,17 @@ def evaluate_vae(
                 bound = model.mi_lower_bound(posterior.pooler_output, z.to(latent_dtype), **bound_kwargs)
                 bounds.append(float(bound))
 
-            # Importance-weighted log-likelihood: chunks of samples, each chunk in ONE decoder call
-            # over the batch repeated sample-major (row s * B + b holds sample s of example b).
-            log_px_chunks: list[torch.Tensor] = []
-            log_pz_chunks: list[torch.Tensor] = []
-            log_qz_chunks: list[torch.Tensor] = []
-            per_call = importance_batch_size or samples_per_call(
-                num_importance_samples, batch_size, labels.shape[1], vocab_size, device
-            )
-            for begin in range(0, num_importance_samples, per_call):
-                num = min(per_call, num_importance_samples - begin)
-                eps = torch.randn((num, batch_size, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
-                z_k = mu + std * eps  # (num, B, L)
-                log_px_k = (
-                    model.log_likelihood(
-                        z_k.reshape(num * batch_size, latent_size).to(latent_dtype),
-                        _repeat_rows(decoder_input_ids, num),
-                        _repeat_rows(labels, num),
-                        decoder_attention_mask=_repeat_rows(decoder_attention_mask, num),
-                    )
-                    .float()
-                    .view(num, batch_size)
-                )
-                log_px_chunks.append(log_px_k)
-                log_pz_chunks.append(standard_normal_log_density(z_k))  # (num, B)
-                log_qz_chunks.append(gaussian_log_density(z_k, mu, logvar))  # (num, B)
-            log_px_iw = importance_weighted_log_likelihood(  # (K, B) -> (B,)
-                torch.cat(log_px_chunks), torch.cat(log_pz_chunks), torch.cat(log_qz_chunks)
+            log_px_iw = importance_weighted_log_marginal(
+                model,
+                mu,
+                logvar,
+                decoder_input_ids,
+                labels,
+                decoder_attention_mask,
+                num_samples=num_importance_samples,
+                samples_per_call=importance_batch_size,
+                generator=generator,
+                latent_dtype=latent_dtype,
             )
             total_nll -= float(log_px_iw.sum())
 
@@ -524,8 +559,9 @@ __all__ = [
     "evaluate_vae",
     "gaussian_log_density",
     "importance_weighted_log_likelihood",
+    "importance_weighted_log_marginal",
     "kl_per_dimension",
     "mutual_information",
-    "samples_per_call",
+    "budgeted_samples_per_call",
     "standard_normal_log_density",
 ]

@@ -18,13 +18,13 @@ from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from mine_vae.evaluation import (
     active_units,
+    budgeted_samples_per_call,
     count_words,
     evaluate_vae,
     gaussian_log_density,
     importance_weighted_log_likelihood,
     kl_per_dimension,
     mutual_information,
-    samples_per_call,
     standard_normal_log_density,
 )
 from mine_vae.metrics import available_metrics, load_metric, metric_path
@@ -339,9 +339,9 @@ def test_default_decoder_calls_fit_a_logits_budget() -> None:
     model = LinearGaussianVae()
     model.config.vocab_size = 2**16  # 8 label positions: 2 MiB of float32 logits per sentence and sample
     evaluate_vae(model, make_batches(37, 8), num_importance_samples=10)
-    # 64 MiB per call on a CPU: 4 samples for the batches of 8 sentences, 6 for the last batch of 5.
+    # 32 MiB per call on a CPU: 2 samples for the batches of 8 sentences, 3 for the last batch of 5.
     expected = []
-    for b, calls in [(8, (4, 4, 2))] * 4 + [(5, (6, 4))]:
+    for b, calls in [(8, (2, 2, 2, 2, 2))] * 4 + [(5, (3, 3, 3, 1))]:
         expected += [b] + [n * b for n in calls]
     assert model.log_likelihood_rows == expected
 
@@ -349,10 +349,10 @@ def test_default_decoder_calls_fit_a_logits_budget() -> None:
 def test_samples_per_call_budgets() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     per_sample = 16 * 64 * 32000 * 4  # 125 MiB of logits: over the CPU budget, 16 of them fit 2 GiB
-    assert samples_per_call(100, 16, 64, 32000, cpu) == 1
-    assert samples_per_call(100, 16, 64, 32000, cuda) == (2 * 2**30) // per_sample == 16
-    assert samples_per_call(5, 2, 8, 100, cuda) == 5  # never more than asked for
-    assert samples_per_call(100, 16, 64, None, cpu) == 10  # unknown vocabulary: a fixed 10
+    assert budgeted_samples_per_call(100, 16, 64, 32000, cpu) == 1
+    assert budgeted_samples_per_call(100, 16, 64, 32000, cuda) == (2 * 2**30) // per_sample == 16
+    assert budgeted_samples_per_call(5, 2, 8, 100, cuda) == 5  # never more than asked for
+    assert budgeted_samples_per_call(100, 16, 64, None, cpu) == 10  # unknown vocabulary: a fixed 10
 
 
 def test_importance_samples_are_batched_not_looped() -> None:
