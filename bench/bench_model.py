@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import environment, format_table
 from transformers import BertConfig, GPT2Config
 
 from mine_vae import MineVaeConfig, MineVaeModel
@@ -286,35 +286,6 @@ def training_row(model: MineVaeModel, shape: Shape, repeats: int, warmup: int, c
 # --------------------------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------------------------
-def format_table(rows: list[Row]) -> str:
-    header = ("what", "value A", "value B", "ratio", "target", "result")
-    lines = [header] + [
-        (
-            row.what,
-            f"{row.value_a:.1f} {row.unit}",
-            f"{row.value_b:.1f} {row.unit}",
-            f"{row.ratio:.3f}",
-            row.target,
-            "PASS" if row.passed else "FAIL",
-        )
-        for row in rows
-    ]
-    widths = [max(len(cells[i]) for cells in lines) for i in range(len(header))]
-    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in lines]
-    return "\n".join([rendered[0], "-+-".join("-" * width for width in widths), *rendered[1:]])
-
-
-def environment() -> dict[str, object]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-    }
-
-
 def load_average() -> float | None:
     """The 1-minute load average where the system reports one."""
     try:

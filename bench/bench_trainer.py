@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import environment, format_table
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, GPT2Config, Trainer, TrainingArguments
@@ -476,34 +476,6 @@ def ratio_row(what: str, unit: str, values: dict[str, float], scale: float, limi
 # --------------------------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------------------------
-def format_table(rows: list[Row]) -> str:
-    header = ("what", "A", "B", "ratio", "target", "result")
-    lines = [header] + [
-        (
-            row.what,
-            f"{row.value_a:.1f} {row.unit}",
-            f"{row.value_b:.1f} {row.unit}",
-            f"{row.ratio:.3f}",
-            row.target,
-            "PASS" if row.passed else "FAIL",
-        )
-        for row in rows
-    ]
-    widths = [max(len(cells[i]) for cells in lines) for i in range(len(header))]
-    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in lines]
-    return "\n".join([rendered[0], "-+-".join("-" * width for width in widths), *rendered[1:]])
-
-
-def environment() -> dict[str, object]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15, or 3 with --quick)")
