@@ -35,7 +35,7 @@ class MineVaeConfig(PreTrainedConfig):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
             Number of hidden layers of the critic.
-        xi (`float` or `str`, defaults to 1.0):
+        xi (`float` or `str`, defaults to `"dv"`):
             The ξ of the bound E_joint[f] - ξ E_marginal[e^f] + log ξ + 1. A positive number is used as is (1.0 is
             the NWJ bound); `"dv"` sets ξ = 1 / E_marginal[e^f] (Donsker-Varadhan, MINE); `"ema"` uses a moving
             average of E_marginal[e^f] instead (MINE's bias-corrected gradient).
@@ -43,8 +43,9 @@ class MineVaeConfig(PreTrainedConfig):
             Decay of that moving average (only used with `xi="ema"`).
         kl_weight (`float`, defaults to 1.0):
             β, the weight of the KL term.
-        mi_weight (`float`, defaults to 1.0):
-            λ, the weight of the MI lower bound (subtracted from the loss).
+        mi_weight (`float`, defaults to 3.0):
+            λ, the weight of the MI lower bound (subtracted from the loss). The Penn Treebank study
+            (docs/benchmarks.md) found λ = 1 too weak to keep the latent alive against β = 1, and λ = 3 enough.
         free_bits (`float`, defaults to 0.0):
             Free-bits threshold per latent dimension, in nats: a dimension's batch-mean KL below it costs nothing.
         initializer_range (`float`, defaults to 0.02):
@@ -65,10 +66,11 @@ class MineVaeConfig(PreTrainedConfig):
     latent_injection: str = "both"
     critic_hidden_size: int = 256
     critic_num_layers: int = 2
-    xi: float | str = 1.0
+    # DV rather than the fixed-ξ (NWJ) bound: NWJ's e^f of marginal pairs exploded in long runs and with strong critics.
+    xi: float | str = "dv"
     ema_decay: float = 0.99
     kl_weight: float = 1.0
-    mi_weight: float = 1.0
+    mi_weight: float = 3.0
     free_bits: float = 0.0
     initializer_range: float = 0.02
     pad_token_id: int | None = None

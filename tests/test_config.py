@@ -7,7 +7,8 @@ from mine_vae import MineVaeConfig
 
 def test_defaults_and_inherited_special_tokens():
     config = MineVaeConfig(encoder=tiny.encoder_config(), decoder=tiny.decoder_config("llama"))
-    assert config.latent_size == 32 and config.latent_injection == "both" and config.xi == 1.0
+    assert config.latent_size == 32 and config.latent_injection == "both"
+    assert config.xi == "dv" and config.mi_weight == 3.0  # the settings the Penn Treebank study found to work
     assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 2, 3)
     assert config.decoder_start_token_id == 2
     assert config.get_text_config(decoder=True) is config.decoder
