@@ -787,7 +787,7 @@ def register_cli_commands() -> None:
             usage="mine-vae push FOLDER REPO_ID [--revision BRANCH] [--private] [--json] [options]",
             summary="Upload a trained model folder (weights, code, both tokenizers, a model card) to the Hub.",
             examples="""examples:
-  mine-vae push outputs/mine-vae-small me/mine-vae-ptb
+  mine-vae push mine-vae-small me/mine-vae-ptb
   mine-vae push runs/ptb me/mine-vae-ptb --revision experiment-2 --dataset_name ptb_text_only --json""",
             dataclasses=(PushArguments,),
             run=run,
