@@ -23,6 +23,7 @@ from transformers import AutoModel
 
 from mine_vae import MineVaeModel, MineVaeProcessor
 from mine_vae import hub as mine_hub
+from mine_vae.modelcard import METRIC_NAMES
 from mine_vae.trainer import MineVaeTrainer
 from mine_vae.training_args import MineVaeTrainingArguments
 
@@ -273,7 +274,7 @@ def test_push_then_load_in_a_fresh_process(local_hub: LocalHub, tmp_path: Path) 
     assert meta["model-index"][0]["results"][0]["metrics"][0] == {
         "type": "nll",
         "value": 31.25,
-        "name": mine_hub.METRIC_NAMES["nll"],
+        "name": METRIC_NAMES["nll"],
     }
 
     inputs = fixed_inputs(processor)
