@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import environment, format_table
+from common import RatioRow, environment, format_table
 from transformers import BertConfig, GPT2Config
 
 from mine_vae import MineVaeConfig, MineVaeModel
@@ -67,16 +67,9 @@ class Shape:
 
 
 @dataclass
-class Row:
+class Row(RatioRow):
     """One line of the result table: A and B are medians; `ratio` (A / B) is the median of per-round ratios."""
 
-    what: str
-    unit: str
-    value_a: float
-    value_b: float
-    ratio: float
-    target: str
-    passed: bool
     seconds_a: list[float]
     seconds_b: list[float]
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import environment, format_table
+from common import RatioRow, environment, format_table
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, GPT2Config, Trainer, TrainingArguments
@@ -90,17 +90,7 @@ class Shape:
     eval_batches: int = 1
 
 
-@dataclass
-class Row:
-    """One line of the result table: `ratio = value_a / value_b`, checked against `target`."""
-
-    what: str
-    unit: str
-    value_a: float
-    value_b: float
-    ratio: float
-    target: str
-    passed: bool
+Row = RatioRow
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 import transformers
 
 
-class RatioRow(Protocol):
-    """A line of a ratio table: A and B in `unit`, their `ratio`, checked against `target`."""
+@dataclass
+class RatioRow:
+    """One line of a ratio table: A and B in `unit`, their `ratio`, checked against `target`."""
 
     what: str
     unit: str
