@@ -34,32 +34,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import common
 import torch
 import transformers
-from common import RatioRow, environment, format_table
-from transformers import BertConfig, GPT2Config
+from common import BOS_ID, EOS_ID, SEED, ModelShape, RatioRow, environment, format_table
 
-from mine_vae import MineVaeConfig, MineVaeModel
-
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-SEED = 0
+from mine_vae import MineVaeModel
 
 
 @dataclass(frozen=True)
-class Shape:
+class Shape(ModelShape):
     """Sizes of the benchmarked model and workloads."""
 
-    vocab_size: int = 10000
-    encoder_layers: int = 4
-    encoder_hidden: int = 256
-    encoder_heads: int = 4
-    encoder_intermediate: int = 1024
-    decoder_layers: int = 4
-    decoder_hidden: int = 256
-    decoder_heads: int = 4
-    latent_size: int = 32
     latent_injection: str = "both"
-    max_positions: int = 128
     generate_batch: int = 8
     new_tokens: int = 64
     train_batch: int = 16
@@ -78,30 +65,7 @@ class Row(RatioRow):
 # Model and inputs
 # --------------------------------------------------------------------------------------------------------------------
 def build_model(shape: Shape) -> MineVaeModel:
-    """A MINE-VAE with a random-weight BERT encoder and GPT-2 decoder of the given sizes."""
-    torch.manual_seed(SEED)
-    encoder = BertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.encoder_hidden,
-        num_hidden_layers=shape.encoder_layers,
-        num_attention_heads=shape.encoder_heads,
-        intermediate_size=shape.encoder_intermediate,
-        max_position_embeddings=shape.max_positions,
-    )
-    decoder = GPT2Config(
-        vocab_size=shape.vocab_size,
-        n_embd=shape.decoder_hidden,
-        n_layer=shape.decoder_layers,
-        n_head=shape.decoder_heads,
-        n_positions=shape.max_positions,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-    )
-    config = MineVaeConfig(
-        encoder=encoder, decoder=decoder, latent_size=shape.latent_size, latent_injection=shape.latent_injection
-    )
-    return MineVaeModel(config)
+    return common.build_model(shape, latent_injection=shape.latent_injection)
 
 
 def latent_batch(shape: Shape) -> torch.Tensor:

@@ -45,14 +45,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import common
 import torch
 import transformers
-from common import RatioRow, environment, format_table
+from common import BOS_ID, EOS_ID, PAD_ID, SEED, ModelShape, RatioRow, environment, format_table
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
-from transformers import BertConfig, GPT2Config, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
-from mine_vae import MineVaeConfig, MineVaeModel
+from mine_vae import MineVaeModel
 from mine_vae.evaluation import (
     budgeted_samples_per_call,
     gaussian_log_density,
@@ -63,26 +64,14 @@ from mine_vae.evaluation import (
 from mine_vae.trainer import MineVaeTrainer
 from mine_vae.training_args import MineVaeTrainingArguments
 
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-SEED = 0
 VARIANTS = ("mine", "plain")
 
 
 @dataclass(frozen=True)
-class Shape:
+class Shape(ModelShape):
     """Sizes of the benchmarked model and workloads."""
 
-    vocab_size: int = 10000
-    encoder_layers: int = 4
-    encoder_hidden: int = 256
-    encoder_heads: int = 4
-    encoder_intermediate: int = 1024
-    decoder_layers: int = 4
-    decoder_hidden: int = 256
-    decoder_heads: int = 4
-    latent_size: int = 32
     critic_hidden_size: int = 256
-    max_positions: int = 128
     batch_size: int = 16
     length: int = 40
     importance_samples: int = 20
@@ -97,35 +86,7 @@ Row = RatioRow
 # Model and inputs
 # --------------------------------------------------------------------------------------------------------------------
 def build_model(shape: Shape, mi_weight: float) -> MineVaeModel:
-    """A MINE-VAE with a random-weight BERT encoder and GPT-2 decoder of the given sizes (same weights every call)."""
-    torch.manual_seed(SEED)
-    encoder = BertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.encoder_hidden,
-        num_hidden_layers=shape.encoder_layers,
-        num_attention_heads=shape.encoder_heads,
-        intermediate_size=shape.encoder_intermediate,
-        max_position_embeddings=shape.max_positions,
-    )
-    decoder = GPT2Config(
-        vocab_size=shape.vocab_size,
-        n_embd=shape.decoder_hidden,
-        n_layer=shape.decoder_layers,
-        n_head=shape.decoder_heads,
-        n_positions=shape.max_positions,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-    )
-    config = MineVaeConfig(
-        encoder=encoder,
-        decoder=decoder,
-        latent_size=shape.latent_size,
-        critic_hidden_size=shape.critic_hidden_size,
-        kl_weight=1.0,
-        mi_weight=mi_weight,
-    )
-    return MineVaeModel(config)
+    return common.build_model(shape, critic_hidden_size=shape.critic_hidden_size, mi_weight=mi_weight)
 
 
 def make_batch(shape: Shape, seed: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: the result table and the description of the environment."""
+"""What the benchmark scripts share: the benchmarked model, the result table and the description of the environment."""
 
 from __future__ import annotations
 
@@ -9,6 +9,52 @@ from dataclasses import dataclass
 
 import torch
 import transformers
+from transformers import BertConfig, GPT2Config
+
+from mine_vae import MineVaeConfig, MineVaeModel
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of the benchmarked model: a BERT encoder and a GPT-2 decoder, both from configs (random weights)."""
+
+    vocab_size: int = 10000
+    encoder_layers: int = 4
+    encoder_hidden: int = 256
+    encoder_heads: int = 4
+    encoder_intermediate: int = 1024
+    decoder_layers: int = 4
+    decoder_hidden: int = 256
+    decoder_heads: int = 4
+    latent_size: int = 32
+    max_positions: int = 128
+
+
+def build_model(shape: ModelShape, **config: object) -> MineVaeModel:
+    """A MINE-VAE of the given sizes with `MineVaeConfig` settings `config`; the same weights on every call."""
+    torch.manual_seed(SEED)
+    encoder = BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.encoder_hidden,
+        num_hidden_layers=shape.encoder_layers,
+        num_attention_heads=shape.encoder_heads,
+        intermediate_size=shape.encoder_intermediate,
+        max_position_embeddings=shape.max_positions,
+    )
+    decoder = GPT2Config(
+        vocab_size=shape.vocab_size,
+        n_embd=shape.decoder_hidden,
+        n_layer=shape.decoder_layers,
+        n_head=shape.decoder_heads,
+        n_positions=shape.max_positions,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    return MineVaeModel(MineVaeConfig(encoder=encoder, decoder=decoder, latent_size=shape.latent_size, **config))
 
 
 @dataclass
