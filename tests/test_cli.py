@@ -26,13 +26,7 @@ from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 TINY = ["--preset", "tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine its barrier waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -23,11 +23,9 @@ CPU time (one thread).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import datasets
-import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch.utils.data import DataLoader
@@ -193,16 +191,6 @@ def run(recipe: Recipe, mi_weight: float, output_dir: str) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------------------------
 # The test
 # --------------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """The models are tiny: extra OpenMP threads only add synchronisation (on a busy machine, spinning threads make
-    training 10x slower), and one thread keeps the numbers independent of the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mi_weight_prevents_posterior_collapse(tmp_path, one_thread: None) -> None:
     recipe = Recipe()
     plain = run(recipe, mi_weight=0.0, output_dir=str(tmp_path / "plain"))

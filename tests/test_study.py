@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import tiny
-import torch
 from datasets import Dataset, DatasetDict
 from transformers import TrainerCallback
 
@@ -37,12 +36,7 @@ class StopAt(TrainerCallback):
         return control
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
