@@ -429,7 +429,7 @@ def evaluate_vae(
             # Metrics in float32 even under bf16/fp16 weights: log-weights are hundreds of nats.
             mu, logvar = posterior.mu.float(), posterior.logvar.float()
             std = torch.exp(0.5 * logvar)
-            batch_size, latent_size = mu.shape
+            batch_size = mu.shape[0]
             num_examples += batch_size
             num_tokens += int((labels != -100).sum())
             if "num_words" in batch and batch["num_words"] is not None:
