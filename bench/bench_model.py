@@ -37,7 +37,7 @@ from pathlib import Path
 import common
 import torch
 import transformers
-from common import BOS_ID, EOS_ID, SEED, ModelShape, RatioRow, environment, format_table
+from common import BOS_ID, EOS_ID, SEED, ModelShape, RatioRow, environment, format_table, measure
 
 from mine_vae import MineVaeModel
 
@@ -82,29 +82,6 @@ def token_batch(shape: Shape, seed: int) -> torch.Tensor:
 # Timing
 # --------------------------------------------------------------------------------------------------------------------
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def time_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:
-    start = clock()
-    fn()
-    return clock() - start
-
-
-def measure(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int, clock: Callable[[], float]
-) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one sample per round; variants are interleaved (their order rotating each
-    round) after `warmup` untimed rounds."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(time_call(variants[name], clock))
-    return samples
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:

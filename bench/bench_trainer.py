@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from pathlib import Path
 import common
 import torch
 import transformers
-from common import BOS_ID, EOS_ID, PAD_ID, SEED, ModelShape, RatioRow, environment, format_table
+from common import BOS_ID, EOS_ID, PAD_ID, SEED, ModelShape, RatioRow, environment, format_table, measure
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from transformers import Trainer, TrainingArguments
@@ -178,27 +177,7 @@ def check_variants(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor])
 # --------------------------------------------------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------------------------------------------------
-def time_call(fn: Callable[[], object], synchronize: bool = False) -> float:
-    start = time.perf_counter()
-    fn()
-    if synchronize:  # CUDA kernels run asynchronously: wait for them before reading the clock
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def measure(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: bool = False
-) -> dict[str, float]:
-    """Median seconds per call of each variant, interleaved (rotating order each repeat) after `warmup` rounds."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(time_call(variants[name], synchronize))
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
@@ -368,7 +347,7 @@ def importance_rows(shape: Shape, repeats: int, warmup: int, device: str) -> lis
     nll = {name: variant() for name, variant in variants.items()}
     if not all(math.isclose(nll["batched"], value, rel_tol=1e-5) for value in nll.values()):
         raise RuntimeError(f"Batched and looped IW-NLL disagree: {nll}.")
-    seconds = measure(variants, repeats, warmup, synchronize=device.startswith("cuda"))
+    seconds = medians(measure(variants, repeats, warmup, synchronize=device.startswith("cuda")))
     what = f"IW-NLL ms: K={k} batched ({per_call}/call, {device}) vs one call per"
     rows = []
     for baseline, target in (("sample", 5.0), ("sentence and sample", 1.0)):
@@ -397,7 +376,7 @@ def median_step_rss(steps: int, runs: int, threads: int | None) -> dict[str, flo
     for _ in range(runs):
         for variant in VARIANTS:
             samples[variant].append(child_step_rss(variant, steps, threads))
-    return {variant: statistics.median(values) for variant, values in samples.items()}
+    return medians(samples)
 
 
 def training_rows(shape: Shape, args: argparse.Namespace) -> list[Row]:
@@ -406,7 +385,7 @@ def training_rows(shape: Shape, args: argparse.Namespace) -> list[Row]:
         trainers = {variant: make_trainer(variant, shape, f"{output_dir}/{variant}") for variant in VARIANTS}
         check_variants(trainers, batch)
         steps = {variant: optimizer_step(trainer, batch) for variant, trainer in trainers.items()}
-        seconds = measure(steps, args.repeats, args.warmup)
+        seconds = medians(measure(steps, args.repeats, args.warmup))
         tensor_peaks = {variant: peak_tensor_bytes(trainers[variant], steps[variant]) for variant in VARIANTS}
     rss_peaks = median_step_rss(args.rss_steps, args.rss_runs, args.threads)
     label = f"(b={shape.batch_size}, len={shape.length})"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,38 @@ class RatioRow:
     ratio: float
     target: str
     passed: bool
+
+
+def time_call(
+    fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter, synchronize: bool = False
+) -> float:
+    """Seconds of one call of `fn` by `clock`; with `synchronize`, after the GPU's queued kernels have finished."""
+    start = clock()
+    fn()
+    if synchronize:  # CUDA kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize()
+    return clock() - start
+
+
+def measure(
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+    synchronize: bool = False,
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round; variants are interleaved (their order rotating each
+    round) after `warmup` untimed rounds, so that drifts of the machine's speed reach all of them alike."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(time_call(variants[name], clock, synchronize))
+    return samples
 
 
 HEADER = ("what", "A", "B", "ratio", "target", "result")
