@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import math
 
+import transformers
+from packaging.version import Version
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+# The transformers releases this package supports: setup.cfg declares the same range and CI tests both ends of it.
+# The floor is 5.24, where the decoder cache became `cache` (in `forward` and in model outputs); this file and the
+# modelling files also ship as remote code, which runs under whatever transformers the downloading user has, so an
+# unsupported release gets this one message instead of an error deep inside the model.
+SUPPORTED_TRANSFORMERS = (Version("5.24.0"), Version("5.25.0"))
+
+
+def check_transformers_version(version: str = transformers.__version__) -> None:
+    """Raise an `ImportError` naming the installed and the supported transformers releases when they differ."""
+    low, high = SUPPORTED_TRANSFORMERS
+    if not low <= Version(version) < high:
+        raise ImportError(
+            f"MINE-VAE needs transformers>={low},<{high}; transformers {version} is installed. "
+            f'Install a supported release: pip install "transformers>={low},<{high}".'
+        )
+
+
+check_transformers_version()
 
 POOLING_MODES = ("pooler", "first", "mean")
 LATENT_INJECTIONS = ("memory", "embedding", "both")
@@ -50,10 +71,12 @@ class MineVaeConfig(PreTrainedConfig):
             Free-bits threshold per latent dimension, in nats: a dimension's batch-mean KL below it costs nothing.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the initialisation of the heads this model adds (posterior, injection, critic).
+        use_cache (`bool`, defaults to `True`):
+            Whether `forward` returns the decoder cache when the call does not say (as a causal LM's config does).
     """
 
     model_type = "mine_vae"
-    keys_to_ignore_at_inference = ["past_key_values", "mu", "logvar", "z", "pooler_output", "kl_per_dimension"]
+    keys_to_ignore_at_inference = ["cache", "hidden_states", "attentions", "mu", "logvar", "z", "pooler_output", "kl_per_dimension"]
     sub_configs_defaults = {
         "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
         "decoder": SubConfigSpec(config_class=AutoConfig, model_type="gpt2"),
@@ -73,6 +96,7 @@ class MineVaeConfig(PreTrainedConfig):
     mi_weight: float = 3.0
     free_bits: float = 0.0
     initializer_range: float = 0.02
+    use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
@@ -35,11 +36,15 @@ class MineVaePosterior(ModelOutput):
         logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`): posterior log-variances.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`): the pooled encoder states
             the posterior was read from; detached, they are also what the critic sees of x.
+        hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*): the encoder's, when asked for with
+            `output_hidden_states` / `output_attentions`.
     """
 
     mu: torch.FloatTensor | None = None
     logvar: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
     def sample(self, num_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mu + sigma * eps (reparameterised). Shape `(batch_size, latent_size)`, or
@@ -73,7 +78,15 @@ class MineVaeOutput(ModelOutput):
         z (`torch.FloatTensor` of shape `(batch_size, latent_size)`): the latent the decoder was conditioned on.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`, *optional*): pooled
             encoder states (the critic's view of x, detached).
-        past_key_values (`Cache`, *optional*): the decoder's cache, the latent's key/value position included.
+        cache (`Cache`, *optional*): the decoder's cache, the latent's key/value position included.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`): the decoder's
+            embedding output and each layer's output, each of shape `(batch_size, target_length, decoder_hidden)`.
+            Named as a causal LM names them, because `generate()` drives this model as a decoder-only model.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): the decoder's attention
+            weights per layer, `(batch_size, heads, target_length, cached_length + target_length)`; with memory
+            injection the latent's key/value position is the first key.
+        encoder_hidden_states, encoder_attentions (*optional*): the same for the encoder, when x was encoded (as
+            `EncoderDecoderModel` returns them).
     """
 
     loss: torch.FloatTensor | None = None
@@ -86,7 +99,11 @@ class MineVaeOutput(ModelOutput):
     logvar: torch.FloatTensor | None = None
     z: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MineVaePreTrainedModel(PreTrainedModel):
@@ -257,6 +274,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> MineVaePosterior:
         """
         q(z|x) for a batch of encoder inputs.
@@ -265,6 +284,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids.
             attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): 1 on real tokens.
             token_type_ids (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*).
+            output_hidden_states, output_attentions (`bool`): also return the encoder's hidden states / attentions.
 
         Returns:
             [`MineVaePosterior`] with `mu`, `logvar` of shape `(batch_size, latent_size)`.
@@ -276,10 +296,20 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
         if token_type_ids is not None:
             encoder_kwargs["token_type_ids"] = token_type_ids
+        if output_hidden_states:
+            encoder_kwargs["output_hidden_states"] = True
+        if output_attentions:
+            encoder_kwargs["output_attentions"] = True
         encoder_outputs = self.encoder(**encoder_kwargs)
         pooled = self._pool(encoder_outputs, attention_mask)
         mu, logvar = self.posterior(pooled).float().chunk(2, dim=-1)
-        return MineVaePosterior(mu=mu, logvar=logvar, pooler_output=pooled.detach())
+        return MineVaePosterior(
+            mu=mu,
+            logvar=logvar,
+            pooler_output=pooled.detach(),
+            hidden_states=encoder_outputs.get("hidden_states"),
+            attentions=encoder_outputs.get("attentions"),
+        )
 
     def _pool(self, encoder_outputs: ModelOutput, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "pooler":
@@ -343,14 +373,14 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         latent: torch.Tensor,
         decoder_input_ids: torch.LongTensor,
         decoder_attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         use_cache: bool,
         **decoder_kwargs,
     ) -> ModelOutput:
         """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
         if self.config.injects_memory:
-            if past_key_values is None or past_key_values.get_seq_length() == 0:
-                past_key_values = self._latent_cache(latent, past_key_values)
+            if cache is None or cache.get_seq_length() == 0:
+                cache = self._latent_cache(latent, cache)
             if decoder_attention_mask is not None:
                 decoder_attention_mask = torch.cat(
                     [decoder_attention_mask.new_ones(decoder_attention_mask.shape[0], 1), decoder_attention_mask], dim=1
@@ -362,7 +392,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         return self.decoder(
             inputs_embeds=embeddings,
             attention_mask=decoder_attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             return_dict=True,
             **decoder_kwargs,
@@ -401,6 +431,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # forward
     # ----------------------------------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -410,14 +441,16 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         latent: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         sample_latent: bool | None = None,
         kl_weight: float | None = None,
         mi_weight: float | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **decoder_kwargs,
-    ) -> MineVaeOutput:
+    ) -> MineVaeOutput | tuple:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids of x.
@@ -433,15 +466,32 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 mean (default in eval mode, like dropout).
             kl_weight, mi_weight (`float`, *optional*): override `config.kl_weight` / `config.mi_weight` for this
                 call (the trainer's schedules use this).
+            cache (`Cache`, *optional*), use_cache (`bool`, *optional*, defaults to `config.use_cache`): the decoder
+                cache (the latent's key/value position included) to continue from, and whether to return it.
+            output_hidden_states, output_attentions (`bool`, *optional*, default to the config's): also return the
+                decoder's (and, when x is encoded, the encoder's) hidden states / attention weights.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a [`MineVaeOutput`], or a tuple of its
+                non-`None` fields in order.
 
         Returns:
-            [`MineVaeOutput`].
+            [`MineVaeOutput`], or a tuple with `return_dict=False`.
         """
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        use_cache = self.config.use_cache if use_cache is None else use_cache
         posterior = None
         if latent is None:
             if input_ids is None:
                 raise ValueError("forward() needs encoder `input_ids` (to encode x) or a `latent` z to decode from.")
-            posterior = self.encode(input_ids, attention_mask, token_type_ids)
+            posterior = self.encode(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
             sample = self.training if sample_latent is None else sample_latent
             latent = posterior.sample() if sample else posterior.mu
         elif latent.ndim != 2 or latent.shape[-1] != self.config.latent_size:
@@ -453,7 +503,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             decoder_input_ids = self._shift_right(labels)
         beta = self.config.kl_weight if kl_weight is None else kl_weight
         lam = self.config.mi_weight if mi_weight is None else mi_weight
-        kl_per_dimension = kl = bound = logits = cache = reconstruction = loss = None
+        kl_per_dimension = kl = bound = logits = reconstruction = loss = decoder_outputs = None
         if posterior is not None:
             kl_per_dimension = posterior.kl_per_dimension()
             kl = kl_per_dimension.sum()
@@ -461,17 +511,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 # Keep a graph only when the bound enters the loss: a stray graph through the critic's weights
                 # would be backpropagated by DDP's output hooks after the critic has stepped.
                 with torch.set_grad_enabled(torch.is_grad_enabled() and lam > 0):
-                    bound = self.mi_lower_bound(posterior.pooler_output, latent)
+                    bound = self.mi_lower_bound(posterior.pooler_output, latent, generator=self._eval_pairing())
 
         if decoder_input_ids is not None:
-            cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cached = cache.get_seq_length() if cache is not None else 0
             self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - 1, 0))
-            use_cache = bool(use_cache)
+            if output_hidden_states:
+                decoder_kwargs["output_hidden_states"] = True
+            if output_attentions:
+                decoder_kwargs["output_attentions"] = True
             decoder_outputs = self._decode(
-                latent, decoder_input_ids, decoder_attention_mask, past_key_values, use_cache, **decoder_kwargs
+                latent, decoder_input_ids, decoder_attention_mask, cache, bool(use_cache), **decoder_kwargs
             )
             logits = decoder_outputs.logits
-            cache = decoder_outputs.past_key_values if use_cache else None
 
         if labels is not None:
             reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
@@ -492,8 +544,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             logvar=posterior.logvar if posterior is not None else None,
             z=latent,
             pooler_output=posterior.pooler_output if posterior is not None else None,
-            past_key_values=cache,
+            cache=decoder_outputs.get("cache") if decoder_outputs is not None and use_cache else None,
+            hidden_states=decoder_outputs.get("hidden_states") if decoder_outputs is not None else None,
+            attentions=decoder_outputs.get("attentions") if decoder_outputs is not None else None,
+            encoder_hidden_states=posterior.hidden_states if posterior is not None else None,
+            encoder_attentions=posterior.attentions if posterior is not None else None,
         )
+
+    def _eval_pairing(self) -> torch.Generator | None:
+        """In eval mode the bound's marginal pairing is drawn from a fixed seed, so evaluating the same batch twice
+        gives the same value; in training a fresh pairing each step is what the estimator needs."""
+        if self.training:
+            return None
+        return torch.Generator().manual_seed(0)
 
     def _shift_right(self, labels: torch.LongTensor) -> torch.LongTensor:
         start = self.config.decoder_start_token_id
@@ -600,18 +663,30 @@ def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
 def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:
     """(layers, key/value heads, head size) of a decoder that can take a key/value prefix; a clear error otherwise."""
     config = decoder.config
-    accepts_cache = "past_key_values" in inspect.signature(decoder.forward).parameters
-    num_heads = getattr(config, "num_attention_heads", None)
-    if (
-        not accepts_cache
-        or num_heads is None
-        or getattr(config, "is_encoder_decoder", False)
-        or not decoder._supports_default_dynamic_cache()
-        or getattr(decoder, "_is_stateful", False)
-    ):
+    name = type(decoder).__name__
+    if "cache" not in inspect.signature(decoder.forward).parameters:
         raise ValueError(
-            f"The decoder {type(decoder).__name__} cannot take a key/value prefix, which latent_injection='memory' "
-            "and 'both' need; use latent_injection='embedding'."
+            f"The decoder {name}'s forward() has no `cache` argument (looked for `cache`, the name transformers "
+            f">= 5.24 gives the decoder cache; transformers {transformers.__version__} is installed), so it cannot "
+            "take z's key/value position, which latent_injection='memory' and 'both' need. Use a decoder that "
+            "takes a cache (any causal LM of transformers' own), or latent_injection='embedding'."
+        )
+    num_heads = getattr(config, "num_attention_heads", None)
+    why = (
+        "it has no num_attention_heads"
+        if num_heads is None
+        else "it is an encoder-decoder model"
+        if getattr(config, "is_encoder_decoder", False)
+        else "it does not use transformers' DynamicCache"
+        if not decoder._supports_default_dynamic_cache()
+        else "it is stateful (a recurrent cache)"
+        if getattr(decoder, "_is_stateful", False)
+        else None
+    )
+    if why is not None:
+        raise ValueError(
+            f"The decoder {name} cannot take a key/value prefix ({why}), which latent_injection='memory' and 'both' "
+            "need; use latent_injection='embedding'."
         )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
     num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
