@@ -76,7 +76,16 @@ class MineVaeConfig(PreTrainedConfig):
     """
 
     model_type = "mine_vae"
-    keys_to_ignore_at_inference = ["cache", "hidden_states", "attentions", "mu", "logvar", "z", "pooler_output", "kl_per_dimension"]
+    keys_to_ignore_at_inference = [
+        "cache",
+        "hidden_states",
+        "attentions",
+        "mu",
+        "logvar",
+        "z",
+        "pooler_output",
+        "kl_per_dimension",
+    ]
     sub_configs_defaults = {
         "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
         "decoder": SubConfigSpec(config_class=AutoConfig, model_type="gpt2"),
