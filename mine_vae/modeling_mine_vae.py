@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,14 +258,27 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             )
         super().activation_checkpointing_enable(*args, **kwargs)
 
+    # The model's "token embeddings" are the decoder's: it reads and writes the decoder tokenizer's ids. The encoder
+    # keeps its own vocabulary (reach it through `model.encoder`).
     def get_input_embeddings(self) -> nn.Module:
         return self.decoder.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.decoder.set_input_embeddings(new_embeddings)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.decoder.get_output_embeddings()
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.decoder.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the decoder's vocabulary (input embeddings and LM head together, ties kept, `config.decoder.
+        vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
+        causal LM's own `resize_token_embeddings` would."""
+        return self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The VAE's parts
@@ -625,6 +639,12 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             `torch.LongTensor` of shape `(batch_size * num_return_sequences, length)`: decoder token ids, starting with
             the decoder start token (`skip_special_tokens=True` drops it when decoding).
         """
+        if _called_from_pipeline():
+            raise TypeError(
+                "MineVaeModel does not run in a text-generation pipeline: the pipeline passes the decoder prompt's "
+                "token ids, but generate() reads encoder input_ids (text to reconstruct) or a latent. Call "
+                "model.generate(**processor(texts)) or model.generate(latent=...) instead."
+            )
         if latent is None:
             if input_ids is None:
                 raise ValueError("generate() needs encoder `input_ids` (to reconstruct) or a `latent` to decode from.")
@@ -635,6 +655,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 f"latent must have shape (batch_size, {self.config.latent_size}) with batch_size >= 1, "
                 f"got {tuple(latent.shape)}; sample one with model.sample_prior(n)."
             )
+        if not torch.isfinite(latent).all():
+            raise ValueError("latent holds NaN or infinite values; give finite latents (e.g. model.sample_prior(n)).")
         start = self.config.decoder_start_token_id
         if start is None:
             raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to generate.")
@@ -658,6 +680,21 @@ def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
     )
     return flat.view(labels.shape)
+
+
+def _called_from_pipeline() -> bool:
+    """True when the caller of `generate` is a transformers pipeline (which would pass decoder prompt ids)."""
+    base = sys.modules.get("transformers.pipelines.base")  # only loaded once a pipeline exists
+    if base is None:
+        return False
+    frame = sys._getframe(2)  # generate's caller, or the no_grad wrapper around generate
+    for _ in range(3):  # a few frames up: wrappers (no_grad, peft) may stand between the pipeline and generate
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), base.Pipeline):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:
