@@ -18,7 +18,8 @@ import transformers
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_mine_vae import MineVaeConfig
@@ -250,13 +251,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         return cls(config, encoder=encoder, decoder=decoder)
 
     def activation_checkpointing_enable(self, *args, **kwargs) -> None:
-        if self.config.injects_memory:
-            # Checkpointed decoder layers are called without the cache, which is where z's key/value position lives.
-            raise ValueError(
-                "Gradient checkpointing drops the decoder cache that carries z with latent_injection="
-                f"'{self.config.latent_injection}'; use latent_injection='embedding' to checkpoint activations."
-            )
         super().activation_checkpointing_enable(*args, **kwargs)
+        if self.config.injects_memory:
+            # z's key/value position reaches each layer through the cache, which checkpointing drops unless told it
+            # may keep it. It may: without use_cache the cache is a `LatentPrefixLayer` stack, which stores nothing,
+            # so the backward pass's re-run of a layer sees exactly the keys and values the first run saw. The layers
+            # are told through their `_can_checkpoint_with_cache`; the decoder's outer modules (GPT-2's GPT2Model)
+            # drop the cache when their own `gradient_checkpointing` flag is set, a flag that does no checkpointing
+            # itself (the layers do), so it is cleared.
+            for module in self.decoder.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    module._can_checkpoint_with_cache = True
+                elif getattr(module, "gradient_checkpointing", False):
+                    module.gradient_checkpointing = False
 
     # The model's "token embeddings" are the decoder's: it reads and writes the decoder tokenizer's ids. The encoder
     # keeps its own vocabulary (reach it through `model.encoder`).
@@ -368,16 +375,20 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         self.critic.update_moving_average(marginal)
         return -self.critic.lower_bound(joint, marginal)
 
-    def _latent_cache(self, latent: torch.Tensor, cache: Cache | None) -> Cache:
-        """Write z's key/value position into (a fresh, or an empty) decoder cache, layer by layer."""
-        if cache is None:
-            cache = DynamicCache(config=self.config.decoder)
+    def _latent_cache(self, latent: torch.Tensor, cache: Cache | None, store: bool) -> Cache:
+        """z's key/value position in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
+        when the decoder's keys and values are to be kept (`store`, generation), else a `LatentPrefixLayer` stack that
+        keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing)."""
         dtype = self.decoder.get_input_embeddings().weight.dtype
         batch_size = latent.shape[0]
         keys = self.latent_to_key(latent.to(self.latent_to_key.weight.dtype)).to(dtype)
         values = self.latent_to_value(latent.to(self.latent_to_value.weight.dtype)).to(dtype)
         keys = keys.view(batch_size, -1, *self._kv_shape).unbind(1)
         values = values.view(batch_size, -1, *self._kv_shape).unbind(1)
+        if not store:
+            return Cache(layers=[LatentPrefixLayer(key, value) for key, value in zip(keys, values)])
+        if cache is None:
+            cache = DynamicCache(config=self.config.decoder)
         for layer_idx, (key, value) in enumerate(zip(keys, values)):
             cache.update(key, value, layer_idx)
         return cache
@@ -392,9 +403,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         **decoder_kwargs,
     ) -> ModelOutput:
         """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
+        if use_cache and self.is_activation_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
         if self.config.injects_memory:
             if cache is None or cache.get_seq_length() == 0:
-                cache = self._latent_cache(latent, cache)
+                cache = self._latent_cache(latent, cache, store=use_cache or cache is not None)
             if decoder_attention_mask is not None:
                 decoder_attention_mask = torch.cat(
                     [decoder_attention_mask.new_ones(decoder_attention_mask.shape[0], 1), decoder_attention_mask], dim=1
@@ -671,6 +684,25 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         inputs["decoder_input_ids"] = inputs.pop("input_ids")
         inputs["decoder_attention_mask"] = inputs.pop("attention_mask", None)
         return inputs
+
+
+class LatentPrefixLayer(DynamicLayer):
+    """
+    One decoder layer's cache entry holding only z's key/value position: `update` returns it joined to the keys and
+    values of the call and stores nothing. Calling a layer twice with the same inputs (activation checkpointing's
+    re-run in the backward pass) therefore sees the same keys and values both times.
+
+    Args:
+        key, value (`torch.Tensor` of shape `(batch_size, num_kv_heads, 1, head_dim)`): z's projections.
+    """
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(key, value)
+        self.keys, self.values = key, value
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:

@@ -179,10 +179,37 @@ def test_decoder_without_kv_prefix_gets_a_clear_error():
         MineVaeModel(config)
 
 
-def test_gradient_checkpointing_with_memory_injection_is_refused():
-    with pytest.raises(ValueError, match="latent_injection='embedding'"):
-        tiny.model(latent_injection="both").activation_checkpointing_enable()
-    tiny.model(latent_injection="embedding").activation_checkpointing_enable()
+@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_activation_checkpointing_gives_the_unchecked_gradients(kind, injection, batch):
+    """z reaches checkpointed layers (through a cache that stores nothing), so every gradient is the unchecked one."""
+    gradients = []
+    for checkpointing in (False, True):
+        model = tiny.model(kind, latent_injection=injection, seed=3)
+        model.config.encoder.hidden_dropout_prob = model.config.decoder.attn_pdrop = 0.0
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        loss = model(**batch, sample_latent=False).loss
+        loss.backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    unchecked, checked = gradients
+    assert unchecked.keys() == checked.keys()
+    assert any(n.startswith("latent_to_") for n in checked)  # z's own heads get gradients through the decoder
+    for name, grad in unchecked.items():
+        torch.testing.assert_close(checked[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("injection", ["memory", "both"])
+def test_activation_checkpointing_recomputes_the_decoder_layers(injection, batch):
+    """The checkpointed layers do run twice (the recompute happens, with the latent's prefix in the cache)."""
+    model = tiny.model(latent_injection=injection).train()
+    model.activation_checkpointing_enable()
+    calls = []
+    for layer in model.decoder.transformer.h:  # the layer's own hooks stay outside the checkpoint; its parts' do not
+        layer.attn.register_forward_hook(lambda module, args, output: calls.append(output[0].shape))
+    model(**batch).loss.backward()
+    assert len(calls) == 2 * len(model.decoder.transformer.h)
 
 
 def test_over_long_decoder_input_raises():
