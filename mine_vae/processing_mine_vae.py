@@ -9,22 +9,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
-from transformers.utils import PushToHubMixin, logging
+from transformers import BatchEncoding, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.utils import PROCESSOR_NAME, cached_file, hf_api, logging
 
 logger = logging.get_logger(__name__)
 
+# The settings file of mine_vae before the processor became a transformers `ProcessorMixin`. `save_pretrained` still
+# writes it next to transformers' `processor_config.json` (PROCESSOR_NAME): older mine_vae versions load folders by it,
+# and the CLI and `mine_vae.hub` recognise a folder holding a processor by it. `from_pretrained` reads it only when
+# `processor_config.json` is missing, i.e. for folders written before the switch.
 PROCESSOR_CONFIG_NAME = "mine_vae_processor.json"
+# `ProcessorMixin` saves a tokenizer that is not *the* `tokenizer` in a subfolder named after its attribute, which are
+# exactly the folders older versions wrote, so both layouts share them.
 ENCODER_TOKENIZER_FOLDER = "encoder_tokenizer"
 DECODER_TOKENIZER_FOLDER = "decoder_tokenizer"
+# The `from_pretrained` arguments that locate a file in a folder or Hub repo (for reading the older settings file).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 # Tokenizers without a real limit report a huge model_max_length; past this we treat it as "none given".
 _NO_LIMIT = 1_000_000
 
 
-class MineVaeProcessor(PushToHubMixin):
+class MineVaeProcessor(ProcessorMixin):
     """
     Holds the encoder's and the decoder's tokenizers, saves and loads both with the model folder in one call, and
     turns text into the inputs [`MineVaeModel`] takes.
+
+    A transformers processor: `save_pretrained` writes `processor_config.json` (the max lengths) and the tokenizers in
+    `encoder_tokenizer/` and `decoder_tokenizer/`, and with `mine_vae` imported
+    `transformers.AutoProcessor.from_pretrained(folder)` returns this class.
 
     The decoder sees `BOS + tokens` and predicts `tokens + EOS`; text longer than the limits is truncated with a
     warning (a corpus routinely holds a few over-long lines, and stopping a long run for them would lose more than it
@@ -48,6 +60,8 @@ class MineVaeProcessor(PushToHubMixin):
         max_encoder_length: int | None = None,
         max_decoder_length: int | None = None,
     ):
+        # First, so that something other than a tokenizer gets transformers' TypeError naming the argument.
+        super().__init__(encoder_tokenizer, decoder_tokenizer)
         if decoder_tokenizer.pad_token_id is None:
             raise ValueError(
                 "The decoder tokenizer has no pad token; set one before building the processor, e.g. "
@@ -59,8 +73,8 @@ class MineVaeProcessor(PushToHubMixin):
             )
         if encoder_tokenizer.pad_token_id is None:
             raise ValueError("The encoder tokenizer has no pad token; set `encoder_tokenizer.pad_token`.")
-        self.encoder_tokenizer = encoder_tokenizer
-        self.decoder_tokenizer = decoder_tokenizer
+        self.encoder_tokenizer: PreTrainedTokenizerBase = encoder_tokenizer
+        self.decoder_tokenizer: PreTrainedTokenizerBase = decoder_tokenizer
         self.max_encoder_length = max_encoder_length or _tokenizer_limit(encoder_tokenizer, reserve=0)
         self.max_decoder_length = max_decoder_length or _tokenizer_limit(decoder_tokenizer, reserve=1)
 
@@ -69,6 +83,15 @@ class MineVaeProcessor(PushToHubMixin):
         """BOS, or EOS for decoders without one (GPT-2 uses <|endoftext|> for both)."""
         bos = self.decoder_tokenizer.bos_token_id
         return bos if bos is not None else self.decoder_tokenizer.eos_token_id
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """
+        The decoder's tokenizer, the one whose ids the model generates. transformers reads `processor.tokenizer` from
+        any `ProcessorMixin`: `Trainer` aligns the text model's (here the decoder's) special tokens with it, and
+        `ProcessorMixin.decode` decodes with it.
+        """
+        return self.decoder_tokenizer
 
     # ----------------------------------------------------------------------------------------------------------------
     # Text -> token ids -> tensors
@@ -156,6 +179,11 @@ class MineVaeProcessor(PushToHubMixin):
         kwargs.setdefault("skip_special_tokens", True)
         return self.decoder_tokenizer.batch_decode(sequences, **kwargs)
 
+    def decode(self, token_ids: torch.Tensor | Iterable[int], **kwargs) -> str:
+        """One sequence of decoder token ids to text, special tokens dropped (as `batch_decode`)."""
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.decoder_tokenizer.decode(token_ids, **kwargs)
+
     # ----------------------------------------------------------------------------------------------------------------
     # Compatibility with a model
     # ----------------------------------------------------------------------------------------------------------------
@@ -200,16 +228,31 @@ class MineVaeProcessor(PushToHubMixin):
     # Save / load
     # ----------------------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        """Write both tokenizers (in `encoder_tokenizer/` and `decoder_tokenizer/`) and the processor's settings."""
+        """
+        Write both tokenizers (in `encoder_tokenizer/` and `decoder_tokenizer/`) and the processor's settings
+        (`processor_config.json`, plus the same settings in `mine_vae_processor.json` for older mine_vae versions).
+
+        Args:
+            save_directory: the folder (created if missing); a model folder is fine, the names do not clash.
+            push_to_hub: also upload the folder's new and changed files to the Hub repo `repo_id` (a keyword
+                argument; default: the folder's name). `commit_message` and `token` apply to the upload, the other
+                keyword arguments (e.g. `private`) to creating the repo.
+
+        Returns:
+            The paths of the two settings files.
+        """
+        save_directory = str(save_directory)
         os.makedirs(save_directory, exist_ok=True)
         if push_to_hub:
-            repo_id = kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1])
-            repo_id = self._create_repo(repo_id, **kwargs)
+            # Uploaded here rather than by ProcessorMixin, whose upload would run before the older settings file is
+            # written below and so leave it out of the repo.
+            commit_message = kwargs.pop("commit_message", None)
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo_id = hf_api().create_repo(repo_id, exist_ok=True, **kwargs).repo_id
             files_timestamps = self._get_files_timestamps(save_directory)
-        files = list(self.encoder_tokenizer.save_pretrained(os.path.join(save_directory, ENCODER_TOKENIZER_FOLDER)))
-        files += self.decoder_tokenizer.save_pretrained(os.path.join(save_directory, DECODER_TOKENIZER_FOLDER))
-        config_file = os.path.join(save_directory, PROCESSOR_CONFIG_NAME)
-        with open(config_file, "w", encoding="utf-8") as f:
+        files = list(super().save_pretrained(save_directory))
+        legacy_file = os.path.join(save_directory, PROCESSOR_CONFIG_NAME)
+        with open(legacy_file, "w", encoding="utf-8") as f:
             json.dump(
                 {
                     "processor_class": type(self).__name__,
@@ -219,35 +262,55 @@ class MineVaeProcessor(PushToHubMixin):
                 f,
                 indent=2,
             )
-        files.append(config_file)
+        files.append(legacy_file)
         if push_to_hub:
             self._upload_modified_files(
-                save_directory,
-                repo_id,
-                files_timestamps,
-                commit_message=kwargs.get("commit_message"),
-                token=kwargs.get("token"),
+                save_directory, repo_id, files_timestamps, commit_message=commit_message, token=kwargs.get("token")
             )
         return files
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MineVaeProcessor:
-        """Load both tokenizers from a model folder or Hub repo written by `save_pretrained` (kwargs such as
-        `revision`, `token`, `cache_dir` are passed to each tokenizer's `from_pretrained`)."""
-        from transformers.utils.hub import cached_file
+        """
+        Load both tokenizers and the max lengths from a folder or Hub repo written by `save_pretrained`, including
+        folders written by mine_vae versions before `processor_config.json` (they hold only `mine_vae_processor.json`).
 
-        config_file = cached_file(pretrained_model_name_or_path, PROCESSOR_CONFIG_NAME, **kwargs)
-        with open(config_file, encoding="utf-8") as f:
-            settings = json.load(f)
-        settings.pop("processor_class", None)
-        tokenizers = {
-            name: AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=folder, **kwargs)
-            for name, folder in (
-                ("encoder_tokenizer", ENCODER_TOKENIZER_FOLDER),
-                ("decoder_tokenizer", DECODER_TOKENIZER_FOLDER),
+        Keyword arguments such as `revision`, `token`, `cache_dir` locate the files and are passed to each tokenizer's
+        `from_pretrained`; `max_encoder_length` / `max_decoder_length` override the saved lengths.
+        """
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def get_processor_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        transformers' reading of `processor_config.json`, falling back to `mine_vae_processor.json` for folders
+        written before the processor was a `ProcessorMixin`. Raises `OSError` when the folder holds neither.
+        """
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        processor_dict, unused_kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        # ProcessorMixin returns a dict without `processor_class` (at most a chat template) when there is no
+        # processor_config.json, rather than raising, for Hub repos older than that file.
+        if "processor_class" in processor_dict or os.path.isfile(pretrained_model_name_or_path):
+            return processor_dict, unused_kwargs
+        legacy_file = cached_file(
+            pretrained_model_name_or_path,
+            PROCESSOR_CONFIG_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            **hub_kwargs,
+        )
+        if legacy_file is None:
+            # Without this the tokenizers would be looked for in the folder itself (ProcessorMixin's fallback for a
+            # missing subfolder), and a folder holding only a model would fail with a less helpful message.
+            raise OSError(
+                f"{pretrained_model_name_or_path} holds no {PROCESSOR_NAME} (nor the {PROCESSOR_CONFIG_NAME} of older "
+                "mine_vae versions): it is not a MineVaeProcessor folder. Save one there with "
+                "`processor.save_pretrained(folder)`."
             )
-        }
-        return cls(**tokenizers, **settings)
+        with open(legacy_file, encoding="utf-8") as f:
+            processor_dict.update(json.load(f))
+        return processor_dict, unused_kwargs
 
 
 @dataclass

@@ -1,10 +1,25 @@
+from __future__ import annotations
+
+import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import tiny
 import torch
+from huggingface_hub import HfApi
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoProcessor, GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizerBase
+from transformers.trainer_utils import align_special_tokens
 
-from mine_vae import MineVaeDataCollator, MineVaeProcessor
+from mine_vae import MineVaeDataCollator, MineVaeModel, MineVaeProcessor
+
+if TYPE_CHECKING:
+    from hub_server import LocalHub
+
+pytest_plugins = ["hub_server"]  # the `local_hub` fixture
 
 
 def test_decoder_inputs_and_labels_follow_bos_eos_and_padding():
@@ -113,3 +128,170 @@ def test_mismatched_end_token_is_refused():
     model.config.eos_token_id = 4
     with pytest.raises(ValueError, match="eos_token_id=4.*would not stop"):
         tiny.processor().check_model(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A transformers processor: AutoProcessor, and folders written before processor_config.json
+# ----------------------------------------------------------------------------------------------------------------
+def _bpe(
+    pre_tokenizer: pre_tokenizers.PreTokenizer, special_tokens: list[str], alphabet: list[str], vocab_size: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A BPE vocabulary and merges trained on the tiny sentences (a second, no download)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(tiny.sentences(200), trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    return model["vocab"], [tuple(pair) for pair in model["merges"]]
+
+
+def gpt2_style_decoder_tokenizer() -> GPT2Tokenizer:
+    """Byte-level BPE with <|endoftext|> as both BOS and EOS, as GPT-2; pad is a token of its own (docs/custom.md)."""
+    vocab, merges = _bpe(
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ["<|endoftext|>", "<|pad|>"],
+        pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=300,
+    )
+    return GPT2Tokenizer(vocab=vocab, merges=merges, pad_token="<|pad|>")
+
+
+def llama_style_decoder_tokenizer() -> LlamaTokenizer:
+    """Metaspace ("▁") BPE with <unk>, <s>, </s>, as Llama; pad is <unk>, as Llama fine-tunes often set it."""
+    vocab, merges = _bpe(pre_tokenizers.Metaspace(), ["<unk>", "<s>", "</s>"], [], vocab_size=80)
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges)
+    tokenizer.pad_token = "<unk>"
+    return tokenizer
+
+
+DECODER_TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {
+    "word-level": tiny.decoder_tokenizer,
+    "gpt2-bpe": gpt2_style_decoder_tokenizer,
+    "llama-bpe": llama_style_decoder_tokenizer,
+}
+
+
+def write_layout_before_processor_config(processor: MineVaeProcessor, folder: Path) -> None:
+    """What `MineVaeProcessor.save_pretrained` wrote before it was a `ProcessorMixin` (names hard-coded on purpose:
+    these folders exist and must keep loading whatever the constants become)."""
+    processor.encoder_tokenizer.save_pretrained(folder / "encoder_tokenizer")
+    processor.decoder_tokenizer.save_pretrained(folder / "decoder_tokenizer")
+    settings = {
+        "processor_class": "MineVaeProcessor",
+        "max_encoder_length": processor.max_encoder_length,
+        "max_decoder_length": processor.max_decoder_length,
+    }
+    (folder / "mine_vae_processor.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+def assert_same_processor(loaded: object, original: MineVaeProcessor) -> None:
+    assert type(loaded) is MineVaeProcessor
+    # Unknown words and repeated spaces too, where tokenizers that lost their normaliser or pre-tokeniser differ.
+    texts = [*tiny.sentences(6, seed=3), "the cat  sees a zebra", "an apple"]
+    assert loaded.encode_texts(texts) == original.encode_texts(texts)
+    batch, expected = loaded(texts), original(texts)
+    assert batch.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(batch[key], expected[key]), key
+    assert (loaded.max_encoder_length, loaded.max_decoder_length) == (
+        original.max_encoder_length,
+        original.max_decoder_length,
+    )
+    for side in ("encoder_tokenizer", "decoder_tokenizer"):
+        mine, theirs = getattr(loaded, side), getattr(original, side)
+        assert type(mine) is type(theirs), side
+        assert mine.get_vocab() == theirs.get_vocab(), side
+        assert mine.special_tokens_map == theirs.special_tokens_map, side
+    assert loaded.decoder_start_token_id == original.decoder_start_token_id
+    assert loaded.batch_decode(expected["decoder_input_ids"]) == original.batch_decode(expected["decoder_input_ids"])
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODER_TOKENIZERS))
+def test_auto_processor_round_trip_gives_identical_encodings(tmp_path: Path, decoder: str) -> None:
+    # Lengths other than the tokenizers' defaults (64 / 63, or 512 without a limit), so a lost setting shows.
+    processor = MineVaeProcessor(
+        tiny.encoder_tokenizer(), DECODER_TOKENIZERS[decoder](), max_encoder_length=40, max_decoder_length=20
+    )
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text(encoding="utf-8"))
+    assert config == {"processor_class": "MineVaeProcessor", "max_encoder_length": 40, "max_decoder_length": 20}
+    # Settings and tokenizers only, all JSON: nothing pickled, no code copied.
+    assert {p.suffix for p in tmp_path.rglob("*") if p.is_file()} == {".json"}
+
+    assert_same_processor(AutoProcessor.from_pretrained(tmp_path), processor)
+    assert_same_processor(MineVaeProcessor.from_pretrained(tmp_path), processor)
+
+
+def test_auto_processor_loads_the_processor_from_a_model_folder(tmp_path: Path) -> None:
+    # `mine-vae train` and `Trainer.save_model` write the model and the processor into one folder.
+    processor = MineVaeProcessor(tiny.encoder_tokenizer(), tiny.decoder_tokenizer(), max_decoder_length=30)
+    tiny.model().save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert_same_processor(loaded, processor)
+    loaded.check_model(MineVaeModel.from_pretrained(tmp_path))
+
+
+def test_a_folder_from_before_processor_config_still_loads(tmp_path: Path) -> None:
+    processor = MineVaeProcessor(
+        tiny.encoder_tokenizer(), gpt2_style_decoder_tokenizer(), max_encoder_length=40, max_decoder_length=20
+    )
+    write_layout_before_processor_config(processor, tmp_path / "processor")
+    assert not (tmp_path / "processor" / "processor_config.json").exists()
+    assert_same_processor(MineVaeProcessor.from_pretrained(tmp_path / "processor"), processor)
+
+    # In a model folder AutoProcessor finds it too, through the processor registered for config.json's model type.
+    tiny.model().save_pretrained(tmp_path / "model")
+    write_layout_before_processor_config(processor, tmp_path / "model")
+    assert_same_processor(AutoProcessor.from_pretrained(tmp_path / "model"), processor)
+
+
+def test_save_pretrained_pushes_and_both_layouts_load_from_the_hub(local_hub: LocalHub, tmp_path: Path) -> None:
+    processor = MineVaeProcessor(
+        tiny.encoder_tokenizer(), llama_style_decoder_tokenizer(), max_encoder_length=40, max_decoder_length=20
+    )
+    processor.save_pretrained(tmp_path / "new", push_to_hub=True, repo_id="user/new-layout")
+    files = set(HfApi().list_repo_files("user/new-layout"))
+    assert {"processor_config.json", "mine_vae_processor.json", "decoder_tokenizer/tokenizer.json"} <= files
+    assert_same_processor(AutoProcessor.from_pretrained("user/new-layout"), processor)
+
+    write_layout_before_processor_config(processor, tmp_path / "old")
+    HfApi().create_repo("user/old-layout")
+    HfApi().upload_folder(repo_id="user/old-layout", folder_path=tmp_path / "old")
+    assert_same_processor(MineVaeProcessor.from_pretrained("user/old-layout"), processor)
+    assert local_hub.unknown_requests == []
+
+
+def test_saved_lengths_are_written_for_older_versions_too_and_can_be_overridden(tmp_path: Path) -> None:
+    processor = MineVaeProcessor(tiny.encoder_tokenizer(), tiny.decoder_tokenizer(), max_encoder_length=40)
+    files = processor.save_pretrained(tmp_path)
+    assert sorted(Path(f).name for f in files) == ["mine_vae_processor.json", "processor_config.json"]
+    # Older mine_vae versions, and the CLI's and mine_vae.hub's check for a processor, read this file.
+    older = json.loads((tmp_path / "mine_vae_processor.json").read_text(encoding="utf-8"))
+    assert older == {"processor_class": "MineVaeProcessor", "max_encoder_length": 40, "max_decoder_length": 63}
+    loaded = MineVaeProcessor.from_pretrained(tmp_path, max_decoder_length=12)
+    assert (loaded.max_encoder_length, loaded.max_decoder_length) == (40, 12)
+    # processor_config.json is the one read when both are there.
+    (tmp_path / "mine_vae_processor.json").write_text(json.dumps({**older, "max_encoder_length": 7}), encoding="utf-8")
+    assert MineVaeProcessor.from_pretrained(tmp_path).max_encoder_length == 40
+
+
+def test_a_folder_without_a_processor_is_refused(tmp_path: Path) -> None:
+    tiny.model().save_pretrained(tmp_path)
+    with pytest.raises(OSError, match=r"no processor_config\.json.*processor\.save_pretrained"):
+        AutoProcessor.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="not a MineVaeProcessor folder"):
+        MineVaeProcessor.from_pretrained(tmp_path)
+
+
+def test_transformers_sees_the_decoder_tokenizer_as_the_processor_tokenizer() -> None:
+    processor, model = tiny.processor(), tiny.model()
+    assert processor.tokenizer is processor.decoder_tokenizer
+    ids = processor(["the cat sees the moon"])["decoder_input_ids"][0]
+    assert processor.decode(ids) == "the cat sees the moon"
+    # Trainer.__init__ calls this with any ProcessorMixin; the tiny tokenizers already match the decoder's config.
+    config, generation = model.config.to_dict(), model.generation_config.to_dict()
+    align_special_tokens(model, processor)
+    assert model.config.to_dict() == config and model.generation_config.to_dict() == generation
