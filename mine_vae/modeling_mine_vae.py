@@ -121,12 +121,16 @@ class MineVaePreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args, **kwargs):
         """Like [`PreTrainedModel.from_pretrained`], but only ever reads safetensors weights: pickled weights
         (`.bin`, `.pt`) can run arbitrary code when loaded, so they are refused, and a corrupt file gets an error
-        that says so."""
+        that says so. Weights that do not fit the config (missing or unexpected keys) are an error, not a warning:
+        a MINE-VAE with a silently random encoder or decoder is never what was saved."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("MINE-VAE models load safetensors weights only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except SafetensorError as error:
             raise ValueError(
                 f"The safetensors weights of {pretrained_model_name_or_path} are corrupt or incomplete ({error}); "
@@ -140,6 +144,27 @@ class MineVaePreTrainedModel(PreTrainedModel):
                 "(.bin/.pt can run code when unpickled); convert them in a trusted environment with "
                 "`model.save_pretrained(folder)` (which writes model.safetensors)."
             ) from error
+        mismatched = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
+        if mismatched:
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit its config: "
+                f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s), e.g. "
+                f"{mismatched[:3]}. Save the model again with MineVaeModel.save_pretrained (an adapter folder loads "
+                "with peft's PeftModel.from_pretrained(base_model, folder))."
+            )
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft: its
+        weights would be saved under the wrapper's names and load back as a random sub-model."""
+        for side in ("encoder", "decoder"):
+            if hasattr(getattr(self, side, None), "peft_config"):
+                raise ValueError(
+                    f"The {side} is a peft model, which save_pretrained cannot store in a MINE-VAE folder. Either "
+                    f"merge it first (model.{side} = model.{side}.merge_and_unload()), or wrap the whole MINE-VAE "
+                    "with get_peft_model and save the adapter with its save_pretrained."
+                )
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -264,6 +289,12 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                     module._can_checkpoint_with_cache = True
                 elif getattr(module, "gradient_checkpointing", False):
                     module.gradient_checkpointing = False
+
+    @property
+    def head_names(self) -> list[str]:
+        """The modules this model adds around the encoder and the decoder (posterior, latent injection, critic):
+        they start random, so they always train, whatever is frozen or adapted."""
+        return [name for name, _ in self.named_children() if name not in ("encoder", "decoder")]
 
     # The model's "token embeddings" are the decoder's: it reads and writes the decoder tokenizer's ids. The encoder
     # keeps its own vocabulary (reach it through `model.encoder`).
