@@ -39,7 +39,7 @@ def test_plain_peft_idiom_leaves_the_heads_and_critic_trainable(kind):
 def test_adapter_round_trip_restores_the_trained_model(kind, batch, tmp_path):
     model = lora_vae(kind)
     with torch.no_grad():  # stand-in for training: move the adapter and every head off their initial values
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     model.eval()
