@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections import defaultdict
@@ -140,7 +141,7 @@ class MineVaeTrainer(Trainer):
         )
         self.critic_optimizer: torch.optim.Optimizer | None = None
         self.critic_lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self._terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._terms: dict[str, list[torch.Tensor | float]] = defaultdict(list)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Set-up
@@ -279,15 +280,20 @@ class MineVaeTrainer(Trainer):
 
     def _record(self, **values: torch.Tensor | float | None) -> None:
         for name, value in values.items():
-            if value is not None:
-                self._terms[name].append(torch.as_tensor(value, dtype=torch.float32).detach())
+            if value is None:
+                continue
+            # The schedules' weights stay Python floats: as float32 tensors 0.1 would be logged as 0.10000000149.
+            self._terms[name].append(value.detach().float() if isinstance(value, torch.Tensor) else float(value))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of each loss term since the last log, so the curves show collapse (KL, bound -> 0)."""
         if self._terms and "loss" in logs:
             for name, values in self._terms.items():
-                mean = torch.stack([v.to(self.args.device) for v in values]).mean()
-                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
+                if isinstance(values[0], torch.Tensor):
+                    mean = torch.stack([v.to(self.args.device) for v in values]).mean()
+                    logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
+                else:  # a schedule's weight, the same on every process
+                    logs[name] = math.fsum(values) / len(values)
             self._terms.clear()
         super().log(logs, start_time)
 

@@ -225,9 +225,9 @@ def test_a_dataset_dict_as_eval_dataset_is_several_eval_sets(tmp_path):
 def test_terms_are_logged_at_full_precision_and_the_step_runs_without_the_decoder_cache(tmp_path):
     model = tiny.model(mi_weight=1.0)
     assert model.config.use_cache  # the default the step must override
-    trainer = MineVaeTrainer(
-        model=model, args=make_args(tmp_path, max_steps=4), processing_class=tiny.processor(), train_dataset=texts()
-    )
+    # beta rises by thirds: 1/3 is no float32 number, so a float32 detour would show.
+    args = make_args(tmp_path, max_steps=4, logging_steps=1, kl_warmup_steps=3)
+    trainer = MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=texts())
     calls = []
     forward = trainer.model.forward
 
@@ -242,6 +242,8 @@ def test_terms_are_logged_at_full_precision_and_the_step_runs_without_the_decode
     for term in ("reconstruction", "kl", "mi_bound", "critic_loss"):
         # Means of float losses: rounding to 4 decimals would make every one of them equal its rounded value.
         assert any(entry[term] != round(entry[term], 4) for entry in logged), term
+    assert [entry["beta"] for entry in logged] == [trainer.kl_schedule(step) for step in range(4)]
+    assert [entry["beta"] for entry in logged][1] == 1 / 3
 
 
 # ----------------------------------------------------------------------------------------------------------------
