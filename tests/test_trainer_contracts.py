@@ -270,15 +270,15 @@ def checkpointing_trainer(output_dir, sampler: str, trainer_class=MineVaeTrainer
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """One uninterrupted run per sampler, with its checkpoints; its final state is what every resume must reach."""
-    runs: dict[str, tuple[Path, dict[str, torch.Tensor]]] = {}
+    runs: dict[tuple[str, str], tuple[Path, dict[str, torch.Tensor]]] = {}
 
-    def run(sampler: str) -> tuple[Path, dict[str, torch.Tensor]]:
-        if sampler not in runs:
+    def run(sampler: str, kind: str = "gpt2") -> tuple[Path, dict[str, torch.Tensor]]:
+        if (sampler, kind) not in runs:
             output_dir = tmp_path_factory.mktemp("uninterrupted")
-            trainer = checkpointing_trainer(output_dir, sampler)
+            trainer = checkpointing_trainer(output_dir, sampler, kind=kind)
             trainer.train()
-            runs[sampler] = output_dir, state(trainer.model)
-        return runs[sampler]
+            runs[sampler, kind] = output_dir, state(trainer.model)
+        return runs[sampler, kind]
 
     return run
 
@@ -293,6 +293,13 @@ def test_resume_mid_epoch_is_exact(tmp_path, uninterrupted, sampler, step):
     resumed = checkpointing_trainer(tmp_path, sampler)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == MAX_STEPS
+    assert_same_state(state(resumed.model), expected)
+
+
+def test_resume_mid_epoch_is_exact_with_a_llama_decoder(tmp_path, uninterrupted):
+    output_dir, expected = uninterrupted("group_by_length", kind="llama")
+    resumed = checkpointing_trainer(tmp_path, "group_by_length", kind="llama")
+    resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-4"))
     assert_same_state(state(resumed.model), expected)
 
 
