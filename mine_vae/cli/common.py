@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,7 @@ def _tokenize(corpus: Any, processor: Any, max_length: int, overlength: str) -> 
 
 def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
     """A model folder written by `mine-vae train` (model + both tokenizers), on `device`, in eval mode."""
-    from ..modeling_mine_vae import MineVaeModel
-    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME, MineVaeProcessor
+    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME
 
     path = Path(location).expanduser()
     if not path.exists():
@@ -65,12 +65,66 @@ def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
             "`MineVaeProcessor(...).save_pretrained(folder)`, or use a folder written by `mine-vae train`."
         )
     source = str(path) if path.exists() else location
-    with _user_errors(*_INPUT_ERRORS):
-        model = MineVaeModel.from_pretrained(source)
-        processor = MineVaeProcessor.from_pretrained(source)
+    model, processor = load_checked(source, location)
     with _user_errors(RuntimeError, AssertionError):  # e.g. --device cuda on a machine without one
         model.to(_device(device)).eval()
     return model, processor
+
+
+def load_checked(source: str, name: str) -> tuple[Any, Any]:
+    """The model and processor saved in `source`, refused (one `CliError` line) when they cannot work together: a
+    config.json that does not match the weights (transformers would fail with a report table and a traceback, or
+    silently leave the missing layers random), or tokenizers with more tokens than the model's embeddings (an
+    IndexError at the first sentence that uses one)."""
+    from ..modeling_mine_vae import MineVaeModel
+    from ..processing_mine_vae import MineVaeProcessor
+
+    with _user_errors(*_INPUT_ERRORS), _library_logs_off():
+        # ignore_mismatched_sizes: report every differing tensor below, not the first one as a RuntimeError.
+        model, loading = MineVaeModel.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
+        processor = MineVaeProcessor.from_pretrained(source)
+    problem = _weights_problem(loading)
+    if problem:
+        raise CliError(
+            f"{name!r}: config.json does not match the saved weights ({problem}); use the config.json saved with "
+            "these weights, or train the model again."
+        )
+    with _user_errors(ValueError):
+        try:
+            processor.check_model(model)
+        except ValueError as error:
+            raise ValueError(f"{name!r}: the saved tokenizers do not fit the model. {error}") from error
+    return model, processor
+
+
+def _weights_problem(loading: dict[str, Any]) -> str | None:
+    mismatched = sorted(loading.get("mismatched_keys") or [])
+    if mismatched:
+        key, saved, built = mismatched[0]
+        return (
+            f"{len(mismatched)} tensor(s) differ in shape, e.g. {key} is {list(saved)} in the weights and "
+            f"{list(built)} in the config"
+        )
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        return f"the config has {len(missing)} tensor(s) the weights lack, e.g. {missing[0]}"
+    unexpected = sorted(loading.get("unexpected_keys") or [])
+    if unexpected:
+        return f"the weights hold {len(unexpected)} tensor(s) the config has no place for, e.g. {unexpected[0]}"
+    return None
+
+
+@contextlib.contextmanager
+def _library_logs_off() -> Iterator[None]:
+    """transformers' own load report is a multi-line table on stderr; `load_checked` says what matters in one line."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def _looks_like_hub_id(location: str) -> bool:
