@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
 from .arguments import DataArguments, ModelArguments, TrainRunArguments
-from .common import _first, _load_corpus, _newest_checkpoint, _subset, _tokenize
+from .common import _first, _load_corpus, _newest_checkpoint, _subset, _tokenize, load_checked
 from .core import (
     _INPUT_ERRORS,
     EXIT_INTERRUPTED,
@@ -28,26 +30,19 @@ from .core import (
     _set_threads,
     _user_errors,
 )
-from .train_report import _data_summary, _final_report, _model_summary, _print_report
-
-# What `mine-vae train` writes into an output folder, so that --overwrite removes exactly that and nothing else.
-RESULTS_FILE = "mine_vae_results.json"
-_OWN_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "configuration_mine_vae.py",
-    "modeling_mine_vae.py",
-    "critic.py",
-    "mine_vae_processor.json",
-    "training_args.bin",
-    "trainer_state.json",
-    "all_results.json",
-    "train_results.json",
+from .output import (
+    CHECKPOINT_BYTES_PER_PARAMETER,
     RESULTS_FILE,
+    check_free_space,
+    check_writable,
+    describe_os_error,
+    holds_model,
+    make_staging_folder,
+    replace_previous_run,
+    staging_folder_of,
+    trainer_checkpoints,
 )
-_OWN_FOLDERS = ("encoder_tokenizer", "decoder_tokenizer")
+from .train_report import _data_summary, _final_report, _model_summary, _print_report
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -104,33 +99,41 @@ class _LogLines(TrainerCallback):
         tqdm.write(line, file=sys.stderr)  # above the progress bar, not through it
 
 
-def _check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a saved model or checkpoints unless told to (--overwrite) or continuing them (--resume)."""
-    if resume:
-        return
+def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite: bool) -> bool:
+    """Whether `output_dir` holds a previous run that this one replaces (with --overwrite; only once the new model is
+    saved). Without --overwrite, a saved model or checkpoints are refused: nothing saved is clobbered silently."""
     if output_dir.exists() and not output_dir.is_dir():
         raise CliError(f"--output_dir {str(output_dir)!r} is a file; choose a folder.")
-    holds_model = (output_dir / "config.json").is_file() or (output_dir / "model.safetensors").is_file()
-    checkpoints = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
-    if not (holds_model or checkpoints):
-        return
+    if checkpoint is not None and Path(checkpoint).absolute().parent == output_dir.absolute():
+        return False  # continuing the run that is there (--resume)
+    has_model = holds_model(output_dir)
+    checkpoints = trainer_checkpoints(output_dir)
+    if not (has_model or checkpoints):
+        return False
     if not overwrite:
-        what = "a trained model" if holds_model else f"{len(checkpoints)} checkpoint(s) of an unfinished run"
+        what = "a trained model" if has_model else f"{len(checkpoints)} checkpoint(s) of an unfinished run"
         raise CliError(
             f"--output_dir {str(output_dir)!r} already holds {what}; pass --overwrite to replace it, --resume to "
             "continue its run, or choose another --output_dir."
         )
-    _remove_previous_run(output_dir, checkpoints)
+    return True
 
 
-def _remove_previous_run(output_dir: Path, checkpoints: Sequence[Path]) -> None:
-    """Delete what a previous `mine-vae train` wrote there, and only that (the folder may hold the user's files)."""
-    for folder in [*checkpoints, *(output_dir / name for name in _OWN_FOLDERS)]:
-        if folder.is_dir():
-            shutil.rmtree(folder)
-    for name in _OWN_FILES:
-        (output_dir / name).unlink(missing_ok=True)
-    _err(f"--overwrite: removed the previous model and checkpoints from {output_dir}.")
+def _check_training_values(training_args: Any) -> None:
+    """Values the Trainer accepts without complaint and then misuses: --max_steps 0 trains one step ("step 1/0"), a
+    negative or NaN learning rate fails with a traceback when the optimizer is built, after the data and model."""
+    for flag in ("learning_rate", "critic_learning_rate"):
+        value = getattr(training_args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            raise CliError(f"--{flag} must be a finite number >= 0, got {value}; e.g. --{flag} 1e-3.")
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise CliError(
+            f"--max_steps must be at least 1 (or -1 to train for --num_train_epochs), got {training_args.max_steps}."
+        )
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise CliError(
+            f"--num_train_epochs must be > 0 when --max_steps is -1, got {training_args.num_train_epochs}."
+        )
 
 
 def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None:
@@ -160,12 +163,9 @@ def _build_model(
 ) -> tuple[Any, Any]:
     """The model and processor to train: from the checkpoint when resuming (its architecture and tokenizers win over
     flags), else a pretrained pair (--encoder/--decoder or the preset's), else the preset's from-scratch model."""
-    from ..modeling_mine_vae import MineVaeModel
-    from ..processing_mine_vae import MineVaeProcessor
-
+    if checkpoint is not None:
+        return load_checked(checkpoint, checkpoint)
     with _user_errors(*_INPUT_ERRORS):
-        if checkpoint is not None:
-            return MineVaeModel.from_pretrained(checkpoint), MineVaeProcessor.from_pretrained(checkpoint)
         config_kwargs = model_args.config_kwargs()
         if model_args.encoder or model_args.decoder or not preset.from_scratch:
             encoder = model_args.encoder or _preset_side(preset, "encoder")
@@ -231,8 +231,10 @@ def run_train(
     output_dir = Path(training_args.output_dir)
     if run.resume and run.overwrite:
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
+    _check_training_values(training_args)
     checkpoint = _resume_checkpoint(training_args, run)
-    _check_output_dir(output_dir, resume=checkpoint is not None, overwrite=run.overwrite)
+    replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
+    check_writable(output_dir, "--output_dir")
 
     # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
     set_seed(training_args.seed)
@@ -242,32 +244,112 @@ def run_train(
     model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
     max_length = data.max_length or processor.max_decoder_length - 1
     tokenized, counts = _tokenize(_subset(corpus, ["train", eval_name]), processor, max_length, data.overlength)
+    parameters = sum(p.numel() for p in model.parameters())
+    check_free_space(output_dir, parameters * CHECKPOINT_BYTES_PER_PARAMETER, "--output_dir", "a checkpoint")
     _err(_data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
     _err(_model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
 
-    trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
-    with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output):
-        try:
-            trainer.train(resume_from_checkpoint=checkpoint)
-        except FloatingPointError as error:  # diverged: the message names the checkpoint to resume from
-            raise CliError(str(error), exit_code=1) from error
-    if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
-        _err(
-            f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
-            f"{_newest_checkpoint(output_dir)}. Continue with the same command plus --resume."
-        )
-        return EXIT_INTERRUPTED
-    trainer.save_model(str(output_dir))
-    trainer.save_state()
-    _err(f"Saved the model and both tokenizers to {output_dir}.")
+    with _run_folder(output_dir, replacing, checkpoint) as folder:
+        run_dir = folder.path
+        if run_dir != output_dir:
+            if training_args.push_to_hub and not training_args.hub_model_id:
+                training_args.hub_model_id = output_dir.absolute().name  # the Hub repo is named after the folder
+            training_args.output_dir = str(run_dir)
+        trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
+        with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output), _write_errors(run_dir):
+            try:
+                trainer.train(resume_from_checkpoint=checkpoint)
+            except FloatingPointError as error:  # diverged: the message names the checkpoint to resume from
+                folder.keep = True
+                raise CliError(str(error) + _kept_note(run_dir, output_dir), exit_code=1) from error
+        if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
+            folder.keep = True
+            _err(
+                f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
+                f"{_newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
+            )
+            return EXIT_INTERRUPTED
+        with _write_errors(run_dir):
+            trainer.save_model(str(run_dir))
+            trainer.save_state()
+        if run_dir != output_dir:
+            folder.keep = True  # if the swap fails, its message points at the new model in there
+            replace_previous_run(output_dir, run_dir)
+    _err(f"Saved the model and both tokenizers to {output_dir}{', replacing the previous run' if replacing else ''}.")
 
     report = _final_report(model, processor, tokenized[eval_name], eval_name, training_args, run, counts)
     report.update(
         command="train", output_dir=str(output_dir), preset=preset.name, global_step=trainer.state.global_step
     )
-    (output_dir / RESULTS_FILE).write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    with _write_errors(output_dir):
+        results = json.dumps(report, indent=2, default=_json_default) + "\n"
+        (output_dir / RESULTS_FILE).write_text(results, encoding="utf-8")
     _print_report(report, run.json_output)
     return 0
+
+
+@dataclass
+class _RunFolder:
+    """Where the Trainer writes, and whether that folder outlives a run that did not finish."""
+
+    path: Path
+    keep: bool = False  # it holds a checkpoint to continue from (Ctrl-C, divergence)
+
+
+@contextlib.contextmanager
+def _run_folder(output_dir: Path, replacing: bool, checkpoint: str | None) -> Iterator[_RunFolder]:
+    """`output_dir` itself, or, when the run replaces a previous one, a staging folder inside it that the caller moves
+    over the previous run once the new model is saved. A run that fails first removes its staging folder and leaves
+    the previous run untouched, unless it stopped with a checkpoint to continue (`keep`); continuing from such a
+    checkpoint trains on in the staging folder it lies in."""
+    if not replacing:
+        yield _RunFolder(output_dir)
+        return
+    staging = staging_folder_of(checkpoint, output_dir)
+    if staging is None:
+        try:
+            staging = make_staging_folder(output_dir)
+        except OSError as error:
+            raise CliError(
+                f"--output_dir {str(output_dir)!r} is not writable ({describe_os_error(error)}); fix its permissions "
+                "or choose another --output_dir."
+            ) from error
+    folder = _RunFolder(staging)
+    try:
+        yield folder
+    finally:
+        if not folder.keep and staging.is_dir():  # after a successful swap it is gone already
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _kept_note(run_dir: Path, output_dir: Path) -> str:
+    if run_dir == output_dir:
+        return ""
+    return f" The previous model in {output_dir} is unchanged; this run's checkpoints are in {run_dir}."
+
+
+def _continue_hint(run_dir: Path, output_dir: Path) -> str:
+    if run_dir == output_dir:
+        return "Continue with the same command plus --resume."
+    return (
+        f"The previous model in {output_dir} is unchanged. Continue with the same command plus "
+        f"--resume_from_checkpoint {_newest_checkpoint(run_dir)} (it replaces the previous model when done), or "
+        "delete that folder."
+    )
+
+
+@contextlib.contextmanager
+def _write_errors(folder: Path) -> Iterator[None]:
+    """A save that fails (disk full, permissions changed, a read-only remount) as one line: the probes before
+    training cannot foresee everything."""
+    try:
+        yield
+    except OSError as error:
+        where = str(error.filename or folder)
+        raise CliError(
+            f"could not save to {where!r} ({describe_os_error(error)}); free some space or fix the folder, then run "
+            "again."
+        ) from error
 
 
 def _make_trainer(model: Any, processor: Any, training_args: Any, train_dataset: Any) -> tuple[Any, _StopOnInterrupt]:
