@@ -61,7 +61,7 @@ def _parse(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
     unknown = sorted(set(file_values) - _all_dests())
     if unknown:
         raise CliError(f"{config_path}: unknown setting(s) {', '.join(unknown)}; see `{PROG} {command.name} --help`.")
-    parser.set_defaults(**{k: v for k, v in file_values.items() if k in dests})
+    parser.set_defaults(**_converted_config_values(parser, file_values, str(config_path)))
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(
             args=list(argv), return_remaining_strings=True, look_for_args_file=False
@@ -71,6 +71,52 @@ def _parse(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
     if remaining:
         raise CliError(f"unrecognized arguments: {' '.join(remaining)} (see `{PROG} {command.name} --help`)")
     return tuple(parsed)
+
+
+def _converted_config_values(parser: argparse.ArgumentParser, values: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The config file's settings of this command, each converted and checked exactly as its flag would be: the value
+    is turned into the text of a command line and given to the flag's own argparse conversion (its type and choices).
+    A file's values are JSON/YAML objects of any type; taken as they are, `overwrite: [false]` would count as true
+    and `max_steps: 2.5` would reach the Trainer as a float."""
+    actions = _actions_by_dest(parser)
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:  # a setting of another command (a config file may serve several)
+            continue
+        if value is None:
+            if action.default is not None:
+                raise CliError(f"config file {path!r}: setting {key!r} is empty (null); give it a value or remove it.")
+            continue
+        multiple = action.nargs in ("+", "*")
+        if isinstance(value, list) and not multiple:
+            raise CliError(
+                f"config file {path!r}: setting {key!r} takes one value, not a list ({value!r}); e.g. "
+                f"{key}: {_as_argument(value[0]) if value else '...'}."
+            )
+        words = [_as_argument(item) for item in value] if isinstance(value, list) else [_as_argument(value)]
+        try:
+            converted[key] = parser._get_values(action, words if multiple else words[:1])
+        except argparse.ArgumentError as error:
+            raise CliError(
+                f"config file {path!r}: setting {key!r}: {error.message.rstrip('.')}; give a value that "
+                f"{action.option_strings[0]} takes on the command line."
+            ) from error
+    return converted
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The flag of each setting: `--NAME` (a boolean that defaults to true also has a `--no_NAME` with its dest)."""
+    return {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
+
+
+def _as_argument(value: Any) -> str:
+    """A JSON/YAML value as the text a user would type after the flag."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)  # e.g. --lr_scheduler_kwargs '{"min_lr": 1e-5}'
+    return str(value)
 
 
 def _config_path(command: Command, argv: Sequence[str]) -> str | None:
@@ -89,7 +135,14 @@ def _read_config(path: str) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise CliError(f"config file {path!r} does not exist; check the path.")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"config file {path!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8."
+        ) from error
+    except OSError as error:
+        raise CliError(f"config file {path!r} cannot be read ({error.strerror}); check its permissions.") from error
     try:
         if file.suffix.lower() == ".json":
             values = json.loads(text) if text.strip() else {}
