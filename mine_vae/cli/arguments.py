@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,11 @@ class TrainRunArguments:
         default=False, metadata={"help": "Continue from the newest complete checkpoint in --output_dir."}
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "Replace the model and checkpoints already in --output_dir."}
+        default=False,
+        metadata={
+            "help": "Replace the model and checkpoint-N folders already in --output_dir, once the new model is saved "
+            "(until then they stay as they are; files that train did not write are never touched)."
+        },
     )
     num_samples: int = field(default=5, metadata={"help": "Prior samples printed after training."})
     num_reconstructions: int = field(default=3, metadata={"help": "Reconstructions printed after training."})
@@ -135,6 +140,13 @@ class EvaluateArguments:
     )
     bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU (greedy decoding)."})
 
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}.")
+        _require(
+            self.importance_samples >= 1,
+            f"--importance_samples must be at least 1, got {self.importance_samples} (papers use 100).",
+        )
+
 
 @dataclass
 class DecodingArguments:
@@ -151,6 +163,24 @@ class DecodingArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: the smallest set with mass p."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width (1: greedy or sampling)."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty on repeated tokens (1: none)."})
+
+    def __post_init__(self) -> None:
+        # Checked here, before a model is loaded: out of range, transformers fails deep inside generate() (a
+        # ZeroDivisionError for --num_beams 0) or, worse, accepts the value and ignores it (--top_p 2).
+        _require(self.max_new_tokens >= 1, f"--max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        _require(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            f"--temperature must be a number > 0, got {self.temperature} (for greedy decoding, leave out --do_sample).",
+        )
+        _require(self.top_k is None or self.top_k >= 0, f"--top_k must be 0 (off) or more, got {self.top_k}.")
+        _require(
+            self.top_p is None or 0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}; e.g. 0.9."
+        )
+        _require(self.num_beams >= 1, f"--num_beams must be at least 1 (1: no beam search), got {self.num_beams}.")
+        _require(
+            math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+            f"--repetition_penalty must be a number > 0 (1: none), got {self.repetition_penalty}.",
+        )
 
     def generate_kwargs(self, model: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -177,7 +207,26 @@ class GenerateArguments:
     sample_latent: bool = field(
         default=False, metadata={"help": "Reconstruct from a posterior sample instead of the posterior mean."}
     )
-    num_return_sequences: int = field(default=1, metadata={"help": "Outputs per input sentence."})
+    num_return_sequences: int = field(default=1, metadata={"help": "Outputs per input sentence (or per prior draw)."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Sentences decoded at once; each batch's rows are printed as soon as it is done."},
+    )
+    output_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the rows (table, or JSON with --json) to this file instead of stdout; an existing file is "
+            "replaced once the run is complete."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 0, f"--num_samples must be at least 1, got {self.num_samples}.")
+        _require(
+            self.num_return_sequences >= 1,
+            f"--num_return_sequences must be at least 1, got {self.num_return_sequences}.",
+        )
+        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}.")
 
 
 @dataclass
@@ -185,6 +234,12 @@ class InterpolateArguments:
     _argument_group_name = "interpolation"
 
     steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
+
+
+def _require(condition: bool, message: str) -> None:
+    """A value check of a dataclass: the parser reports the ValueError as the command's one-line error."""
+    if not condition:
+        raise ValueError(message)
 
 
 def _parse_xi(value: Any) -> float | str:

@@ -4,7 +4,7 @@ decode."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,27 +36,57 @@ def decode(processor: Any, sequences: torch.Tensor) -> list[str]:
     return texts
 
 
-@torch.no_grad()
 def prior_samples(model: Any, processor: Any, count: int, seed: int, **generate_kwargs: Any) -> list[str]:
-    generator = torch.Generator().manual_seed(seed)
-    latent = torch.randn(count, model.config.latent_size, generator=generator).to(model.device)
-    torch.manual_seed(seed)  # token sampling, when asked for
-    return decode(processor, model.generate(latent=latent, **generate_kwargs))
+    batches = prior_sample_batches(model, processor, count, seed, max(count, 1), **generate_kwargs)
+    return [text for batch in batches for text in batch]
 
 
 @torch.no_grad()
+def prior_sample_batches(
+    model: Any, processor: Any, count: int, seed: int, batch_size: int, **generate_kwargs: Any
+) -> Iterator[list[str]]:
+    """Decode `count` draws z ~ N(0, I), `batch_size` latents at a time: memory stays bounded by the batch, and the
+    caller can show each batch as soon as it is done. The latents are drawn up front (a few floats each), so that
+    the same seed gives the same draws whatever the batch size."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, model.config.latent_size, generator=generator)
+    torch.manual_seed(seed)  # token sampling, when asked for
+    for start in range(0, count, batch_size):
+        batch = latents[start : start + batch_size].to(model.device)
+        yield decode(processor, model.generate(latent=batch, **generate_kwargs))
+
+
 def reconstructions(
     model: Any, processor: Any, sentences: Sequence[str], seed: int, sample_latent: bool = False, **generate_kwargs: Any
 ) -> list[str]:
-    batch = processor(list(sentences)).to(model.device)
-    torch.manual_seed(seed)
-    generated = model.generate(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        sample_latent=sample_latent,
-        **generate_kwargs,
+    batches = reconstruction_batches(
+        model, processor, sentences, seed, max(len(sentences), 1), sample_latent, **generate_kwargs
     )
-    return decode(processor, generated)
+    return [text for batch in batches for text in batch]
+
+
+@torch.no_grad()
+def reconstruction_batches(
+    model: Any,
+    processor: Any,
+    sentences: Sequence[str],
+    seed: int,
+    batch_size: int,
+    sample_latent: bool = False,
+    **generate_kwargs: Any,
+) -> Iterator[list[str]]:
+    """Reconstruct `sentences`, `batch_size` of them at a time (each batch yields `num_return_sequences` outputs per
+    sentence, in order)."""
+    torch.manual_seed(seed)
+    for start in range(0, len(sentences), batch_size):
+        batch = processor(list(sentences[start : start + batch_size])).to(model.device)
+        generated = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            sample_latent=sample_latent,
+            **generate_kwargs,
+        )
+        yield decode(processor, generated)
 
 
 @torch.no_grad()

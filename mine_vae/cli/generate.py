@@ -4,14 +4,16 @@ between two sentences."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .arguments import DecodingArguments, GenerateArguments, InterpolateArguments, LoadArguments
 from .common import _load_trained
-from .core import CliError, _print_json, _quiet_libraries, _set_threads, _user_errors, format_table
-from .decoding import interpolation, prior_samples, reconstructions
+from .core import CliError, _cell, _err, _print_json, _quiet_libraries, _set_threads, _user_errors, format_table
+from .decoding import interpolation, prior_sample_batches, reconstruction_batches
+from .output import describe_os_error, replace_on_success, stdout_stream
 
 
 def _check_sentences(sentences: Sequence[str], what: str) -> list[str]:
@@ -27,47 +29,132 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
     sentences = list(extra.sentences)
     if options.input_file:
         sentences += _read_lines(options.input_file)
-    if options.num_samples < 1 and not sentences:
+    if sentences:
+        sentences = _check_sentences(sentences, "sentences to reconstruct")
+    elif options.num_samples < 1:
         raise CliError("--num_samples must be at least 1 (or give sentences to reconstruct).")
-    model, processor = _load_trained(load.model, load.device)
-    kwargs = {**decoding.generate_kwargs(model), "num_return_sequences": options.num_return_sequences}
-    with _user_errors(ValueError):
-        if sentences:
-            sentences = _check_sentences(sentences, "sentences to reconstruct")
-            outputs = reconstructions(model, processor, sentences, load.seed, options.sample_latent, **kwargs)
-            per = options.num_return_sequences
-            rows = [{"input": s, "output": outputs[i * per + j]} for i, s in enumerate(sentences) for j in range(per)]
-        else:
-            outputs = prior_samples(model, processor, options.num_samples, load.seed, **kwargs)
-            rows = [{"output": text} for text in outputs]
-    if load.json_output:
-        _print_json(
-            {
-                "command": "generate",
-                "model": load.model,
-                "mode": "reconstruction" if sentences else "prior",
-                "results": rows,
-            }
+    per_input = options.num_return_sequences
+    if per_input > decoding.num_beams and not decoding.do_sample:
+        raise CliError(
+            f"--num_return_sequences {per_input} needs --do_sample, or --num_beams {per_input} or more: greedy "
+            "decoding has one output per latent."
         )
-    elif sentences:
-        latent = "a posterior sample" if options.sample_latent else "the posterior mean"
-        print(
-            format_table(
-                [(r["input"], r["output"]) for r in rows],
-                headers=("input", "output"),
-                title=f"Reconstructions (from {latent})",
-            )
-        )
-    else:
-        print(format_table(list(enumerate(outputs, 1)), headers=("#", "sentence"), title="Samples from the prior"))
+    # The output file is created (beside its final name) before the model loads: a folder that cannot be written
+    # fails now, not after the decoding it would cost.
+    output = replace_on_success(Path(options.output_file), "--output_file") if options.output_file else stdout_stream()
+    with output as stream:
+        model, processor = _load_trained(load.model, load.device)
+        kwargs = {**decoding.generate_kwargs(model), "num_return_sequences": per_input}
+        rows = _row_writer(stream, load, options, sentences)
+        batch = options.batch_size
+        with _user_errors(ValueError):  # transformers' own checks of the decoding flags
+            if sentences:
+                outputs = reconstruction_batches(
+                    model, processor, sentences, load.seed, batch, options.sample_latent, **kwargs
+                )
+                for start, texts in zip(range(0, len(sentences), batch), outputs):
+                    inputs = [s for s in sentences[start : start + batch] for _ in range(per_input)]
+                    rows.write([{"input": s, "output": o} for s, o in zip(inputs, texts)])
+            else:
+                for texts in prior_sample_batches(model, processor, options.num_samples, load.seed, batch, **kwargs):
+                    rows.write([{"output": text} for text in texts])
+        rows.finish()
+    if options.output_file:
+        _err(f"Wrote {rows.count} results to {options.output_file}.")
     return 0
+
+
+def _row_writer(stream: IO[str], load: LoadArguments, options: GenerateArguments, sentences: Sequence[str]) -> _Rows:
+    if load.json_output:
+        head = {"command": "generate", "model": load.model, "mode": "reconstruction" if sentences else "prior"}
+        return _JsonRows(stream, head, "results")
+    if sentences:
+        latent = "a posterior sample" if options.sample_latent else "the posterior mean"
+        width = max(len(_cell(s)) for s in [*sentences, "input"])
+        return _TableRows(stream, f"Reconstructions (from {latent})", ("input", "output"), width, numbered=False)
+    width = max(len("#"), len(str(options.num_samples * options.num_return_sequences)))
+    return _TableRows(stream, "Samples from the prior", ("#", "sentence"), width, numbered=True)
+
+
+class _Rows:
+    """Results written as each batch is decoded, in the layout of the complete output, and flushed: a long run
+    shows its progress (and keeps what is done) instead of printing everything at the end."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def write(self, rows: Sequence[dict[str, str]]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Close the layout (the end of a JSON document)."""
+
+    def _emit(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as error:
+            raise CliError(f"could not write the results ({describe_os_error(error)}).") from error
+
+
+class _TableRows(_Rows):
+    """The table of `format_table`, its first column's width fixed before the rows arrive (the row number, or the
+    input sentence), the output last."""
+
+    def __init__(self, stream: IO[str], title: str, headers: tuple[str, str], width: int, numbered: bool) -> None:
+        super().__init__(stream)
+        self.width, self.numbered = width, numbered
+        header = self._line(headers[0].ljust(width), headers[1])
+        rule = self._line("-" * width, "-" * len(headers[1]))
+        self._emit(f"{title}\n{header}\n{rule}\n")
+
+    def write(self, rows: Sequence[dict[str, str]]) -> None:
+        lines = []
+        for row in rows:
+            self.count += 1
+            first = str(self.count).rjust(self.width) if self.numbered else _cell(row["input"]).ljust(self.width)
+            lines.append(self._line(first, _cell(row["output"])) + "\n")
+        self._emit("".join(lines))
+
+    @staticmethod
+    def _line(first: str, second: str) -> str:
+        return f"  {first}  {second}".rstrip()
+
+
+class _JsonRows(_Rows):
+    """One JSON document, `head`'s keys and then the list of results under `key`, written result by result."""
+
+    def __init__(self, stream: IO[str], head: dict[str, Any], key: str) -> None:
+        super().__init__(stream)
+        fields = "".join(f"  {json.dumps(name)}: {json.dumps(value)},\n" for name, value in head.items())
+        self._emit(f"{{\n{fields}  {json.dumps(key)}: [")
+
+    def write(self, rows: Sequence[dict[str, str]]) -> None:
+        parts = []
+        for row in rows:
+            parts.append(("," if self.count else "") + f"\n    {json.dumps(row)}")
+            self.count += 1
+        self._emit("".join(parts))
+
+    def finish(self) -> None:
+        self._emit(("\n  " if self.count else "") + "]\n}\n")
 
 
 def _read_lines(path: str) -> list[str]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise CliError(f"--input_file {path!r} does not exist; check the path.")
-    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"--input_file {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start}); convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > utf8.txt`."
+        ) from error
+    except OSError as error:
+        raise CliError(f"--input_file {path!r} cannot be read ({describe_os_error(error)}).") from error
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise CliError(f"--input_file {path!r} holds no sentences; give a file with one sentence a line.")
     return lines
