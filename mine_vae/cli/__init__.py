@@ -155,6 +155,18 @@ def _overview() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `mine-vae` with `argv` (default: the process's arguments); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    who = f"{PROG} {argv[0]}" if argv else PROG
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C anywhere `train` has not taken it over (imports, parsing, loading, decoding): one line, no traceback;
+        # a command that kept partial results says where, as the interrupt's message.
+        detail = f"; {_one_line(str(interrupt))}" if str(interrupt) else ""
+        _err(f"{who}: interrupted{detail}.")
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(argv: list[str]) -> int:
     _ensure_commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_overview())
@@ -176,6 +188,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
-    except KeyboardInterrupt:
-        _err(f"{PROG} {name}: interrupted.")
-        return EXIT_INTERRUPTED
