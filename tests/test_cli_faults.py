@@ -1,0 +1,546 @@
+"""The `mine-vae` command line under faults: bad input, a failing run, a full or read-only disk, Ctrl-C.
+
+The contract checked here: an error is one line on stderr naming the problem and the fix, with exit code 2 (130 for
+Ctrl-C), never a traceback; and nothing the user had is lost or changed (`--overwrite` replaces a previous run only
+once the new model is saved, and only what `mine-vae train` wrote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import tiny
+
+from mine_vae import MineVaeModel
+from mine_vae.cli import main
+from mine_vae.trainer import MineVaeTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+TINY = ["--preset", "tiny"]
+# A short run with a short final report: these tests are about what happens around the training.
+QUICK = ["--max_steps", "2", "--num_samples", "0", "--num_reconstructions", "0", "--interpolation_steps", "0"]
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """`main(argv)` with stdout and stderr captured: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line(code: int, err: str, expected_code: int, *fragments: str) -> str:
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mine-vae ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    return assert_one_line(code, err, 2, *fragments)
+
+
+def snapshot(folder: Path) -> dict[str, str | None]:
+    """Every file (its SHA-256) and folder under `folder`: equal snapshots mean nothing was added, removed or
+    changed."""
+    entries: dict[str, str | None] = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        entries[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return entries
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
+    files["train"].write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
+    files["validation"].write_text("\n".join(tiny.sentences(20, seed=1)) + "\n")
+    return files
+
+
+def data_flags(corpus: dict[str, Path]) -> list[str]:
+    return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("run") / "model"
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    assert code == 0, err
+    return output_dir
+
+
+@pytest.fixture
+def previous_run(trained, tmp_path) -> Path:
+    """A trained model folder that also holds the user's own files, among them a `checkpoint-best/`."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    (folder / "checkpoint-best").mkdir()
+    (folder / "checkpoint-best" / "weights.bin").write_bytes(b"the user's best model")
+    (folder / "notes.txt").write_text("lr 1e-3 looked best\n")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --overwrite: replace on success
+# --------------------------------------------------------------------------------------------------------------------
+def test_overwrite_with_a_mistyped_file_keeps_the_previous_model(previous_run, tmp_path):
+    before = snapshot(previous_run)
+    typo = str(tmp_path / "goood.txt")
+    code, _, err = run(["train", *TINY, "--train_file", typo, "--output_dir", str(previous_run), "--overwrite"])
+    assert_one_line_error(code, err, "goood.txt", "does not exist")
+    assert snapshot(previous_run) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--learning_rate", "-1"], "--learning_rate must be a finite number >= 0"),
+        (["--pooling", "bogus"], "pooling"),  # the model fails to build
+    ],
+)
+def test_overwrite_that_fails_before_training_keeps_the_previous_model(previous_run, corpus, flags, fragment):
+    before = snapshot(previous_run)
+    code, _, err = run(
+        ["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK, *flags]
+    )
+    assert_one_line_error(code, err, fragment)
+    assert snapshot(previous_run) == before
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("failing", ["training_step", "save_model"])
+def test_overwrite_that_fails_later_keeps_the_previous_model(previous_run, corpus, monkeypatch, failing):
+    # The disk fills up during training, or at the final save: the old model must still be there, untouched, and
+    # nothing of the failed run left behind.
+    before = snapshot(previous_run)
+    monkeypatch.setattr(MineVaeTrainer, failing, _disk_full)
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK])
+    lines = [line for line in err.strip().splitlines() if line.startswith("mine-vae")]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and "could not save" in lines[0] and "the disk is full" in lines[0], err
+    assert snapshot(previous_run) == before
+
+
+def test_overwrite_replaces_only_what_train_wrote(previous_run, corpus):
+    user_files = {k: v for k, v in snapshot(previous_run).items() if k.startswith(("checkpoint-best", "notes.txt"))}
+    assert (previous_run / "checkpoint-2").is_dir()
+    code, _, err = run(
+        [
+            "train",
+            *TINY,
+            *data_flags(corpus),
+            "--output_dir",
+            str(previous_run),
+            "--overwrite",
+            *QUICK,
+            "--max_steps",
+            "3",
+            "--latent_size",
+            "4",
+        ]
+    )
+    assert code == 0, err
+    after = snapshot(previous_run)
+    assert {k: v for k, v in after.items() if k in user_files} == user_files  # the user's files, unchanged
+    assert (previous_run / "checkpoint-3").is_dir() and not (previous_run / "checkpoint-2").exists()
+    assert MineVaeModel.from_pretrained(previous_run).config.latent_size == 4
+    assert json.loads((previous_run / "mine_vae_results.json").read_text())["global_step"] == 3
+    # Neither the staging folder of the new run nor the set-aside previous run is left behind.
+    assert sorted(p.name for p in previous_run.iterdir() if p.name.startswith("mine-vae-")) == []
+
+
+def _fake_run(folder: Path, step: int, weights: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / f"checkpoint-{step}").mkdir()
+    (folder / f"checkpoint-{step}" / "model.safetensors").write_bytes(weights)
+
+
+def test_the_swap_puts_everything_back_when_a_rename_fails(tmp_path, monkeypatch):
+    from mine_vae.cli import output
+    from mine_vae.cli.core import CliError
+
+    output_dir = tmp_path / "model"
+    _fake_run(output_dir, 2, b"old")
+    (output_dir / "checkpoint-best").mkdir()
+    (output_dir / "notes.txt").write_text("mine")
+    staging = output.make_staging_folder(output_dir)
+    _fake_run(staging, 3, b"new")
+    before, incoming = snapshot(output_dir), snapshot(staging)
+    real_replace, calls = os.replace, []
+
+    def failing_at_the_fourth_rename(source, target):
+        calls.append(source)
+        if len(calls) == 4:  # the previous run is set aside, the new one half moved in
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_replace(source, target)
+
+    monkeypatch.setattr(output.os, "replace", failing_at_the_fourth_rename)
+    with pytest.raises(CliError, match="the previous model is still there"):
+        output.replace_previous_run(output_dir, staging)
+    assert snapshot(output_dir) == before and snapshot(staging) == incoming
+    monkeypatch.setattr(output.os, "replace", real_replace)
+
+    output.replace_previous_run(output_dir, staging)
+    names = sorted(p.name for p in output_dir.iterdir())
+    assert names == ["checkpoint-3", "checkpoint-best", "config.json", "model.safetensors", "notes.txt"]
+    assert (output_dir / "model.safetensors").read_bytes() == b"new"
+
+
+def test_a_users_checkpoint_folder_is_not_an_unfinished_run(corpus, tmp_path):
+    output_dir = tmp_path / "model"
+    (output_dir / "checkpoint-best").mkdir(parents=True)
+    (output_dir / "checkpoint-best" / "weights.bin").write_bytes(b"mine")
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    assert code == 0, err
+    assert (output_dir / "checkpoint-best" / "weights.bin").read_bytes() == b"mine"
+
+
+def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(previous_run, corpus, monkeypatch):
+    before = snapshot(previous_run)
+    original = MineVaeTrainer.training_step
+
+    def interrupted_at_step_2(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    flags = ["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK]
+    monkeypatch.setattr(MineVaeTrainer, "training_step", interrupted_at_step_2)
+    code, _, err = run([*flags, "--max_steps", "4", "--save_steps", "100"])
+    assert code == 130, err
+    staging = [p for p in previous_run.iterdir() if p.name.startswith("mine-vae-replacement-")]
+    assert len(staging) == 1 and (staging[0] / "checkpoint-2").is_dir()
+    assert {k: v for k, v in snapshot(previous_run).items() if not k.startswith(staging[0].name)} == before
+    checkpoint = str(staging[0] / "checkpoint-2")
+    assert f"--resume_from_checkpoint {checkpoint}" in err and "unchanged" in err
+    monkeypatch.setattr(MineVaeTrainer, "training_step", original)
+
+    code, _, err = run([*flags, "--max_steps", "4", "--resume_from_checkpoint", checkpoint])
+    assert code == 0, err
+    assert json.loads((previous_run / "trainer_state.json").read_text())["global_step"] == 4
+    assert not staging[0].exists() and (previous_run / "checkpoint-best" / "weights.bin").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config files: the same conversion and checks as the flags
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "fragments"),
+    [
+        ({"overwrite": [False]}, ("'overwrite' takes one value, not a list",)),
+        ({"max_steps": 2.5}, ("'max_steps'", "invalid int value: '2.5'")),
+        ({"overwrite": "maybe"}, ("'overwrite'", "--overwrite")),
+        ({"learning_rate": "fast"}, ("'learning_rate'", "invalid float value")),
+        ({"max_steps": None}, ("'max_steps' is empty",)),
+    ],
+)
+def test_config_values_are_checked_like_flags(previous_run, corpus, tmp_path, settings, fragments):
+    before = snapshot(previous_run)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"preset": "tiny", "output_dir": str(previous_run), **settings}))
+    code, _, err = run(["train", str(config), *data_flags(corpus)])
+    assert_one_line_error(code, err, str(config), *fragments)
+    assert snapshot(previous_run) == before
+
+
+def test_a_false_overwrite_in_a_config_file_is_false(previous_run, corpus, tmp_path):
+    before = snapshot(previous_run)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"preset: tiny\noutput_dir: {previous_run}\noverwrite: false\nmax_steps: 2\n")
+    code, _, err = run(["train", str(config), *data_flags(corpus)])
+    assert_one_line_error(code, err, "already holds a trained model", "--overwrite")
+    assert snapshot(previous_run) == before
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"output_dir: caf\xe9\n")
+    code, _, err = run(["train", str(config)])
+    assert_one_line_error(code, err, "not UTF-8", "save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# generate: batches, streamed rows, --output_file
+# --------------------------------------------------------------------------------------------------------------------
+def test_generate_decodes_in_batches_and_prints_each_batch_when_done(trained, monkeypatch):
+    original = MineVaeModel.generate
+    calls: list[tuple[int, int]] = []  # (latents in the batch, result rows already printed)
+
+    def recording(self, *args, **kwargs):
+        printed = sys.stdout.getvalue().count("\n    {")  # a JSON result row
+        calls.append((kwargs["latent"].shape[0], printed))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MineVaeModel, "generate", recording)
+    argv = ["generate", "--model", str(trained), "--num_samples", "7", "--batch_size", "3", "--max_new_tokens", "4"]
+    code, out, err = run([*argv, "--json"])
+    assert code == 0, err
+    assert calls == [(3, 0), (3, 3), (1, 6)]
+    assert len(json.loads(out)["results"]) == 7
+
+
+def test_generate_prints_the_table_batch_by_batch(trained):
+    argv = ["generate", "--model", str(trained), "--num_samples", "11", "--batch_size", "4", "--max_new_tokens", "3"]
+    code, out, err = run(argv)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "Samples from the prior" and lines[1].split() == ["#", "sentence"]
+    assert [line.split()[0] for line in lines[3:]] == [str(i) for i in range(1, 12)]
+
+
+def test_generate_reconstructions_in_batches(trained):
+    sentences = ["the cat sees the moon", "a dog likes an apple", "my sister calls the river"]
+    argv = ["generate", "--model", str(trained), *sentences, "--batch_size", "2", "--max_new_tokens", "4", "--json"]
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert [row["input"] for row in json.loads(out)["results"]] == sentences
+
+
+def test_generate_output_file_is_replaced_only_when_complete(trained, tmp_path, monkeypatch):
+    target = tmp_path / "samples.json"
+    target.write_text("the user's earlier samples\n")
+    argv = ["generate", "--model", str(trained), "--num_samples", "5", "--batch_size", "2", "--max_new_tokens", "3"]
+    original = MineVaeModel.generate
+    calls = []
+
+    def failing_at_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("decoding went wrong")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MineVaeModel, "generate", failing_at_the_second_batch)
+    code, out, err = run([*argv, "--output_file", str(target), "--json"])
+    assert_one_line_error(code, err, "decoding went wrong")
+    assert target.read_text() == "the user's earlier samples\n" and sorted(tmp_path.iterdir()) == [target]
+    monkeypatch.setattr(MineVaeModel, "generate", original)
+
+    code, out, err = run([*argv, "--output_file", str(target), "--json"])
+    assert code == 0 and out == "", err
+    assert len(json.loads(target.read_text())["results"]) == 5
+    assert sorted(tmp_path.iterdir()) == [target]
+
+
+def test_generate_output_file_in_a_missing_folder(trained, tmp_path):
+    target = tmp_path / "no" / "such" / "out.txt"
+    code, _, err = run(["generate", "--model", str(trained), "--output_file", str(target)])
+    assert_one_line_error(code, err, "does not exist", "create it first")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The output folder: checked before training
+# --------------------------------------------------------------------------------------------------------------------
+def _refusing(error_number: int):
+    def mkstemp(*args, **kwargs):
+        raise OSError(error_number, os.strerror(error_number))
+
+    return mkstemp
+
+
+@pytest.mark.parametrize(
+    ("error_number", "fragment"), [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system")]
+)
+def test_an_output_folder_that_cannot_be_written_fails_before_training(
+    corpus, tmp_path, monkeypatch, error_number, fragment
+):
+    monkeypatch.setattr("mine_vae.cli.output.mkstemp", _refusing(error_number))
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    output_dir = tmp_path / "model"
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    assert_one_line_error(code, err, "--output_dir", "not writable", fragment)
+    assert not output_dir.exists()
+
+
+def test_a_full_disk_fails_before_training(corpus, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("mine_vae.cli.output.disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    output_dir = tmp_path / "model"
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    assert_one_line_error(code, err, "0.0 MB free", "a checkpoint needs about", "free some space")
+    assert not output_dir.exists()
+
+
+def test_the_write_probe_leaves_nothing_behind(tmp_path):
+    from mine_vae.cli.output import check_writable
+
+    check_writable(tmp_path / "not" / "yet" / "made", "--output_dir")  # probes tmp_path, the nearest existing folder
+    check_writable(tmp_path, "--output_dir")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model folders that do not hold together
+# --------------------------------------------------------------------------------------------------------------------
+def _edit_json(path: Path, edit) -> None:
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda config: config.update(latent_size=16), "shape"),  # tensors of another size
+        (lambda config: config["encoder"].update(num_hidden_layers=2), "missing"),  # layers the weights lack
+    ],
+)
+def test_a_config_that_does_not_match_the_weights(trained, corpus, tmp_path, command, edit, fragment):
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    _edit_json(folder / "config.json", edit)
+    extra = ["--file", str(corpus["validation"])] if command == "evaluate" else []
+    code, _, err = run([command, "--model", str(folder), *extra])
+    # Either the model's own load check or the CLI's says so; what matters is one line naming both sides.
+    line = assert_one_line_error(code, err, "weights", "config")
+    assert fragment in line or "differ" in line, line
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_a_tokenizer_larger_than_the_model(trained, corpus, tmp_path, command):
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+
+    def add_words(tokenizer: dict) -> None:
+        vocabulary = tokenizer["model"]["vocab"]
+        for index in range(10):
+            vocabulary[f"newword{index}"] = len(vocabulary)
+
+    _edit_json(folder / "encoder_tokenizer" / "tokenizer.json", add_words)
+    extra = ["--file", str(corpus["validation"])] if command == "evaluate" else ["the cat sees newword3"]
+    code, _, err = run([command, "--model", str(folder), *extra])
+    assert_one_line_error(code, err, "tokenizers do not fit the model", "encoder tokenizer has")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Values out of range: refused before any work, never accepted
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--learning_rate=-1e-3"], "--learning_rate must be a finite number >= 0"),
+        (["--learning_rate", "nan"], "got nan"),
+        (["--critic_learning_rate", "inf"], "--critic_learning_rate must be a finite number"),
+        (["--max_steps", "0"], "--max_steps must be at least 1"),
+        (["--max_steps", "-5"], "--max_steps must be at least 1"),
+    ],
+)
+def test_bad_training_values(corpus, tmp_path, monkeypatch, flags, fragment):
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained with a bad value"))
+    output_dir = tmp_path / "model"
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *flags])
+    assert_one_line_error(code, err, fragment)
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--num_beams", "0"], "--num_beams must be at least 1"),
+        (["--top_p", "2", "--do_sample"], "--top_p must be in (0, 1]"),
+        (["--top_p", "2"], "--top_p must be in (0, 1]"),
+        (["--num_return_sequences", "0"], "--num_return_sequences must be at least 1"),
+        (["--num_return_sequences", "2"], "needs --do_sample"),
+        (["--temperature", "0", "--do_sample"], "--temperature must be a number > 0"),
+        (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--repetition_penalty", "nan"], "--repetition_penalty"),
+    ],
+)
+def test_bad_decoding_values(trained, flags, fragment):
+    code, out, err = run(["generate", "--model", str(trained), *flags])
+    assert_one_line_error(code, err, fragment)
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--importance_samples", "0"], "--importance_samples must be at least 1"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+    ],
+)
+def test_bad_evaluation_values(trained, corpus, flags, fragment):
+    code, out, err = run(["evaluate", "--model", str(trained), "--file", str(corpus["validation"]), *flags])
+    assert_one_line_error(code, err, fragment)
+    assert out == ""
+
+
+def test_an_input_file_that_is_not_utf8(trained, tmp_path):
+    latin1 = tmp_path / "sentences.txt"
+    latin1.write_bytes("the café is open\n".encode("latin-1"))
+    code, _, err = run(["generate", "--model", str(trained), "--input_file", str(latin1)])
+    assert_one_line_error(code, err, "not UTF-8", "0xe9", "iconv")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ctrl-C before the work starts
+# --------------------------------------------------------------------------------------------------------------------
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_commands_load(monkeypatch):
+    monkeypatch.setattr("mine_vae.cli._ensure_commands", _interrupt)
+    code, out, err = run(["generate"])
+    assert_one_line(code, err, 130, "mine-vae generate: interrupted")
+    assert out == ""
+
+
+def test_ctrl_c_while_the_model_loads(trained, monkeypatch):
+    monkeypatch.setattr("mine_vae.cli.generate._load_trained", _interrupt)
+    code, _, err = run(["generate", "--model", str(trained)])
+    assert_one_line(code, err, 130, "interrupted")
+
+
+def test_ctrl_c_while_an_overwrite_starts_keeps_the_previous_model(previous_run, corpus, monkeypatch):
+    before = snapshot(previous_run)
+    monkeypatch.setattr("mine_vae.cli.train._make_trainer", _interrupt)  # after the staging folder exists
+    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK])
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "mine-vae train: interrupted."
+    assert snapshot(previous_run) == before
+
+
+def test_ctrl_c_while_writing_an_output_file_keeps_the_rows_done(trained, tmp_path, monkeypatch):
+    target = tmp_path / "samples.txt"
+    original = MineVaeModel.generate
+    calls = []
+
+    def interrupted_at_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MineVaeModel, "generate", interrupted_at_the_second_batch)
+    argv = ["generate", "--model", str(trained), "--num_samples", "5", "--batch_size", "2", "--max_new_tokens", "3"]
+    code, _, err = run([*argv, "--output_file", str(target)])
+    line = assert_one_line(code, err, 130, "interrupted", "what was written so far is in")
+    assert not target.exists()
+    partial = Path(line.rsplit(" in ", 1)[1].rstrip("."))
+    assert partial.parent == tmp_path and len(partial.read_text().splitlines()) == 3 + 2  # title, header, rule, rows
