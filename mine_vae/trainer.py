@@ -34,6 +34,7 @@ from transformers.utils import (
     logging,
 )
 
+from .adapters import peft_base_vae, train_heads_with_adapters
 from .evaluation import count_words, evaluate_vae
 from .hub import write_trainer_model_card
 from .modeling_mine_vae import MineVaeModel
@@ -122,6 +123,8 @@ class MineVaeTrainer(Trainer):
             raise TypeError(f"MineVaeTrainer trains a MineVaeModel, got {type(model).__name__}.")
         if processing_class is not None:
             processing_class.check_model(model)
+        train_heads_with_adapters(model)  # a peft-wrapped VAE's heads and critic train (and save) with its adapters
+        _freeze_pretrained_parts(model, args)
         # Checked before the Trainer's set-up so a wrong dataset fails first, with the fix named.
         _check_train_dataset(kwargs.get("train_dataset"))
         own_collator = data_collator is not None  # the user's collator may take any columns
@@ -631,6 +634,17 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         self.generator.manual_seed(self.seed + self.epoch)
         yield from super().__iter__()
         self.epoch += 1  # as accelerate's: a loader iterated without set_epoch still reshuffles each pass
+
+
+def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:
+    """`args.freeze_encoder` / `freeze_decoder`: fix the pretrained sub-models' weights. The heads this model adds
+    (posterior, latent injection, critic) are left trainable. A peft-wrapped model is left to peft, which has already
+    frozen every base weight; freezing a side there would freeze its adapters."""
+    if peft_base_vae(model) is not None:
+        return
+    for side in ("encoder", "decoder"):
+        if getattr(args, f"freeze_{side}"):
+            getattr(model, side).requires_grad_(False)
 
 
 class SeededRandomSampler(RandomSampler):

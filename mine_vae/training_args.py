@@ -57,6 +57,14 @@ class MineVaeTrainingArguments(TrainingArguments):
     free_bits: float | None = field(
         default=None, metadata={"help": "Free bits per latent dimension (nats); overrides model.config.free_bits."}
     )
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={"help": "Keep the pretrained encoder's weights fixed (the posterior head and the critic still train)."},
+    )
+    freeze_decoder: bool = field(
+        default=False,
+        metadata={"help": "Keep the pretrained decoder's weights fixed (z's injection heads still train)."},
+    )
     eval_importance_samples: int = field(
         default=10, metadata={"help": "Importance samples per sentence for the NLL in evaluate() (100 for papers)."}
     )

@@ -85,3 +85,71 @@ def test_weights_that_do_not_fit_the_config_are_an_error(tmp_path):
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"do not fit its config: \d+ missing and \d+ unexpected"):
         MineVaeModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_plain_peft_idiom_trains_through_the_trainer_and_round_trips(kind, batch, tmp_path):
+    """The user writes only get_peft_model(vae, LoraConfig(target_modules=...)); the trainer does the rest."""
+    import datasets
+
+    from mine_vae import MineVaeTrainer, MineVaeTrainingArguments
+
+    model = get_peft_model(tiny.model(kind, mi_weight=1.0), LoraConfig(target_modules=TARGETS[kind], r=4))
+    vae = peft_base_vae(model)
+    args = MineVaeTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=3e-3,
+        critic_warmup_steps=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
+    trainer = MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}  # the heads are peft-wrapped by now
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    for head in vae.head_names:  # the critic included: its own step trains it
+        assert any(f".{head}.modules_to_save." in n for n in changed), head
+    assert any("lora_" in n for n in changed)
+    assert not any("base_layer" in n or (".encoder." in n and "lora_" not in n) for n in changed)
+    model.eval()
+    expected = model(**batch)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(tiny.model(kind, mi_weight=1.0), tmp_path / "adapter").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, expected.logits)
+    torch.testing.assert_close(reloaded(**batch).mi_lower_bound, expected.mi_lower_bound)
+
+
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+def test_a_frozen_side_is_bit_identical_after_training_and_the_heads_learn(side, tmp_path):
+    import datasets
+
+    from mine_vae import MineVaeTrainer, MineVaeTrainingArguments
+
+    model = tiny.model(mi_weight=1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = MineVaeTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=3e-3,
+        weight_decay=0.1,  # would move a frozen weight if the optimizer held it
+        critic_warmup_steps=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        **{f"freeze_{side}": True},
+    )
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
+    MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data).train()
+    for name, p in model.named_parameters():
+        if name.startswith(f"{side}."):
+            assert torch.equal(p, before[name]), name
+    other = "decoder" if side == "encoder" else "encoder"
+    for prefix in (*model.head_names, other):
+        assert any(n.startswith(f"{prefix}.") and not torch.equal(p, before[n]) for n, p in model.named_parameters())
