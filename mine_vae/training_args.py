@@ -59,7 +59,7 @@ class MineVaeTrainingArguments(TrainingArguments):
     )
     freeze_encoder: bool = field(
         default=False,
-        metadata={"help": "Keep the pretrained encoder's weights fixed (the posterior head and the critic still train)."},
+        metadata={"help": "Keep the pretrained encoder's weights fixed (the posterior and the critic still train)."},
     )
     freeze_decoder: bool = field(
         default=False,
