@@ -17,10 +17,18 @@ import torch.nn.functional as F
 import transformers
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
@@ -326,7 +334,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | list[int] = False,
         output_attentions: bool = False,
     ) -> MineVaePosterior:
         """
@@ -336,7 +344,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids.
             attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): 1 on real tokens.
             token_type_ids (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*).
-            output_hidden_states, output_attentions (`bool`): also return the encoder's hidden states / attentions.
+            output_hidden_states, output_attentions (`bool`): also return the encoder's hidden states / attentions
+                (`output_hidden_states` may be a list of layer indices).
 
         Returns:
             [`MineVaePosterior`] with `mu`, `logvar` of shape `(batch_size, latent_size)`.
@@ -349,7 +358,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if token_type_ids is not None:
             encoder_kwargs["token_type_ids"] = token_type_ids
         if output_hidden_states:
-            encoder_kwargs["output_hidden_states"] = True
+            encoder_kwargs["output_hidden_states"] = output_hidden_states
         if output_attentions:
             encoder_kwargs["output_attentions"] = True
         encoder_outputs = self.encoder(**encoder_kwargs)
@@ -437,12 +446,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if use_cache and self.is_activation_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
         if self.config.injects_memory:
-            if cache is None or cache.get_seq_length() == 0:
+            if cache is None or int(cache.get_seq_length()) == 0:
                 cache = self._latent_cache(latent, cache, store=use_cache or cache is not None)
-            if decoder_attention_mask is not None:
-                decoder_attention_mask = torch.cat(
-                    [decoder_attention_mask.new_ones(decoder_attention_mask.shape[0], 1), decoder_attention_mask], dim=1
-                )
+            decoder_attention_mask = _with_latent_column(
+                decoder_attention_mask, int(cache.get_seq_length()) + decoder_input_ids.shape[1]
+            )
         embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
         if self.config.injects_embedding:
             shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
@@ -489,6 +497,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # forward
     # ----------------------------------------------------------------------------------------------------------------
+    # The decoder cache's name before transformers 5.24, accepted with transformers' own FutureWarning and schedule.
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -504,7 +514,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         sample_latent: bool | None = None,
         kl_weight: float | None = None,
         mi_weight: float | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **decoder_kwargs,
@@ -514,8 +524,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): encoder token ids of x.
             attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): encoder mask.
             decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): decoder inputs,
-                BOS first. Built from `labels` (shifted right, BOS prepended) when omitted.
-            decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*).
+                BOS first. Built from `labels` (shifted right, BOS prepended) when omitted; without either, the
+                decoder reads its start token alone (logits of shape `(batch_size, 1, vocab_size)`: p(first token|z)).
+            decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*): over the
+                decoder's tokens, the cached ones first when continuing a cache; z's position is added by the model.
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): the targets aligned with
                 `decoder_input_ids` (label t is the token after input t), -100 where ignored.
             latent (`torch.Tensor` of shape `(batch_size, latent_size)`, *optional*): decode from this z; the encoder,
@@ -528,6 +540,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 cache (the latent's key/value position included) to continue from, and whether to return it.
             output_hidden_states, output_attentions (`bool`, *optional*, default to the config's): also return the
                 decoder's (and, when x is encoded, the encoder's) hidden states / attention weights.
+                `output_hidden_states` may also be a list of layer indices, as transformers' models take it.
             return_dict (`bool`, *optional*, defaults to `config.return_dict`): a [`MineVaeOutput`], or a tuple of its
                 non-`None` fields in order.
 
@@ -559,9 +572,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
         if decoder_input_ids is None and labels is not None:
             decoder_input_ids = self._shift_right(labels)
+        elif decoder_input_ids is None:
+            # Every forward call decodes, as a decoder-only model's does: here the first step, from the start token.
+            decoder_input_ids = self._start_tokens(latent.shape[0], latent.device)
+            decoder_attention_mask = None
         beta = self.config.kl_weight if kl_weight is None else kl_weight
         lam = self.config.mi_weight if mi_weight is None else mi_weight
-        kl_per_dimension = kl = bound = logits = reconstruction = loss = decoder_outputs = None
+        kl_per_dimension = kl = bound = reconstruction = loss = None
         if posterior is not None:
             kl_per_dimension = posterior.kl_per_dimension()
             kl = kl_per_dimension.sum()
@@ -571,17 +588,17 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and lam > 0):
                     bound = self.mi_lower_bound(posterior.pooler_output, latent, generator=self._eval_pairing())
 
-        if decoder_input_ids is not None:
-            cached = cache.get_seq_length() if cache is not None else 0
-            self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - 1, 0))
-            if output_hidden_states:
-                decoder_kwargs["output_hidden_states"] = True
-            if output_attentions:
-                decoder_kwargs["output_attentions"] = True
-            decoder_outputs = self._decode(
-                latent, decoder_input_ids, decoder_attention_mask, cache, bool(use_cache), **decoder_kwargs
-            )
-            logits = decoder_outputs.logits
+        cached = int(cache.get_seq_length()) if cache is not None else 0
+        self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - 1, 0))
+        if output_hidden_states:
+            # True, or the indices of the layers to keep (passed as given: the decoder resolves them).
+            decoder_kwargs["output_hidden_states"] = output_hidden_states
+        if output_attentions:
+            decoder_kwargs["output_attentions"] = True
+        decoder_outputs = self._decode(
+            latent, decoder_input_ids, decoder_attention_mask, cache, bool(use_cache), **decoder_kwargs
+        )
+        logits = decoder_outputs.logits
 
         if labels is not None:
             reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
@@ -602,9 +619,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             logvar=posterior.logvar if posterior is not None else None,
             z=latent,
             pooler_output=posterior.pooler_output if posterior is not None else None,
-            cache=decoder_outputs.get("cache") if decoder_outputs is not None and use_cache else None,
-            hidden_states=decoder_outputs.get("hidden_states") if decoder_outputs is not None else None,
-            attentions=decoder_outputs.get("attentions") if decoder_outputs is not None else None,
+            cache=decoder_outputs.get("cache") if use_cache else None,
+            hidden_states=decoder_outputs.get("hidden_states"),
+            attentions=decoder_outputs.get("attentions"),
             encoder_hidden_states=posterior.hidden_states if posterior is not None else None,
             encoder_attentions=posterior.attentions if posterior is not None else None,
         )
@@ -615,6 +632,12 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if self.training:
             return None
         return torch.Generator().manual_seed(0)
+
+    def _start_tokens(self, batch_size: int, device: torch.device) -> torch.LongTensor:
+        start = self.config.decoder_start_token_id
+        if start is None:
+            raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to decode.")
+        return torch.full((batch_size, 1), start, dtype=torch.long, device=device)
 
     def _shift_right(self, labels: torch.LongTensor) -> torch.LongTensor:
         start = self.config.decoder_start_token_id
@@ -669,19 +692,31 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         latent: torch.Tensor | None = None,
         sample_latent: bool = False,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> torch.LongTensor:
+    ) -> torch.LongTensor | ModelOutput:
         r"""
         Decode text from a latent, with every option of [`~GenerationMixin.generate`] (greedy, sampling, beam search,
-        `num_return_sequences`, `max_new_tokens`, ...), using the key/value cache.
+        `num_return_sequences`, `max_new_tokens`, static caches, `return_dict_in_generate`, ...).
 
-        Either give encoder inputs (`input_ids`, `attention_mask`): x is encoded and decoded from the posterior mean
-        (or a posterior sample with `sample_latent=True`): reconstruction / paraphrase. Or give `latent` of shape
-        `(batch_size, latent_size)`: prior samples (`model.sample_prior(n)`), interpolations (`model.interpolate`).
+        Where z comes from:
+        - encoder inputs (`input_ids`, `attention_mask`, `token_type_ids`): x is encoded and decoded from the posterior
+          mean, or a posterior sample with `sample_latent=True` (reconstruction, paraphrase);
+        - `latent` of shape `(batch_size, latent_size)`: interpolations (`model.interpolate`), edited codes;
+        - neither: z is drawn from the prior N(0, I), one draw per returned sequence, so `num_return_sequences=n`
+          gives n samples of p(x) (and `generate()` alone gives one).
+
+        `decoder_input_ids` (decoder start token first, as `forward` takes them) with an optional
+        `decoder_attention_mask` is a decoder prefix to continue under z (guided completion); by default the prefix
+        is the decoder start token alone. One prefix row is shared by every latent; otherwise there is one per latent.
+        With `cache=` (a cache returned by `generate(..., return_dict_in_generate=True)` or `forward(use_cache=True)`)
+        the prefix is the whole decoded text so far, and only its uncached part is run.
 
         Returns:
-            `torch.LongTensor` of shape `(batch_size * num_return_sequences, length)`: decoder token ids, starting with
-            the decoder start token (`skip_special_tokens=True` drops it when decoding).
+            `torch.LongTensor` of shape `(batch_size * num_return_sequences, prefix_length + new_tokens)`: the decoder
+            prefix (by default the decoder start token, which `skip_special_tokens=True` drops) followed by the new
+            tokens; a [`~generation.GenerateOutput`] with `return_dict_in_generate=True`.
         """
         if _called_from_pipeline():
             raise TypeError(
@@ -689,11 +724,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 "token ids, but generate() reads encoder input_ids (text to reconstruct) or a latent. Call "
                 "model.generate(**processor(texts)) or model.generate(latent=...) instead."
             )
-        if latent is None:
-            if input_ids is None:
-                raise ValueError("generate() needs encoder `input_ids` (to reconstruct) or a `latent` to decode from.")
-            posterior = self.encode(input_ids, attention_mask, kwargs.pop("token_type_ids", None))
+        token_type_ids = kwargs.pop("token_type_ids", None)
+        if latent is None and input_ids is not None:
+            posterior = self.encode(input_ids, attention_mask, token_type_ids)
             latent = posterior.sample() if sample_latent else posterior.mu
+        prompt, prompt_mask = self._generation_prefix(decoder_input_ids, decoder_attention_mask)
+        if latent is None:
+            # The prior: one draw per returned sequence, so that each is a sample of p(x), not n decodings of one z.
+            copies = kwargs.pop("num_return_sequences", None) or self.generation_config.num_return_sequences or 1
+            rows = (prompt.shape[0] if prompt is not None else 1) * copies
+            latent = torch.randn(rows, self.config.latent_size, device=self.device)
+            if prompt is not None:
+                prompt, prompt_mask = prompt.repeat_interleave(copies, 0), prompt_mask.repeat_interleave(copies, 0)
+            kwargs["num_return_sequences"] = 1
         if latent.ndim != 2 or latent.shape[-1] != self.config.latent_size or latent.shape[0] == 0:
             raise ValueError(
                 f"latent must have shape (batch_size, {self.config.latent_size}) with batch_size >= 1, "
@@ -701,17 +744,83 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             )
         if not torch.isfinite(latent).all():
             raise ValueError("latent holds NaN or infinite values; give finite latents (e.g. model.sample_prior(n)).")
-        start = self.config.decoder_start_token_id
-        if start is None:
-            raise ValueError("Set config.decoder_start_token_id (the decoder's BOS) to generate.")
         latent = latent.to(self.device)
-        prompt = torch.full((latent.shape[0], 1), start, dtype=torch.long, device=self.device)
-        # An explicit mask: the start token may equal the pad token (GPT-2), which generate() would mask out.
-        return super().generate(prompt, attention_mask=torch.ones_like(prompt), latent=latent, **kwargs)
+        if prompt is None:
+            prompt = self._start_tokens(latent.shape[0], self.device)
+            # An explicit mask: the start token may equal the pad token (GPT-2), which generate() would mask out.
+            prompt_mask = torch.ones_like(prompt)
+        elif prompt.shape[0] != latent.shape[0]:
+            if prompt.shape[0] == 1:
+                prompt, prompt_mask = prompt.expand(latent.shape[0], -1), prompt_mask.expand(latent.shape[0], -1)
+            elif latent.shape[0] == 1:
+                latent = latent.expand(prompt.shape[0], -1)
+            else:
+                raise ValueError(
+                    f"decoder_input_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give one "
+                    "prefix row per latent, or one row for all."
+                )
+        if self.config.injects_memory:
+            # The mask generate() carries covers z's key/value position too (the first): generate() then builds the
+            # masks and positions of every cache type, static ones included, over what the cache really holds.
+            prompt_mask = torch.cat([prompt_mask.new_ones(prompt_mask.shape[0], 1), prompt_mask], dim=1)
+        return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+    def _generation_prefix(
+        self, decoder_input_ids: torch.LongTensor | None, decoder_attention_mask: torch.Tensor | None
+    ) -> tuple[torch.LongTensor | None, torch.Tensor | None]:
+        """The decoder prefix given to `generate`, checked, on the model's device, with a mask."""
+        if decoder_input_ids is None:
+            if decoder_attention_mask is not None:
+                raise ValueError("decoder_attention_mask was given without decoder_input_ids.")
+            return None, None
+        if decoder_input_ids.ndim != 2 or decoder_input_ids.shape[0] == 0 or decoder_input_ids.shape[1] == 0:
+            raise ValueError(
+                "decoder_input_ids must have shape (batch_size, length) with both at least 1 (the decoder start token "
+                f"first), got {tuple(decoder_input_ids.shape)}."
+            )
+        prompt = decoder_input_ids.to(self.device)
+        if decoder_attention_mask is None:
+            return prompt, torch.ones_like(prompt)
+        if decoder_attention_mask.shape != decoder_input_ids.shape:
+            raise ValueError(
+                f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)}, decoder_input_ids "
+                f"{tuple(decoder_input_ids.shape)}: give one mask value per prefix token."
+            )
+        return prompt, decoder_attention_mask.to(self.device)
+
+    def _prepare_cache_for_generation(
+        self,
+        generation_config: GenerationConfig,
+        model_kwargs: dict,
+        generation_mode: Any,
+        batch_size: int,
+        max_cache_length: int,
+    ) -> Any:
+        # z's key/value position takes one slot of a fixed-size (static) cache ahead of the decoder's tokens.
+        extra = 1 if self.config.injects_memory else 0
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length + extra
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        latent: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        if self.config.injects_memory and cache is not None and latent is not None:
+            if int(cache.get_seq_length()) == 0:
+                # z goes into the cache before the first step's mask is built, so that mask (4D for static caches)
+                # and the positions count z's key/value position, as the cache holds it.
+                self._latent_cache(latent, cache, store=True)
+            # The cache holds z and the decoder tokens run so far; the rest of `input_ids` is this step's input.
+            next_sequence_length = input_ids.shape[1] - (int(cache.get_seq_length()) - 1)
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, latent=latent, **kwargs
+        )
         # GenerationMixin's `input_ids`/`attention_mask` are the decoder's: rename them to this model's decoder inputs.
-        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         inputs["decoder_input_ids"] = inputs.pop("input_ids")
         inputs["decoder_attention_mask"] = inputs.pop("attention_mask", None)
         return inputs
@@ -734,6 +843,20 @@ class LatentPrefixLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def _with_latent_column(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | None:
+    """A 2D decoder mask covering every key position, z's included (the first). Callers give the mask over the
+    decoder's tokens (cached and new), as `forward` documents; `generate` gives it with z's column already in, so that
+    the 4D masks it builds for static caches line up with the cache. 4D masks are built whole and pass unchanged."""
+    if mask is None or mask.ndim != 2 or mask.shape[1] == key_length:
+        return mask
+    if mask.shape[1] != key_length - 1:
+        raise ValueError(
+            f"decoder_attention_mask covers {mask.shape[1]} positions, but the decoder attends to {key_length - 1} "
+            "tokens (cached and new) plus z's position: give one mask column per decoder token."
+        )
+    return torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
 
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:

@@ -77,6 +77,59 @@ def test_latent_of_wrong_shape_is_refused(model, bad):
         model.generate(latent=bad, max_new_tokens=2)
 
 
-def test_nothing_to_generate_from_is_refused(model):
-    with pytest.raises(ValueError, match="input_ids.*or a `latent`"):
-        model.generate(max_new_tokens=2)
+def test_without_inputs_each_sequence_is_decoded_from_its_own_prior_draw(model):
+    """generate() alone samples p(x): z from N(0, I), one draw per returned sequence."""
+    assert model.generate(max_new_tokens=3, min_new_tokens=3).shape == (1, 4)
+    torch.manual_seed(0)
+    drawn = model.sample_prior(4)
+    torch.manual_seed(0)
+    greedy_rows = model.generate(num_beams=2, num_return_sequences=4, max_new_tokens=5, min_new_tokens=5)
+    assert torch.equal(greedy_rows, model.generate(latent=drawn, num_beams=2, max_new_tokens=5, min_new_tokens=5))
+    prefix = greedy_rows[:2, :3]
+    torch.manual_seed(0)
+    continued = model.generate(decoder_input_ids=prefix, do_sample=True, num_return_sequences=2, max_new_tokens=2)
+    assert continued.shape == (4, 5)
+    assert torch.equal(continued[:, :3], prefix.repeat_interleave(2, dim=0))
+
+
+@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_static_cache_decodes_as_the_dynamic_cache(kind, injection, encoder_inputs):
+    """z's key/value position takes the static cache's first slot; masks and positions count it."""
+    model = tiny.model(kind, latent_injection=injection).eval()
+    for options in ({}, {"num_beams": 3}):
+        dynamic = model.generate(**encoder_inputs, max_new_tokens=6, min_new_tokens=6, **options)
+        static = model.generate(
+            **encoder_inputs, max_new_tokens=6, min_new_tokens=6, cache_implementation="static", **options
+        )
+        assert torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_prefix_and_cache_continue_the_decoding(kind, injection):
+    """A decoder prefix is continued under z, from scratch or from the cache that decoded it."""
+    model = tiny.model(kind, latent_injection=injection).eval()
+    z = model.sample_prior(3, generator=torch.Generator().manual_seed(0)) * 3
+    full = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8)
+    prefix = full[:, :4]
+    assert torch.equal(model.generate(latent=z, decoder_input_ids=prefix, max_new_tokens=5, min_new_tokens=5), full)
+    static = model.generate(
+        latent=z, decoder_input_ids=prefix, max_new_tokens=5, min_new_tokens=5, cache_implementation="static"
+    )
+    assert torch.equal(static, full)
+    head = model.generate(latent=z, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True)
+    tail = model.generate(
+        latent=z, decoder_input_ids=head.sequences, cache=head.cache, max_new_tokens=5, min_new_tokens=5
+    )
+    assert torch.equal(tail, full)
+    shared = model.generate(latent=z, decoder_input_ids=prefix[:1], max_new_tokens=1)
+    assert torch.equal(shared[:, :4], prefix[:1].expand(3, -1))
+
+
+def test_mismatched_prefix_rows_are_refused(model):
+    z = model.sample_prior(3)
+    with pytest.raises(ValueError, match="one prefix row per latent"):
+        model.generate(latent=z, decoder_input_ids=torch.full((2, 1), 2), max_new_tokens=2)
+    with pytest.raises(ValueError, match="one mask value per prefix token"):
+        model.generate(latent=z, decoder_input_ids=torch.full((3, 2), 2), decoder_attention_mask=torch.ones(3, 1))
