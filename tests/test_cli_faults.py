@@ -95,7 +95,15 @@ def previous_run(trained, tmp_path) -> Path:
     (folder / "checkpoint-best").mkdir()
     (folder / "checkpoint-best" / "weights.bin").write_bytes(b"the user's best model")
     (folder / "notes.txt").write_text("lr 1e-3 looked best\n")
+    _an_hour_old(folder / "checkpoint-best")
     return folder
+
+
+def _an_hour_old(path: Path) -> None:
+    """The Trainer's checkpoint rotation orders checkpoint-* folders by modification time (by step number when their
+    times are less than a second apart): an old folder is the first it would delete."""
+    an_hour_ago = path.stat().st_mtime - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,13 +217,17 @@ def test_the_swap_puts_everything_back_when_a_rename_fails(tmp_path, monkeypatch
     assert (output_dir / "model.safetensors").read_bytes() == b"new"
 
 
-def test_a_users_checkpoint_folder_is_not_an_unfinished_run(corpus, tmp_path):
+def test_a_users_checkpoint_folder_is_neither_an_unfinished_run_nor_rotated_away(corpus, tmp_path):
+    # Not a reason to refuse the folder, and out of reach of the Trainer's rotation of checkpoint-* folders.
     output_dir = tmp_path / "model"
     (output_dir / "checkpoint-best").mkdir(parents=True)
     (output_dir / "checkpoint-best" / "weights.bin").write_bytes(b"mine")
+    _an_hour_old(output_dir / "checkpoint-best")
     code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
     assert code == 0, err
     assert (output_dir / "checkpoint-best" / "weights.bin").read_bytes() == b"mine"
+    assert (output_dir / "checkpoint-2").is_dir() and (output_dir / "model.safetensors").is_file()
+    assert not [p for p in output_dir.iterdir() if p.name.startswith("mine-vae-")]
 
 
 def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(previous_run, corpus, monkeypatch):
@@ -235,7 +247,7 @@ def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(pr
     assert len(staging) == 1 and (staging[0] / "checkpoint-2").is_dir()
     assert {k: v for k, v in snapshot(previous_run).items() if not k.startswith(staging[0].name)} == before
     checkpoint = str(staging[0] / "checkpoint-2")
-    assert f"--resume_from_checkpoint {checkpoint}" in err and "unchanged" in err
+    assert f"--resume_from_checkpoint {checkpoint}" in err and "is as it was" in err
     monkeypatch.setattr(MineVaeTrainer, "training_step", original)
 
     code, _, err = run([*flags, "--max_steps", "4", "--resume_from_checkpoint", checkpoint])

@@ -40,8 +40,9 @@ OWN_FILES = (
 OWN_FOLDERS = ("encoder_tokenizer", "decoder_tokenizer")
 # The Trainer names its checkpoints checkpoint-<step>; a user's checkpoint-best/ or checkpoint-old/ is not ours.
 TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
-# `train --overwrite` trains into <output_dir>/<STAGING_PREFIX>XXXX and moves the result over the previous run only
-# once it is saved; the previous run waits in <BACKUP_PREFIX>XXXX for the moment of the swap.
+# `train --overwrite` (and a run into a folder holding the user's own checkpoint-* folders) trains into
+# <output_dir>/<STAGING_PREFIX>XXXX and moves the result in only once it is saved; the previous run waits in
+# <BACKUP_PREFIX>XXXX for the moment of the swap.
 STAGING_PREFIX = "mine-vae-replacement-"
 BACKUP_PREFIX = "mine-vae-previous-"
 # A rough size of one checkpoint per parameter: fp32 weights plus AdamW's two moments, and the final model's weights.
@@ -111,6 +112,17 @@ def trainer_checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and TRAINER_CHECKPOINT.fullmatch(p.name))
+
+
+def foreign_checkpoint_folders(folder: Path) -> list[Path]:
+    """Folders named checkpoint-* that the Trainer did not write (checkpoint-best/, checkpoint-old/, ...). The
+    Trainer's checkpoint rotation (`save_total_limit`, transformers 5.24) sorts every checkpoint-* folder of the folder
+    it trains in by modification time and deletes the older ones, these included."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.glob("checkpoint-*") if p.is_dir() and not TRAINER_CHECKPOINT.fullmatch(p.name)
+    )
 
 
 def holds_model(folder: Path) -> bool:

@@ -36,6 +36,7 @@ from .output import (
     check_free_space,
     check_writable,
     describe_os_error,
+    foreign_checkpoint_folders,
     holds_model,
     make_staging_folder,
     replace_previous_run,
@@ -249,7 +250,10 @@ def run_train(
     _err(_data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
     _err(_model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
 
-    with _run_folder(output_dir, replacing, checkpoint) as folder:
+    # The Trainer's checkpoint rotation deletes every older checkpoint-* folder where it trains, a user's
+    # checkpoint-best/ included: such folders stay out of its reach when it trains in a staging folder.
+    staged = replacing or bool(foreign_checkpoint_folders(output_dir))
+    with _run_folder(output_dir, staged, checkpoint) as folder:
         run_dir = folder.path
         if run_dir != output_dir:
             if training_args.push_to_hub and not training_args.hub_model_id:
@@ -297,12 +301,12 @@ class _RunFolder:
 
 
 @contextlib.contextmanager
-def _run_folder(output_dir: Path, replacing: bool, checkpoint: str | None) -> Iterator[_RunFolder]:
-    """`output_dir` itself, or, when the run replaces a previous one, a staging folder inside it that the caller moves
-    over the previous run once the new model is saved. A run that fails first removes its staging folder and leaves
-    the previous run untouched, unless it stopped with a checkpoint to continue (`keep`); continuing from such a
-    checkpoint trains on in the staging folder it lies in."""
-    if not replacing:
+def _run_folder(output_dir: Path, staged: bool, checkpoint: str | None) -> Iterator[_RunFolder]:
+    """`output_dir` itself, or (`staged`) a staging folder inside it that the caller moves over the previous run once
+    the new model is saved. A run that fails first removes its staging folder and leaves `output_dir` untouched,
+    unless it stopped with a checkpoint to continue (`keep`); continuing from such a checkpoint trains on in the
+    staging folder it lies in."""
+    if not staged:
         yield _RunFolder(output_dir)
         return
     staging = staging_folder_of(checkpoint, output_dir)
@@ -325,15 +329,15 @@ def _run_folder(output_dir: Path, replacing: bool, checkpoint: str | None) -> It
 def _kept_note(run_dir: Path, output_dir: Path) -> str:
     if run_dir == output_dir:
         return ""
-    return f" The previous model in {output_dir} is unchanged; this run's checkpoints are in {run_dir}."
+    return f" {output_dir} is as it was; this run's checkpoints are in {run_dir}."
 
 
 def _continue_hint(run_dir: Path, output_dir: Path) -> str:
     if run_dir == output_dir:
         return "Continue with the same command plus --resume."
     return (
-        f"The previous model in {output_dir} is unchanged. Continue with the same command plus "
-        f"--resume_from_checkpoint {_newest_checkpoint(run_dir)} (it replaces the previous model when done), or "
+        f"{output_dir} is as it was (a previous model there is unchanged). Continue with the same command plus "
+        f"--resume_from_checkpoint {_newest_checkpoint(run_dir)} (the result moves into {output_dir} when done), or "
         "delete that folder."
     )
 
