@@ -324,7 +324,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         """Resize the decoder's vocabulary (input embeddings and LM head together, ties kept, `config.decoder.
         vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
         causal LM's own `resize_token_embeddings` would."""
-        return self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
+        return embeddings
 
     # ----------------------------------------------------------------------------------------------------------------
     # The VAE's parts

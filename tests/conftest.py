@@ -20,3 +20,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers of transformers' common tests (tests/test_transformers_common.py runs them from the
+    source tree in TRANSFORMERS_TESTS_DIR), which its pyproject.toml declares, so pytest does not warn about them."""
+    root = os.environ.get("TRANSFORMERS_TESTS_DIR")
+    pyproject = os.path.join(root, "pyproject.toml") if root else None
+    if pyproject is None or not os.path.isfile(pyproject):
+        return
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the markers stay unregistered, which only costs warnings
+        return
+    with open(pyproject, "rb") as file:
+        markers = tomllib.load(file).get("tool", {}).get("pytest", {}).get("ini_options", {}).get("markers", [])
+    # transformers' tests/conftest.py, which the source distribution does not ship, registers these.
+    markers += ["accelerate_tests: transformers' marker", "slow: transformers' marker", "torch_compile_test: ditto"]
+    for marker in markers:
+        config.addinivalue_line("markers", marker)
