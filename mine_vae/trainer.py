@@ -6,9 +6,11 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -60,6 +62,10 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
     ),
     "_save_rng_state": "the RNG states (python, numpy, torch CPU/CUDA) as safetensors + JSON, not a pickled .pth",
     "_load_rng_state": "reads those (and an older checkpoint's rng_state*.pth); a damaged file is a one-line error",
+    "_save_checkpoint": (
+        "save_total_limit then rotates only the checkpoint-<step> folders the Trainer writes: its own rotation orders "
+        "every checkpoint-* folder by modification time and would delete a user's checkpoint-best/"
+    ),
     "_save": "writes the training arguments as training_args.json instead of the pickled training_args.bin",
 }
 
@@ -423,8 +429,21 @@ class MineVaeTrainer(Trainer):
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise _unreadable(path, error) from None
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The Trainer's rotation (save_total_limit) globs `checkpoint-*` and orders by modification time, so it also
+        # deletes a user's own `checkpoint-best/` in the output folder. Rotate only the step folders it writes.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            rotate_step_checkpoints(self._get_output_dir(trial), limit, self.state.best_model_checkpoint)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
+        with _as_model_class(self.model):
+            super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
         # The Trainer's _save ends with torch.save(args, "training_args.bin"); replacing that one line would mean
@@ -457,6 +476,31 @@ class MineVaeTrainer(Trainer):
         write_trainer_model_card(self, **kwargs)
 
 
+def step_checkpoints(output_dir: str) -> list[str]:
+    """The `checkpoint-<step>` folders in `output_dir`, oldest first (other `checkpoint-*` names are the user's)."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.rpartition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            steps.append(int(step))
+    return [os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(steps)]
+
+
+def rotate_step_checkpoints(output_dir: str, limit: int | None, best: str | None = None) -> None:
+    """Delete the oldest `checkpoint-<step>` folders beyond `limit`, never the newest nor `best`."""
+    if not limit or limit <= 0:
+        return
+    folders = step_checkpoints(output_dir)
+    protected = {folders[-1]} if folders else set()
+    if best is not None:
+        protected.add(os.path.join(output_dir, os.path.basename(os.path.normpath(best))))
+    for folder in folders[: max(len(folders) - max(limit, len(protected)), 0)]:
+        if folder not in protected:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def is_complete_checkpoint(folder: str) -> bool:
     """True when `folder` holds everything a resume needs: the Trainer writes `trainer_state.json` last."""
     try:
@@ -470,21 +514,13 @@ def is_complete_checkpoint(folder: str) -> bool:
 def last_complete_checkpoint(output_dir: str, exclude: str | None = None) -> str | None:
     """The newest `checkpoint-N` folder in `output_dir` that a resume can use, skipping interrupted saves (and
     `exclude`, e.g. a checkpoint found damaged)."""
-    if not os.path.isdir(output_dir):
-        return None
     excluded = os.path.abspath(exclude) if exclude is not None else None
-    steps = []
-    for name in os.listdir(output_dir):
-        prefix, _, step = name.rpartition("-")
-        folder = os.path.join(output_dir, name)
-        if (
-            prefix == PREFIX_CHECKPOINT_DIR
-            and step.isdigit()
-            and os.path.abspath(folder) != excluded
-            and is_complete_checkpoint(folder)
-        ):
-            steps.append(int(step))
-    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+    complete = [
+        folder
+        for folder in step_checkpoints(output_dir)
+        if os.path.abspath(folder) != excluded and is_complete_checkpoint(folder)
+    ]
+    return complete[-1] if complete else None
 
 
 # --------------------------------------------------------------------------------------------------------------------

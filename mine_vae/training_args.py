@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -75,6 +76,13 @@ class MineVaeTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # A NaN or infinite number anywhere (the Trainer's own learning_rate included) only shows up as a diverged
+        # or silent run; refuse it here, naming the argument.
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                _require(False, spec.name, value, "a finite number")
+        _require(self.learning_rate >= 0, "learning_rate", self.learning_rate, "a number >= 0")
         _require(self.critic_steps >= 1, "critic_steps", self.critic_steps, "an integer >= 1")
         _require(self.critic_learning_rate > 0, "critic_learning_rate", self.critic_learning_rate, "a number > 0")
         _require(self.critic_weight_decay >= 0, "critic_weight_decay", self.critic_weight_decay, "a number >= 0")

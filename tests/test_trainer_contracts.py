@@ -493,3 +493,48 @@ def test_optimizer_and_scheduler_states_round_trip_without_pickle(tmp_path, make
                 assert torch.equal(got["state"][param][name], value), (param, name)
             else:
                 assert got["state"][param][name] == value, (param, name)
+
+
+def test_checkpoint_rotation_leaves_the_users_own_checkpoint_folders(tmp_path):
+    """save_total_limit rotates only checkpoint-<step>: the Trainer's own rotation (by modification time) would also
+    delete a user's checkpoint-best/."""
+    import os
+    import time
+
+    from mine_vae.trainer import step_checkpoints
+
+    output_dir = tmp_path / "out"
+    best = output_dir / "checkpoint-best"
+    best.mkdir(parents=True)
+    (best / "notes.txt").write_text("mine")
+    old = time.time() - 3600
+    os.utime(best, (old, old))  # older than anything the run writes: first in line for an mtime rotation
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(48)})
+    args = MineVaeTrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    MineVaeTrainer(model=tiny.model(), args=args, processing_class=tiny.processor(), train_dataset=data).train()
+    assert (best / "notes.txt").read_text() == "mine"
+    assert [os.path.basename(f) for f in step_checkpoints(str(output_dir))] == ["checkpoint-6"]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("learning_rate", float("nan")),
+        ("critic_learning_rate", float("inf")),
+        ("weight_decay", float("nan")),
+        ("learning_rate", -1e-3),
+    ],
+)
+def test_non_finite_or_negative_rates_are_refused_naming_the_argument(tmp_path, name, value):
+    with pytest.raises(ValueError, match=rf"MineVaeTrainingArguments\.{name}="):
+        MineVaeTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{name: value})
