@@ -556,3 +556,20 @@ def test_ctrl_c_while_writing_an_output_file_keeps_the_rows_done(trained, tmp_pa
     assert not target.exists()
     partial = Path(line.rsplit(" in ", 1)[1].rstrip("."))
     assert partial.parent == tmp_path and len(partial.read_text().splitlines()) == 3 + 2  # title, header, rule, rows
+
+
+def test_ctrl_c_while_the_package_imports_is_one_line():
+    """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-c", "import sys, _mine_vae_cli; sys.exit(_mine_vae_cli.main())", "train", "--help"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # well inside the seconds the imports take
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["mine-vae: interrupted while starting."]
+    assert out == ""

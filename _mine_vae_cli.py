@@ -1,0 +1,25 @@
+"""The `mine-vae` console script's entry point, outside the package on purpose.
+
+Importing `mine_vae` loads torch and transformers, which takes seconds; a Ctrl-C in that window would end in a
+traceback, because the package's own Ctrl-C handling is not loaded yet. This module imports nothing heavy itself,
+so it can catch that interrupt and give the one line every other interrupt gets.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
+def main() -> int:
+    try:
+        from mine_vae.cli import main as run_command
+    except KeyboardInterrupt:
+        print("mine-vae: interrupted while starting.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return run_command()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
