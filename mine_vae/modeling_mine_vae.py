@@ -694,8 +694,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         latent: torch.Tensor | None = None,
         sample_latent: bool = False,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
+        decoder_prompt_ids: torch.LongTensor | None = None,
+        decoder_prompt_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.LongTensor | ModelOutput:
         r"""
@@ -709,11 +709,14 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         - neither: z is drawn from the prior N(0, I), one draw per returned sequence, so `num_return_sequences=n`
           gives n samples of p(x) (and `generate()` alone gives one).
 
-        `decoder_input_ids` (decoder start token first, as `forward` takes them) with an optional
-        `decoder_attention_mask` is a decoder prefix to continue under z (guided completion); by default the prefix
-        is the decoder start token alone. One prefix row is shared by every latent; otherwise there is one per latent.
-        With `cache=` (a cache returned by `generate(..., return_dict_in_generate=True)` or `forward(use_cache=True)`)
-        the prefix is the whole decoded text so far, and only its uncached part is run.
+        `decoder_prompt_ids` (decoder token ids, the decoder start token first) with an optional
+        `decoder_prompt_attention_mask` is a decoder prefix to continue under z (guided completion); by default the
+        prefix is the decoder start token alone. One prefix row is shared by every latent; otherwise there is one per
+        latent. With `cache=` (a cache returned by `generate(..., return_dict_in_generate=True)` or
+        `forward(use_cache=True)`) the prefix is the whole decoded text so far, and only its uncached part is run.
+
+        A training batch's decoder inputs and targets (`decoder_input_ids`, `decoder_attention_mask`, `labels`, as
+        `MineVaeProcessor` returns them) are ignored, so `generate(**processor(texts))` reconstructs the texts.
 
         Returns:
             `torch.LongTensor` of shape `(batch_size * num_return_sequences, prefix_length + new_tokens)`: the decoder
@@ -727,10 +730,12 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 "model.generate(**processor(texts)) or model.generate(latent=...) instead."
             )
         token_type_ids = kwargs.pop("token_type_ids", None)
+        for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
+            kwargs.pop(key, None)  # the text to reconstruct is read through the encoder, not continued
         if latent is None and input_ids is not None:
             posterior = self.encode(input_ids, attention_mask, token_type_ids)
             latent = posterior.sample() if sample_latent else posterior.mu
-        prompt, prompt_mask = self._generation_prefix(decoder_input_ids, decoder_attention_mask)
+        prompt, prompt_mask = self._generation_prefix(decoder_prompt_ids, decoder_prompt_attention_mask)
         if latent is None:
             # The prior: one draw per returned sequence, so that each is a sample of p(x), not n decodings of one z.
             copies = kwargs.pop("num_return_sequences", None) or self.generation_config.num_return_sequences or 1
@@ -758,8 +763,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 latent = latent.expand(prompt.shape[0], -1)
             else:
                 raise ValueError(
-                    f"decoder_input_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give one "
-                    "prefix row per latent, or one row for all."
+                    f"decoder_prompt_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give "
+                    "one prefix row per latent, or one row for all."
                 )
         if self.config.injects_memory:
             # The mask generate() carries covers z's key/value position too (the first): generate() then builds the
@@ -768,27 +773,26 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
 
     def _generation_prefix(
-        self, decoder_input_ids: torch.LongTensor | None, decoder_attention_mask: torch.Tensor | None
+        self, prompt_ids: torch.LongTensor | None, prompt_mask: torch.Tensor | None
     ) -> tuple[torch.LongTensor | None, torch.Tensor | None]:
         """The decoder prefix given to `generate`, checked, on the model's device, with a mask."""
-        if decoder_input_ids is None:
-            if decoder_attention_mask is not None:
-                raise ValueError("decoder_attention_mask was given without decoder_input_ids.")
+        if prompt_ids is None:
+            if prompt_mask is not None:
+                raise ValueError("decoder_prompt_attention_mask was given without decoder_prompt_ids.")
             return None, None
-        if decoder_input_ids.ndim != 2 or decoder_input_ids.shape[0] == 0 or decoder_input_ids.shape[1] == 0:
+        if prompt_ids.ndim != 2 or prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
             raise ValueError(
-                "decoder_input_ids must have shape (batch_size, length) with both at least 1 (the decoder start token "
-                f"first), got {tuple(decoder_input_ids.shape)}."
+                "decoder_prompt_ids must have shape (batch_size, length) with both at least 1 (the decoder start "
+                f"token first), got {tuple(prompt_ids.shape)}."
             )
-        prompt = decoder_input_ids.to(self.device)
-        if decoder_attention_mask is None:
-            return prompt, torch.ones_like(prompt)
-        if decoder_attention_mask.shape != decoder_input_ids.shape:
+        if prompt_mask is None:
+            return prompt_ids.to(self.device), torch.ones_like(prompt_ids, device=self.device)
+        if prompt_mask.shape != prompt_ids.shape:
             raise ValueError(
-                f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)}, decoder_input_ids "
-                f"{tuple(decoder_input_ids.shape)}: give one mask value per prefix token."
+                f"decoder_prompt_attention_mask has shape {tuple(prompt_mask.shape)}, decoder_prompt_ids "
+                f"{tuple(prompt_ids.shape)}: give one mask value per prefix token."
             )
-        return prompt, decoder_attention_mask.to(self.device)
+        return prompt_ids.to(self.device), prompt_mask.to(self.device)
 
     def _prepare_cache_for_generation(
         self,

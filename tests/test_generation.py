@@ -87,7 +87,7 @@ def test_without_inputs_each_sequence_is_decoded_from_its_own_prior_draw(model):
     assert torch.equal(greedy_rows, model.generate(latent=drawn, num_beams=2, max_new_tokens=5, min_new_tokens=5))
     prefix = greedy_rows[:2, :3]
     torch.manual_seed(0)
-    continued = model.generate(decoder_input_ids=prefix, do_sample=True, num_return_sequences=2, max_new_tokens=2)
+    continued = model.generate(decoder_prompt_ids=prefix, do_sample=True, num_return_sequences=2, max_new_tokens=2)
     assert continued.shape == (4, 5)
     assert torch.equal(continued[:, :3], prefix.repeat_interleave(2, dim=0))
 
@@ -113,23 +113,32 @@ def test_decoder_prefix_and_cache_continue_the_decoding(kind, injection):
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(0)) * 3
     full = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8)
     prefix = full[:, :4]
-    assert torch.equal(model.generate(latent=z, decoder_input_ids=prefix, max_new_tokens=5, min_new_tokens=5), full)
+    assert torch.equal(model.generate(latent=z, decoder_prompt_ids=prefix, max_new_tokens=5, min_new_tokens=5), full)
     static = model.generate(
-        latent=z, decoder_input_ids=prefix, max_new_tokens=5, min_new_tokens=5, cache_implementation="static"
+        latent=z, decoder_prompt_ids=prefix, max_new_tokens=5, min_new_tokens=5, cache_implementation="static"
     )
     assert torch.equal(static, full)
     head = model.generate(latent=z, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True)
     tail = model.generate(
-        latent=z, decoder_input_ids=head.sequences, cache=head.cache, max_new_tokens=5, min_new_tokens=5
+        latent=z, decoder_prompt_ids=head.sequences, cache=head.cache, max_new_tokens=5, min_new_tokens=5
     )
     assert torch.equal(tail, full)
-    shared = model.generate(latent=z, decoder_input_ids=prefix[:1], max_new_tokens=1)
+    shared = model.generate(latent=z, decoder_prompt_ids=prefix[:1], max_new_tokens=1)
     assert torch.equal(shared[:, :4], prefix[:1].expand(3, -1))
 
 
 def test_mismatched_prefix_rows_are_refused(model):
     z = model.sample_prior(3)
     with pytest.raises(ValueError, match="one prefix row per latent"):
-        model.generate(latent=z, decoder_input_ids=torch.full((2, 1), 2), max_new_tokens=2)
+        model.generate(latent=z, decoder_prompt_ids=torch.full((2, 1), 2), max_new_tokens=2)
     with pytest.raises(ValueError, match="one mask value per prefix token"):
-        model.generate(latent=z, decoder_input_ids=torch.full((3, 2), 2), decoder_attention_mask=torch.ones(3, 1))
+        model.generate(
+            latent=z, decoder_prompt_ids=torch.full((3, 2), 2), decoder_prompt_attention_mask=torch.ones(3, 1)
+        )
+
+
+def test_a_training_batch_is_reconstructed_not_continued(model):
+    """generate(**processor(texts)) encodes the texts; the batch's decoder inputs and labels are not a prompt."""
+    batch = tiny.processor()(tiny.sentences(2))
+    encoder = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    assert torch.equal(model.generate(**batch, max_new_tokens=4), model.generate(**encoder, max_new_tokens=4))

@@ -174,5 +174,34 @@ def test_decoder_without_cache_argument_error_says_what_was_looked_for():
         MineVaeModel(config, decoder=decoder)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_inputs_alone_decode_the_start_token(kind, batch):
+    """forward(x) decodes, as a decoder-only model's forward does: the first step, p(first token | z)."""
+    model = tiny.model(kind).eval()
+    out = model(**_encoder(batch), output_hidden_states=True)
+    start = batch["decoder_input_ids"][:, :1]
+    assert out.logits.shape == (3, 1, model.config.decoder.vocab_size)
+    assert out.hidden_states[-1].shape[:2] == (3, 1)
+    torch.testing.assert_close(out.logits, model(**_encoder(batch), decoder_input_ids=start).logits)
+
+
+def test_old_cache_name_is_accepted_with_transformers_warning(batch):
+    model = tiny.model().eval()
+    head = model(**_encoder(batch), decoder_input_ids=batch["decoder_input_ids"][:, :-1], use_cache=True)
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        old = model(latent=head.z, decoder_input_ids=batch["decoder_input_ids"][:, -1:], past_key_values=head.cache)
+    assert old.cache is head.cache and old.cache.get_seq_length() == batch["decoder_input_ids"].shape[1] + 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hidden_states_of_chosen_layers(kind, batch):
+    model = tiny.model(kind).eval()
+    every = model(**batch, output_hidden_states=True).hidden_states
+    chosen = model(**batch, output_hidden_states=[0, -1]).hidden_states
+    assert len(chosen) == len(every) and all(state is None for state in chosen[1:-1])
+    torch.testing.assert_close(chosen[0], every[0])
+    torch.testing.assert_close(chosen[-1], every[-1])
+
+
 def _encoder(batch):
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
