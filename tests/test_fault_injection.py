@@ -89,7 +89,11 @@ def test_sigkill_at_random_moments_then_resume_ends_where_an_uninterrupted_run_e
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     while not result.exists():
         process = subprocess.Popen(
-            _command(script, output_dir, result, 1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            _command(script, output_dir, result, 1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         if kills < 4:
             # Kill after a random number of further steps plus a random delay: inside a step, a save, or a restart.
