@@ -402,9 +402,18 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             generator (`torch.Generator`, *optional*, on the CPU): draws the pairing of the marginal pairs.
         """
         permutation = derangement(latent.shape[0], device=latent.device, generator=generator)
-        frozen = {name: param.detach() for name, param in self.critic.named_parameters()}
-        frozen.update(dict(self.critic.named_buffers()))
-        joint, marginal = torch.func.functional_call(self.critic, frozen, (pooler_output.detach(), latent, permutation))
+        # Held fixed by switching their gradients off for the call, not by running the critic on detached copies
+        # (torch.func.functional_call): DeepSpeed ZeRO-3 gathers a module's partitioned parameters in hooks on the
+        # module, and a copy is not a parameter it knows. The graph then holds no path to the critic's weights.
+        parameters = list(self.critic.parameters())
+        trainable = [p.requires_grad for p in parameters]
+        try:
+            for p in parameters:
+                p.requires_grad_(False)
+            joint, marginal = self.critic(pooler_output.detach(), latent, permutation)
+        finally:
+            for p, flag in zip(parameters, trainable):
+                p.requires_grad_(flag)
         return self.critic.lower_bound(joint, marginal)
 
     def critic_loss(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
