@@ -6,6 +6,11 @@ transformers' source, not in its wheel, so this module imports them from a sourc
 variable TRANSFORMERS_TESTS_DIR (`.ci/run` downloads the source distribution of the installed release and sets it).
 Nothing of transformers' test code is copied here.
 
+The source distribution on PyPI ships tests/test_modeling_common.py but not tests/generation/ (nor
+tests/exporters/), so from it `ModelTesterMixin` runs and `GenerationTesterMixin` cannot: the one common test that
+checks the generation tests ran says so as a skip (tests/test_generation.py covers generate). Pointed at a git
+checkout of the release, the module runs both mixins.
+
 Three tiny configurations run the mixins: BERT -> GPT-2 with z as memory and embedding (the default "both"),
 BERT -> Llama (grouped key/value heads, rotary positions), and BERT -> GPT-2 with z added to the embeddings only.
 Every common test passes or is named in `DEVIATIONS` below with the reason it cannot run as it is.
