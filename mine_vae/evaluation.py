@@ -397,6 +397,12 @@ def evaluate_vae(
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    sharded = _is_fsdp2_module(model)
+    if sharded:
+        # FSDP2 gathers the root's own parameters (the heads, the encoder's embeddings) in hooks that only `forward`
+        # fires, and this evaluation calls other methods; sub-modules sharded on their own (the transformer layers)
+        # still gather in their own forward.
+        model.unshard()
 
     total_nll = 0.0  # sum over sentences of -log p(x) (IW estimate)
     total_kl = 0.0
@@ -477,6 +483,8 @@ def evaluate_vae(
                 )
                 references.extend(_references(batch, labels, decoder_tokenizer))
     finally:
+        if sharded:
+            model.reshard()
         if hasattr(model, "train"):
             model.train(was_training)
 
@@ -518,6 +526,15 @@ def evaluate_vae(
             load_metric("reconstruction_bleu").compute(predictions=predictions, references=references)["score"]
         )
     return results
+
+
+def _is_fsdp2_module(model: Any) -> bool:
+    """Whether `model` was sharded with FSDP2 (`fully_shard`)."""
+    if not torch.distributed.is_available():  # builds without distributed support have no FSDP
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _exp(value: float) -> float:
