@@ -120,7 +120,7 @@ def test_overwrite_with_a_mistyped_file_keeps_the_previous_model(previous_run, t
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--learning_rate", "-1"], "--learning_rate must be a finite number >= 0"),
+        (["--learning_rate", "-1"], "learning_rate=-1.0 is not allowed: it must be a number >= 0"),
         (["--pooling", "bogus"], "pooling"),  # the model fails to build
     ],
 )
@@ -454,9 +454,9 @@ def test_a_tokenizer_larger_than_the_model(trained, corpus, tmp_path, command):
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--learning_rate=-1e-3"], "--learning_rate must be a finite number >= 0"),
-        (["--learning_rate", "nan"], "got nan"),
-        (["--critic_learning_rate", "inf"], "--critic_learning_rate must be a finite number"),
+        (["--learning_rate=-1e-3"], "learning_rate=-0.001 is not allowed: it must be a number >= 0"),
+        (["--learning_rate", "nan"], "learning_rate=nan is not allowed: it must be a finite number"),
+        (["--critic_learning_rate", "inf"], "critic_learning_rate=inf is not allowed: it must be a finite number"),
         (["--max_steps", "0"], "--max_steps must be at least 1"),
         (["--max_steps", "-5"], "--max_steps must be at least 1"),
     ],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import signal
 import sys
@@ -121,12 +120,8 @@ def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite
 
 
 def _check_training_values(training_args: Any) -> None:
-    """Values the Trainer accepts without complaint and then misuses: --max_steps 0 trains one step ("step 1/0"), a
-    negative or NaN learning rate fails with a traceback when the optimizer is built, after the data and model."""
-    for flag in ("learning_rate", "critic_learning_rate"):
-        value = getattr(training_args, flag)
-        if not (math.isfinite(value) and value >= 0):
-            raise CliError(f"--{flag} must be a finite number >= 0, got {value}; e.g. --{flag} 1e-3.")
+    """Values the Trainer accepts without complaint and then misuses: --max_steps 0 trains one step ("step 1/0").
+    (Negative, NaN and infinite rates are refused by MineVaeTrainingArguments itself.)"""
     if training_args.max_steps == 0 or training_args.max_steps < -1:
         raise CliError(
             f"--max_steps must be at least 1 (or -1 to train for --num_train_epochs), got {training_args.max_steps}."
