@@ -130,7 +130,8 @@ class MineVaePreTrainedModel(PreTrainedModel):
         """Like [`PreTrainedModel.from_pretrained`], but only ever reads safetensors weights: pickled weights
         (`.bin`, `.pt`) can run arbitrary code when loaded, so they are refused, and a corrupt file gets an error
         that says so. Weights that do not fit the config (missing or unexpected keys) are an error, not a warning:
-        a MINE-VAE with a silently random encoder or decoder is never what was saved."""
+        a MINE-VAE with a silently random encoder or decoder is never what was saved. With
+        `output_loading_info=True` they are reported in the returned info instead, as transformers does."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("MINE-VAE models load safetensors weights only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
@@ -153,7 +154,8 @@ class MineVaePreTrainedModel(PreTrainedModel):
                 "`model.save_pretrained(folder)` (which writes model.safetensors)."
             ) from error
         mismatched = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
-        if mismatched:
+        # A caller who asks for the loading info (or builds from a config with its own state_dict) judges it.
+        if mismatched and not wants_info and pretrained_model_name_or_path is not None:
             raise ValueError(
                 f"The weights in {pretrained_model_name_or_path} do not fit its config: "
                 f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s), e.g. "
@@ -283,8 +285,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         config._attn_implementation = {"": config._attn_implementation, **attention}
         return cls(config, encoder=encoder, decoder=decoder)
 
-    def activation_checkpointing_enable(self, *args, **kwargs) -> None:
-        super().activation_checkpointing_enable(*args, **kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
+        if self.config.injects_memory and reentrant:
+            # Reentrant checkpointing differentiates only through tensors passed to a layer as arguments; z's
+            # key/value position reaches the layer inside the cache object, so its gradient would be lost.
+            raise ValueError(
+                f"Reentrant activation checkpointing cannot carry z's gradient with latent_injection="
+                f"'{self.config.latent_injection}' (z reaches each layer inside the cache); drop use_reentrant=True "
+                "(transformers' default, use_reentrant=False, works) or use latent_injection='embedding'."
+            )
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
         if self.config.injects_memory:
             # z's key/value position reaches each layer through the cache, which checkpointing drops unless told it
             # may keep it. It may: without use_cache the cache is a `LatentPrefixLayer` stack, which stores nothing,

@@ -24,8 +24,10 @@ def one_thread() -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the markers of transformers' common tests (tests/test_transformers_common.py runs them from the
-    source tree in TRANSFORMERS_TESTS_DIR), which its pyproject.toml declares, so pytest does not warn about them."""
-    root = os.environ.get("TRANSFORMERS_TESTS_DIR")
+    source tree of tests/transformers_sources.py), which its pyproject.toml declares, so pytest does not warn."""
+    from transformers_sources import source_root
+
+    root = source_root()
     pyproject = os.path.join(root, "pyproject.toml") if root else None
     if pyproject is None or not os.path.isfile(pyproject):
         return

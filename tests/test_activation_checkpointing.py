@@ -33,3 +33,10 @@ def test_trainer_with_activation_checkpointing_matches_the_unchecked_run(kind, t
     unchecked, checked = runs
     for name, value in unchecked.items():
         torch.testing.assert_close(checked[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_reentrant_checkpointing_with_z_in_the_cache_is_refused_when_enabled():
+    model = tiny.model(latent_injection="both")
+    with pytest.raises(ValueError, match="use_reentrant=True"):
+        model.activation_checkpointing_enable({"use_reentrant": True})
+    tiny.model(latent_injection="embedding").activation_checkpointing_enable({"use_reentrant": True})

@@ -153,3 +153,13 @@ def test_a_frozen_side_is_bit_identical_after_training_and_the_heads_learn(side,
     other = "decoder" if side == "encoder" else "encoder"
     for prefix in (*model.head_names, other):
         assert any(n.startswith(f"{prefix}.") and not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_asking_for_the_loading_info_reports_mismatched_weights_instead_of_raising(tmp_path):
+    tiny.model("gpt2", latent_injection="memory").save_pretrained(tmp_path)
+    config = MineVaeModel.config_class.from_pretrained(tmp_path)
+    config.latent_injection = "embedding"
+    config.save_pretrained(tmp_path)
+    _, info = MineVaeModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert any(key.startswith("latent_to_embedding") for key in info["missing_keys"])
+    assert any(key.startswith("latent_to_key") for key in info["unexpected_keys"])

@@ -2,8 +2,9 @@
 
 A `PreTrainedModel` is trusted when it passes the tests every transformers model passes: `ModelTesterMixin`
 (tests/test_modeling_common.py) and `GenerationTesterMixin` (tests/generation/test_utils.py). Those live in
-transformers' source, not in its wheel, so this module imports them from a source tree named by the environment
-variable TRANSFORMERS_TESTS_DIR (`.ci/run` downloads the source distribution of the installed release and sets it).
+transformers' source, not in its wheel, so this module imports them from the source distribution of the installed
+release that `python tests/transformers_sources.py` fetches (the README's test command runs it), or from a source
+tree named by the environment variable TRANSFORMERS_TESTS_DIR.
 Nothing of transformers' test code is copied here.
 
 The source distribution on PyPI ships tests/test_modeling_common.py but not tests/generation/ (nor
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 import unittest
@@ -35,19 +35,19 @@ from transformers import BertConfig, GPT2Config, LlamaConfig
 
 from mine_vae import MineVaeConfig, MineVaeModel, MineVaeOutput
 
-SOURCE_VARIABLE = "TRANSFORMERS_TESTS_DIR"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transformers_sources import FETCH_COMMAND, SOURCE_VARIABLE, source_root  # noqa: E402
+
 _PACKAGE = "transformers_source_tests"  # transformers' tests/ imported under this name: ours is also "tests"
 _HOW = (
-    f"pip download --no-deps --no-binary :all: transformers=={transformers.__version__} -d /tmp/tf && "
-    f"tar xzf /tmp/tf/transformers-{transformers.__version__}.tar.gz -C /tmp/tf && "
-    f"export {SOURCE_VARIABLE}=/tmp/tf/transformers-{transformers.__version__} (as .ci/run does)"
+    f"run `{FETCH_COMMAND}` (the README's test command does), or point {SOURCE_VARIABLE} at a transformers source tree"
 )
 
 
 def _source_problem(root: str | None) -> str | None:
     """Why transformers' common tests cannot be imported from `root`, in one line; None when they can."""
     if not root:
-        return f"{SOURCE_VARIABLE} is unset, so transformers' common model tests cannot run: {_HOW}"
+        return f"transformers' test sources are not here, so its common model tests cannot run: {_HOW}"
     tests = Path(root, "tests")
     if not (tests / "test_modeling_common.py").is_file():
         return f"{SOURCE_VARIABLE}={root} holds no tests/test_modeling_common.py (a transformers source tree): {_HOW}"
@@ -108,7 +108,7 @@ def _import_source_tests(root: str) -> tuple[type, type | None]:
     return common.ModelTesterMixin, (generation.GenerationTesterMixin if generation is not None else None)
 
 
-_PROBLEM = _source_problem(os.environ.get(SOURCE_VARIABLE))
+_PROBLEM = _source_problem(source_root())
 # Torch on one thread (conftest.py says why): the common tests run hundreds of tiny forward passes.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +120,7 @@ def test_transformers_test_sources_are_available() -> None:
 
 
 if _PROBLEM is None:
-    ModelTesterMixin, GenerationTesterMixin = _import_source_tests(os.environ[SOURCE_VARIABLE])
+    ModelTesterMixin, GenerationTesterMixin = _import_source_tests(source_root())
 else:  # only the failing test above is collected
     ModelTesterMixin = GenerationTesterMixin = None
 
@@ -146,11 +146,6 @@ class Deviation:
     settings: tuple[tuple[str, object], ...] = ()
 
 
-_STRICT_LOADING = (
-    "MineVaeModel.from_pretrained refuses weights that do not fit the config, missing ones included (a MINE-VAE "
-    "with a silently random encoder or decoder is never what was saved), so loading no weights at all, which "
-    "this test does on purpose, is an error by design"
-)
 _UNTRAINED_BY_THE_LOSS = (
     "not every parameter gets a gradient from the loss, by design: the MI critic is held fixed in forward and "
     "trained by its own step (critic_loss), and the encoder's pooler is unused with pooling='mean'; the test runs "
@@ -175,8 +170,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "MineVaeModel is not a base model plus a head: it is an encoder, the posterior and injection heads and a "
         "decoder that keeps its own language-model head (as EncoderDecoderModel), so it is its own base model",
     ),
-    Deviation("test_model_weights_reload_no_missing_tied_weights", _STRICT_LOADING),
-    Deviation("test_can_init_all_missing_weights", _STRICT_LOADING),
+    Deviation(
+        "test_can_init_all_missing_weights",
+        "the GPT-2 decoder's Conv1D weights come out differently from the two initialisation paths this test compares "
+        "(built from the config, and materialised from the meta device with no weights), a difference inside "
+        "GPT2PreTrainedModel's initialisation of its Conv1D layers; the Llama configuration, whose layers take "
+        "transformers' generic initialisation, passes",
+        configs=("gpt2_both", "gpt2_embedding"),
+    ),
     Deviation("test_gradient_checkpointing_enable_disable", _OUTER_FLAG, configs=MEMORY_CONFIGS),
     Deviation("test_peft_gradient_checkpointing_enable_disable", _OUTER_FLAG, configs=MEMORY_CONFIGS),
     Deviation(
