@@ -13,14 +13,12 @@ Imports flow one way: the trainer and the CLI use this module; it uses the model
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -330,84 +328,12 @@ def _dataset_name(dataset: Any) -> str | None:
     return name if name and name not in generic else None
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# `mine-vae push FOLDER REPO_ID`
-# ------------------------------------------------------------------------------------------------------------------
-@dataclass
-class PushArguments:
-    """How `mine-vae push` uploads a folder."""
-
-    _argument_group_name = "push"
-
-    revision: str | None = field(
-        default=None, metadata={"help": "Branch to commit to (created from main if missing); default: main."}
-    )
-    private: bool = field(default=False, metadata={"help": "Create the repo private (no effect if it exists)."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
-    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License in the generated model card."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Training corpus named in the generated card (a Hub dataset id is linked)."}
-    )
-    base_models: list[str] | None = field(
-        default=None, metadata={"help": "Hub ids of the encoder and decoder (default: read from config.json)."}
-    )
-    json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
-
-
-def register_cli_commands() -> None:
-    """Add `push` to the `mine-vae` command line (called by `mine_vae.cli` when it builds its commands)."""
-    from . import cli
-
-    def positionals(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("folder", help="Folder written by `mine-vae train` or `save_pretrained`.")
-        parser.add_argument("repo_id", help="Hub repo, `user/name` (created if missing).")
-
-    def run(options: PushArguments, extra: argparse.Namespace) -> int:
-        try:
-            commit = push_folder(
-                extra.folder,
-                extra.repo_id,
-                revision=options.revision,
-                commit_message=options.commit_message,
-                private=options.private or None,
-                license=options.license,
-                dataset_name=options.dataset_name,
-                base_models=options.base_models,
-            )
-        except (ValueError, OSError) as error:  # OSError covers the client's HTTP errors (auth, missing repo)
-            raise cli.CliError(str(error)) from error
-        result = {"command": "push", "folder": extra.folder, "repo_id": extra.repo_id, "revision": commit.oid}
-        result["url"] = commit.commit_url
-        if options.json_output:
-            print(json.dumps(result, indent=2))
-        else:
-            print(f"Pushed {extra.folder} to {extra.repo_id}: commit {commit.oid} ({commit.commit_url}).")
-            print(f"Load it with MineVaeModel.from_pretrained({extra.repo_id!r}, revision={commit.oid!r}).")
-        return 0
-
-    cli.register_command(
-        cli.Command(
-            name="push",
-            usage="mine-vae push FOLDER REPO_ID [--revision BRANCH] [--private] [--json] [options]",
-            summary="Upload a trained model folder (weights, code, both tokenizers, a model card) to the Hub.",
-            examples="""examples:
-  mine-vae push mine-vae-small me/mine-vae-ptb
-  mine-vae push runs/ptb me/mine-vae-ptb --revision experiment-2 --dataset_name ptb_text_only --json""",
-            dataclasses=(PushArguments,),
-            run=run,
-            positionals=positionals,
-        )
-    )
-
-
 __all__ = [
-    "PushArguments",
     "check_model_folder",
     "folder_metrics",
     "latest_eval_metrics",
     "model_card",
     "push_folder",
     "push_to_hub",
-    "register_cli_commands",
     "write_trainer_model_card",
 ]

@@ -1,4 +1,4 @@
-"""The `mine-vae` command line: `train`, `evaluate`, `generate`, `interpolate` (and `push`, from its own module).
+"""The `mine-vae` command line: `train`, `evaluate`, `generate`, `interpolate`, `push`, one module each.
 
 Every command is an `HfArgumentParser` over dataclasses, so each field is a flag (`--max_steps` or `--max-steps`), and a
 JSON or YAML file of the same names is an alternative (`mine-vae train run.yaml`, `--config run.yaml`). Values are
@@ -12,7 +12,6 @@ finishes the current step, saves a resumable checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +42,7 @@ from .core import (
 from .evaluate import run_evaluate
 from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
 from .parsing import _parse
+from .push import PushArguments, push_positionals, run_push
 from .train import run_train
 
 __all__ = [
@@ -56,10 +56,6 @@ __all__ = [
     "main",
     "register_command",
 ]
-
-# Modules imported on first use of the CLI so that they can `register_command` (e.g. "mine_vae.hub" for `push`).
-_PLUGIN_MODULES: tuple[str, ...] = ("mine_vae.hub",)
-
 
 def _register_builtin_commands() -> None:
     register_command(
@@ -126,13 +122,24 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             positionals=_interpolate_positionals,
         )
     )
+    register_command(
+        Command(
+            name="push",
+            usage=f"{PROG} push FOLDER REPO_ID [--revision BRANCH] [--private] [--json] [options]",
+            summary="Upload a trained model folder (weights, code, both tokenizers, a model card) to the Hub.",
+            examples="""examples:
+  mine-vae push mine-vae-small me/mine-vae-ptb
+  mine-vae push runs/ptb me/mine-vae-ptb --revision experiment-2 --dataset_name ptb_text_only --json""",
+            dataclasses=(PushArguments,),
+            run=run_push,
+            positionals=push_positionals,
+        )
+    )
 
 
 def _ensure_commands() -> None:
     if not COMMANDS:
         _register_builtin_commands()
-        for module in _PLUGIN_MODULES:
-            importlib.import_module(module).register_cli_commands()
 
 
 def _overview() -> str:

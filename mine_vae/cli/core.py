@@ -34,8 +34,8 @@ class CliError(Exception):
 @dataclass(frozen=True)
 class Command:
     """
-    One `mine-vae` subcommand. Other modules add theirs with `register_command` (the `push` command of the Hub issue
-    belongs in its own module and registers itself; see `mine_vae.cli._PLUGIN_MODULES`).
+    One `mine-vae` subcommand: each lives in its own module of `mine_vae.cli` and is registered by
+    `mine_vae.cli._register_builtin_commands` with `register_command`.
 
     Args:
         name: the word after `mine-vae`.
