@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, mi_lower_bound
+from .hub import push_to_hub
 from .modeling_mine_vae import MineVaeModel, MineVaeOutput, MineVaePosterior, MineVaePreTrainedModel
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
 from .trainer import MineVaeTrainer
@@ -19,6 +20,8 @@ AutoProcessor.register(MineVaeConfig, MineVaeProcessor, exist_ok=True)
 # save_pretrained copies the modelling files and writes `auto_map`, so the folder loads with trust_remote_code alone.
 MineVaeConfig.register_for_auto_class()
 MineVaeModel.register_for_auto_class("AutoModel")
+# model.push_to_hub also uploads the processor and a MINE-VAE model card (the model file cannot import the hub code).
+MineVaeModel.hub_push = push_to_hub
 
 __all__ = [
     "MineCritic",

@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -674,16 +675,20 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         shifted[:, 1:] = labels[:, :-1]
         return shifted.masked_fill(shifted == -100, pad)
 
+    # The package sets this to `mine_vae.hub.push_to_hub` when it is imported (mine_vae/__init__.py): the model file
+    # imports only its configuration and critic, because it also runs as remote code, where the package may be absent.
+    hub_push: ClassVar[Callable[..., Any] | None] = None
+
     def push_to_hub(self, repo_id: str, *, processor: Any = None, **kwargs: Any) -> Any:
         """Upload in one commit: safetensors weights, config with `auto_map`, the modelling code, a MINE-VAE model
-        card and, with `processor=`, both tokenizers (options: `mine_vae.hub.push_to_hub`)."""
-        try:  # absolute import: this file also runs as remote code, where the package may be absent
-            from mine_vae.hub import push_to_hub
-        except ImportError:
+        card and, with `processor=`, both tokenizers (options: `mine_vae.hub.push_to_hub`). Without the mine-vae
+        package (remote code), the weights and the processor go up as transformers pushes them."""
+        push = type(self).hub_push
+        if push is None:
             if processor is not None:
                 processor.push_to_hub(repo_id, **kwargs)
             return super().push_to_hub(repo_id, **kwargs)
-        return push_to_hub(self, repo_id, processor, **kwargs)
+        return push(self, repo_id, processor, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Latent-space helpers
