@@ -49,6 +49,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .modeling_mine_vae import MineVaePosterior
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -82,7 +84,7 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """
     if mu.dim() != 2 or mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must both be (B, L); got {tuple(mu.shape)} and {tuple(logvar.shape)}.")
-    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(dim=0)
+    return MineVaePosterior(mu=mu, logvar=logvar).kl_per_dimension()
 
 
 def importance_weighted_log_likelihood(
@@ -154,9 +156,8 @@ def mutual_information(
     mu = mu.detach().to(torch.float64)
     logvar = logvar.detach().to(torch.float64)
 
-    std = torch.exp(0.5 * logvar)
-    eps = torch.randn((num_samples, num_examples, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = (mu + std * eps).reshape(num_samples * num_examples, latent_size)  # (M, L), row s * N + i
+    z = MineVaePosterior(mu=mu, logvar=logvar).sample(num_samples, generator)
+    z = z.reshape(num_samples * num_examples, latent_size)  # (M, L), row s * N + i
     source = torch.arange(num_examples, device=mu.device).repeat(num_samples)  # (M,): the i of each row
 
     if closed_form_entropy:
@@ -308,15 +309,14 @@ def importance_weighted_log_marginal(
         ``(B,)``: ``log p(x)`` estimates in nats, float32.
     """
     batch_size, latent_size = mu.shape
-    std = torch.exp(0.5 * logvar)
+    posterior = MineVaePosterior(mu=mu, logvar=logvar)
     per_call = samples_per_call or budgeted_samples_per_call(
         num_samples, batch_size, labels.shape[1], _vocab_size(model), mu.device
     )
     log_px, log_pz, log_qz = [], [], []
     for begin in range(0, num_samples, per_call):
         num = min(per_call, num_samples - begin)
-        eps = torch.randn((num, batch_size, latent_size), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + std * eps  # (num, B, L)
+        z = posterior.sample(num, generator)  # (num, B, L)
         rows = model.log_likelihood(
             z.reshape(num * batch_size, latent_size).to(latent_dtype or mu.dtype),
             _repeat_rows(decoder_input_ids, num),
@@ -433,8 +433,10 @@ def evaluate_vae(
             posterior = model.encode(input_ids, attention_mask, **encode_kwargs)
             latent_dtype = posterior.mu.dtype
             # Metrics in float32 even under bf16/fp16 weights: log-weights are hundreds of nats.
-            mu, logvar = posterior.mu.float(), posterior.logvar.float()
-            std = torch.exp(0.5 * logvar)
+            posterior = MineVaePosterior(
+                mu=posterior.mu.float(), logvar=posterior.logvar.float(), pooler_output=posterior.pooler_output
+            )
+            mu, logvar = posterior.mu, posterior.logvar
             batch_size = mu.shape[0]
             num_examples += batch_size
             num_tokens += int((labels != -100).sum())
@@ -444,11 +446,10 @@ def evaluate_vae(
                 batch_word_counts_seen = False
             all_mu.append(mu.cpu())
             all_logvar.append(logvar.cpu())
-            total_kl += float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum())
+            total_kl += float(posterior.kl_per_dimension().sum()) * batch_size
 
             # One posterior sample for the reconstruction term and the critic's bound.
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + std * eps
+            z = posterior.sample(generator=generator)
             log_px = model.log_likelihood(
                 z.to(latent_dtype), decoder_input_ids, labels, decoder_attention_mask=decoder_attention_mask
             )
