@@ -1,27 +1,50 @@
-"""The study machinery of bench/study_ptb.py on the tiny preset: 2 methods x 1 seed x a few steps, in seconds.
+"""The posterior-collapse study (`mine_vae.study`, `mine-vae study`) on the tiny preset: 2 methods x 1 seed x a few
+steps, in seconds.
 
 Checks that each finished run writes its results, that a rerun skips finished runs, that a run stopped mid-way
-resumes from its checkpoint, and that the page section (table, claims) and the plots are produced.
+resumes from its checkpoint, that the page section (table, claims) and the plots are produced, that the command runs
+end to end on a user's corpus, and that `--report_only` rebuilds the committed section of docs/benchmarks.md from the
+committed results.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
-import sys
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import tiny
 from datasets import Dataset, DatasetDict
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import study_ptb  # noqa: E402
+from mine_vae import MineVaeConfig
+from mine_vae.cli import main
+from mine_vae.study import (
+    CRITIC_WARMUP_RATIO,
+    Budget,
+    StudyData,
+    StudyPaths,
+    prepare_data,
+    read_section,
+    report,
+    resolve_method,
+    run_one,
+    run_study,
+)
+from mine_vae.study.methods import MINE_TRAINING_SETTINGS, MODEL_SETTINGS
+from mine_vae.study.runner import REPORTED_ARGS
 
+REPO = Path(__file__).resolve().parent.parent
 METHODS = ["vae", "mine-xi1"]
-BUDGET = study_ptb.Budget(
+BUDGET = Budget(
     steps=4, eval_examples=16, importance_samples=2, bleu_examples=8, probe_examples=16, log_points=2, saves=2
 )
+BUDGET_FLAGS = ["--steps", "4", "--importance_samples", "2", "--log_points", "2", "--saves", "2"]
 
 
 class StopAt(TrainerCallback):
@@ -39,26 +62,37 @@ class StopAt(TrainerCallback):
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """`mine-vae` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="module")
-def data() -> study_ptb.StudyData:
+def data() -> StudyData:
     corpus = DatasetDict(
         {
             name: Dataset.from_dict({"text": tiny.sentences(count, seed=seed)})
             for name, count, seed in (("train", 64, 0), ("validation", 24, 1), ("test", 24, 2))
         }
     )
-    return study_ptb.prepare_data("tiny", corpus)
+    return prepare_data("tiny", corpus)
 
 
 @pytest.fixture(scope="module")
-def study(data, tmp_path_factory) -> study_ptb.StudyPaths:
+def study(data, tmp_path_factory) -> StudyPaths:
     folder = tmp_path_factory.mktemp("study")
-    paths = study_ptb.StudyPaths(out=folder / "results", work=folder / "work")
-    ran = study_ptb.run_study(METHODS, [0], BUDGET, paths, data=data, preset_name="tiny")
+    paths = StudyPaths(out=folder / "results", work=folder / "work")
+    ran = run_study(METHODS, [0], BUDGET, paths, data=data, preset_name="tiny")
     assert ran == [(method, 0) for method in METHODS]
     return paths
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The library
+# --------------------------------------------------------------------------------------------------------------------
 def test_each_run_writes_its_results(study):
     for method in METHODS:
         result = json.loads(study.result(method, 0).read_text())
@@ -70,40 +104,52 @@ def test_each_run_writes_its_results(study):
         assert not study.run_dir(method, 0).exists()  # checkpoints removed once the results are written
     vae, mine = (json.loads(study.result(m, 0).read_text()) for m in METHODS)
     assert vae["model"]["mi_weight"] == 0 and mine["model"]["mi_weight"] > 0
-    assert mine["training"]["critic_warmup_steps"] == round(study_ptb.CRITIC_WARMUP_RATIO * BUDGET.steps)
+    assert mine["training"]["critic_warmup_steps"] == round(CRITIC_WARMUP_RATIO * BUDGET.steps)
+
+
+def test_recorded_settings_are_the_dataclass_fields(study):
+    """A run records every field MINE-VAE adds to the config and to the training arguments, read from the
+    dataclasses, so that a field added there is recorded without touching the study."""
+    config_fields = {f.name for f in dataclasses.fields(MineVaeConfig)}
+    assert {"latent_size", "xi", "kl_weight", "mi_weight", "free_bits"} <= set(MODEL_SETTINGS) <= config_fields
+    assert {"kl_schedule", "critic_steps", "mi_warmup_steps", "free_bits"} <= set(MINE_TRAINING_SETTINGS)
+    assert not set(MINE_TRAINING_SETTINGS) & {f.name for f in dataclasses.fields(TrainingArguments)}
+    result = json.loads(study.result("mine-xi1", 0).read_text())
+    assert set(result["architecture"]) == {*MODEL_SETTINGS, "encoder", "decoder", "parameters"}
+    assert set(result["training"]) == set(REPORTED_ARGS)
 
 
 def test_rerun_skips_finished_runs(study, data):
     before = {m: study.result(m, 0).stat().st_mtime_ns for m in METHODS}
-    assert study_ptb.run_study(METHODS, [0], BUDGET, study, data=data, preset_name="tiny") == []
+    assert run_study(METHODS, [0], BUDGET, study, data=data, preset_name="tiny") == []
     assert {m: study.result(m, 0).stat().st_mtime_ns for m in METHODS} == before
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
-    paths = study_ptb.StudyPaths(out=tmp_path / "results", work=tmp_path / "work")
-    stopped = study_ptb.run_one("beta-anneal", 0, BUDGET, paths, data, "tiny", callbacks=[StopAt(2)])
+    paths = StudyPaths(out=tmp_path / "results", work=tmp_path / "work")
+    stopped = run_one("beta-anneal", 0, BUDGET, paths, data, "tiny", callbacks=[StopAt(2)])
     assert stopped is None and not paths.result("beta-anneal", 0).exists()
     assert (paths.run_dir("beta-anneal", 0) / "checkpoint-2").is_dir()
-    result = study_ptb.run_one("beta-anneal", 0, BUDGET, paths, data, "tiny")
+    result = run_one("beta-anneal", 0, BUDGET, paths, data, "tiny")
     assert result is not None and result["resumed_from"] == "checkpoint-2" and result["steps"] == BUDGET.steps
     assert result["curves"]["step"] == [1.0, 2.0, 4.0]  # the log history before the interruption is kept
     assert json.loads(paths.result("beta-anneal", 0).read_text())["resumed_from"] == "checkpoint-2"
 
 
 def test_variant_overrides_settings():
-    method = study_ptb.resolve_method("mine-dv@mi_weight=5,critic_steps=2,critic_warmup_ratio=0.1")
+    method = resolve_method("mine-dv@mi_weight=5,critic_steps=2,critic_warmup_ratio=0.1")
     assert method.model["mi_weight"] == 5 and method.model["xi"] == "dv"
     assert method.training["critic_steps"] == 2 and method.training["critic_warmup_ratio"] == 0.1
     with pytest.raises(ValueError, match="neither"):
-        study_ptb.resolve_method("vae@no_such_setting=1")
+        resolve_method("vae@no_such_setting=1")
     with pytest.raises(ValueError, match="Unknown method"):
-        study_ptb.resolve_method("no-such-method")
+        resolve_method("no-such-method")
 
 
 def test_report_writes_table_claims_and_plots(study, tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nCommentary kept.\n\n<!-- BEGIN other -->\nold\n<!-- END other -->\n")
-    text = study_ptb.report(study.out, METHODS, doc, {"command": "python bench/study_ptb.py --test"})
+    text = report(study.out, METHODS, doc, {"command": "mine-vae study --test"})
     page = doc.read_text()
     assert text is not None and "Commentary kept." in page and "<!-- BEGIN other -->\nold" in page
     assert page.count("<!-- BEGIN results -->") == 1 and page.count("<!-- BEGIN ") == 2  # a new section, appended
@@ -113,7 +159,79 @@ def test_report_writes_table_claims_and_plots(study, tmp_path):
         assert (study.out / name).read_bytes().startswith(b"\x89PNG")
         assert f"results/{name})" in text  # linked relative to the page
     # Rewriting replaces the section instead of appending another.
-    study_ptb.report(study.out, METHODS, doc, {"command": "python bench/study_ptb.py --test"})
+    report(study.out, METHODS, doc, {"command": "mine-vae study --test"})
     assert doc.read_text().count("<!-- BEGIN ") == 2
     summary = json.loads((study.out / "summary.json").read_text())
     assert set(summary) == set(METHODS)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------------------------
+def test_command_runs_the_study_on_a_users_corpus(tmp_path):
+    """`mine-vae study` end to end on the tiny preset and a training file (validation and test held out of it)."""
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
+    out, doc = tmp_path / "study", tmp_path / "page.md"
+    argv = ["study", *METHODS, "--preset", "tiny", "--quick", "--train_file", str(train), *BUDGET_FLAGS]
+    argv += ["--out", str(out), "--work_dir", str(tmp_path / "work"), "--doc", str(doc)]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 0, stderr
+    assert "No test split: holding out" in stderr and "[mine-xi1 seed 0] step 4/4" in stderr
+    for method in METHODS:
+        result = json.loads((out / "finished" / f"{method}-seed0.json").read_text())
+        assert result["preset"] == "tiny" and result["steps"] == 4 and result["budget"]["importance_samples"] == 2
+        assert result["data"]["corpus"] == "train.txt" and result["data"]["held_out"] == ["validation", "test"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["command"].startswith("mine-vae study vae mine-xi1 --preset tiny --quick ")
+    assert "--steps 4" in meta["command"] and f"--train_file {train}" in meta["command"]
+    assert len(meta["invocations"]) == 1 and meta["invocations"][0]["runs"] == 2
+    assert "| VAE (β = 1) | 1 |" in stdout and "test split of train.txt" in stdout
+    assert read_section(doc, "study") == stdout.strip()
+    # The same command again trains nothing and records no invocation.
+    code, stdout_again, stderr = run_cli(argv)
+    assert code == 0 and "done already" in stderr and "step 1/4" not in stderr
+    assert len(json.loads((out / "meta.json").read_text())["invocations"]) == 1
+
+
+def test_report_only_rebuilds_the_committed_section(tmp_path):
+    """`--report_only` on the committed quick study gives the section docs/benchmarks.md holds, from its results
+    alone. The hardware line names the machine and library versions that write the report, so those are masked."""
+    page = REPO / "docs" / "benchmarks.md"
+    out = tmp_path / "bench" / "results" / "study-quick"  # a copy: the report rewrites summary.json and the plots
+    shutil.copytree(REPO / "bench" / "results" / "study-quick", out)
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    shutil.copy(page, doc)
+    code, stdout, stderr = run_cli(["study", "--quick", "--report_only", "--out", str(out), "--doc", str(doc)])
+    assert code == 0, stderr
+    generated, expected = read_section(doc, "study-quick"), read_section(page, "study-quick")
+    assert expected is not None and generated == stdout.strip()
+    assert _machine_masked(generated) == _machine_masked(expected)
+
+
+def _machine_masked(section: str) -> str:
+    return re.sub(r"- Hardware: .*?; torch threads per run:", "- Hardware: ...; torch threads per run:", section)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["no-such-method"], "Unknown method 'no-such-method'"),
+        (["vae@mi_weight=-1"], "mi_weight"),
+        (["--preset", "minilm-smollm2"], "has no study yet"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--eval_split", "train"], "eval_split must be test or validation"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+    ],
+)
+def test_command_refuses_bad_input_in_one_line(argv, message, tmp_path):
+    code, stdout, stderr = run_cli(["study", *argv, "--out", str(tmp_path / "out")])
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("mine-vae study: error: ") and message in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing trained
+
+
+def test_report_only_without_results_says_so(tmp_path):
+    code, _, stderr = run_cli(["study", "--report_only", "--no_plots", "--out", str(tmp_path / "empty")])
+    assert code == 2 and "no finished runs in" in stderr and stderr.count("\n") == 1

@@ -43,6 +43,7 @@ from .evaluate import run_evaluate
 from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
 from .parsing import _parse
 from .push import PushArguments, push_positionals, run_push
+from .study import STUDY_COMMAND
 from .train import run_train
 
 __all__ = [
@@ -122,6 +123,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             positionals=_interpolate_positionals,
         )
     )
+    register_command(STUDY_COMMAND)
     register_command(
         Command(
             name="push",
