@@ -39,11 +39,22 @@ from typing import Any
 
 import torch
 
+from mine_vae.study import (
+    DEFAULT_PRESET,
+    QUICK,
+    StudyData,
+    build_model,
+    cpu_model,
+    quiet_libraries,
+    resolve_method,
+    training_kwargs,
+    write_section,
+)
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-
-import study_ptb  # noqa: E402  (a sibling script)
+DOC = REPO / "docs" / "benchmarks.md"
+sys.path.insert(0, str(BENCH))  # bench_model.py and bench_trainer.py, imported by the ratio rows
 
 SECTION = "speed"
 
@@ -157,15 +168,15 @@ def ptb_batch(processor: Any, texts: Sequence[str], size: int, seed: int) -> dic
     return dict(processor([fitting[i] for i in chosen]))
 
 
-def small_trainer(data: study_ptb.StudyData, output_dir: str) -> Any:
+def small_trainer(data: StudyData, output_dir: str) -> Any:
     """A `MineVaeTrainer` of the small preset, its optimizers built, ready for `training_step`."""
     from mine_vae.trainer import MineVaeTrainer
     from mine_vae.training_args import MineVaeTrainingArguments
 
-    method = study_ptb.resolve_method(THROUGHPUT_METHOD)
-    model, processor = study_ptb.build_model(study_ptb.PRESET, data, method, seed=0)
-    budget = study_ptb.QUICK
-    kwargs = study_ptb.training_kwargs(study_ptb.PRESET, method, budget, 0, Path(output_dir))
+    method = resolve_method(THROUGHPUT_METHOD)
+    model, processor = build_model(DEFAULT_PRESET, data, method, seed=0)
+    budget = QUICK
+    kwargs = training_kwargs(DEFAULT_PRESET, method, budget, 0, Path(output_dir))
     args = MineVaeTrainingArguments(**{**kwargs, "save_strategy": "no"})
     trainer = MineVaeTrainer(model=model, args=args, processing_class=processor)
     trainer.create_optimizer_and_scheduler(num_training_steps=budget.steps)
@@ -203,7 +214,7 @@ class Throughput:
 
 
 def measure_variant(
-    data: study_ptb.StudyData,
+    data: StudyData,
     batch: dict[str, torch.Tensor],
     variant: str,
     repeats: int,
@@ -239,8 +250,8 @@ def throughput_rows(quick: bool, clock: Callable[[], float]) -> tuple[list[Row],
 
     repeats, warmup = (3, 1) if quick else (10, 2)
     texts = list(load_corpus()["train"]["text"])
-    data = study_ptb.StudyData(texts, None, {})
-    _, processor = study_ptb.build_model(study_ptb.PRESET, data, study_ptb.resolve_method("vae"), seed=0)
+    data = StudyData(texts, None, {})
+    _, processor = build_model(DEFAULT_PRESET, data, resolve_method("vae"), seed=0)
     batch = ptb_batch(processor, texts, size=32, seed=0)
     tokens = int((batch["labels"] != -100).sum())
     results = [measure_variant(data, batch, variant, repeats, warmup, clock) for variant in VARIANTS]
@@ -283,7 +294,7 @@ def environment(clock: str) -> str:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"CPU: {study_ptb.cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} thread(s)), transformers {transformers.__version__}, Python "
         f"{platform.python_version()}; clock: {clock}; load average {load:.1f} at the end"
     )
@@ -326,14 +337,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--skip-ratios", action="store_true", help="only the throughput rows")
-    parser.add_argument("--doc", type=Path, default=study_ptb.DOC, help="page to write the section into")
+    parser.add_argument("--doc", type=Path, default=DOC, help="page to write the section into")
     parser.add_argument("--no-doc", action="store_true", help="print and save JSON only")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    study_ptb._quiet()
+    quiet_libraries()
     if args.clock == "cpu":
         args.threads = 1
     if args.threads:
@@ -350,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"rows": [dataclasses.asdict(r) for r in rows], "throughput": [dataclasses.asdict(r) for r in results]}
     out.write_text(json.dumps(payload, indent=1) + "\n")
     if not args.no_doc:
-        study_ptb.write_section(args.doc, SECTION, text)
+        write_section(args.doc, SECTION, text)
     return 0
 
 
