@@ -440,11 +440,15 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         self.critic.update_moving_average(marginal)
         return -self.critic.lower_bound(joint, marginal)
 
-    def _latent_cache(self, latent: torch.Tensor, cache: Cache | None, store: bool) -> Cache:
+    def _latent_cache(
+        self, latent: torch.Tensor, cache: Cache | None, store: bool, dtype: torch.dtype | None = None
+    ) -> Cache:
         """z's key/value position in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
         when the decoder's keys and values are to be kept (`store`, generation), else a `LatentPrefixLayer` stack that
-        keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing)."""
-        dtype = self.decoder.get_input_embeddings().weight.dtype
+        keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing). `dtype` is
+        the decoder's compute dtype (default: its embedding weights'; under mixed precision the token embeddings'
+        output dtype, which the decoder's keys and values will have)."""
+        dtype = dtype or self.decoder.get_input_embeddings().weight.dtype
         batch_size = latent.shape[0]
         keys = self.latent_to_key(latent.to(self.latent_to_key.weight.dtype)).to(dtype)
         values = self.latent_to_value(latent.to(self.latent_to_value.weight.dtype)).to(dtype)
@@ -470,13 +474,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
         if use_cache and self.is_activation_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
+        embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
         if self.config.injects_memory:
             if cache is None or int(cache.get_seq_length()) == 0:
-                cache = self._latent_cache(latent, cache, store=use_cache or cache is not None)
+                cache = self._latent_cache(latent, cache, store=use_cache or cache is not None, dtype=embeddings.dtype)
             decoder_attention_mask = _with_latent_column(
                 decoder_attention_mask, int(cache.get_seq_length()) + decoder_input_ids.shape[1]
             )
-        embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
         if self.config.injects_embedding:
             shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
             embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)

@@ -193,7 +193,7 @@ class MineVaeProcessor(ProcessorMixin):
             ("encoder", self.encoder_tokenizer, model.encoder.get_input_embeddings()),
             ("decoder", self.decoder_tokenizer, model.decoder.get_input_embeddings()),
         ):
-            rows = embeddings.weight.shape[0]
+            rows = embeddings.num_embeddings  # not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows
             if len(tokenizer) > rows:
                 raise ValueError(
                     f"The {side} tokenizer has {len(tokenizer)} tokens but the {side}'s embedding has {rows} rows: "
