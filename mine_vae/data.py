@@ -2,7 +2,7 @@
 
 Everything returns a :class:`datasets.DatasetDict` whose sentences live in a ``"text"`` column, stripped
 and non-empty, so the processor, the trainer and the CLI never care where the text came from. This module
-imports nothing else from the package (see DESIGN.md: data feeds the trainer and the CLI).
+imports nothing else from the package (docs/architecture.md: data feeds the trainer, the study and the CLI).
 """
 
 from __future__ import annotations
