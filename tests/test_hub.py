@@ -530,3 +530,35 @@ def test_push_to_hub_rejects_wrong_arguments(tmp_path: Path) -> None:
     model.config.decoder_start_token_id = 3
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         mine_hub.push_to_hub(model, "user/x", processor)
+
+
+def test_an_adapter_trained_vae_is_shared_as_an_adapter_or_merged(local_hub: LocalHub) -> None:
+    """The two ways docs/scaling.md gives: the adapter with the heads (peft's push_to_hub; the base models are
+    named) and the merged weights (the model's own push_to_hub, loadable without peft)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from mine_vae.adapters import train_heads_with_adapters
+
+    model = train_heads_with_adapters(get_peft_model(tiny.model(), LoraConfig(target_modules=["c_attn"], r=4)))
+    with torch.no_grad():  # stand-in for training: adapters and heads away from their initial values
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    model.eval()
+    processor = tiny.processor()
+    inputs = fixed_inputs(processor)
+    expected = reference(model, inputs)
+
+    def assert_close(got: dict[str, torch.Tensor]) -> None:  # merging W + BA rounds differently from W x + B(A x)
+        assert expected.keys() == got.keys()
+        for name in ("logits", "mu", "logvar", "latent_logits"):
+            torch.testing.assert_close(got[name], expected[name], msg=name)
+
+    model.push_to_hub("user/adapter")
+    assert "adapter_model.safetensors" in HfApi().list_repo_files("user/adapter")
+    assert_close(reference(PeftModel.from_pretrained(tiny.model(), "user/adapter").eval(), inputs))
+
+    merged = model.merge_and_unload()
+    merged.push_to_hub("user/merged", processor=processor)
+    assert_close(reference(MineVaeModel.from_pretrained("user/merged"), inputs))
+    assert local_hub.unknown_requests == []
