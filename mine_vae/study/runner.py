@@ -15,12 +15,12 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,6 +442,8 @@ _WORKER_DATA: list[StudyData] = []
 
 
 def _worker_init(data: StudyData, threads: int | None) -> None:
+    # Ctrl-C is the parent's to handle: it stops every worker at once (a run resumes from its last checkpoint).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         torch.set_num_threads(threads)
     quiet_libraries()
@@ -488,12 +490,15 @@ def run_study(
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, context, initializer=_worker_init, initargs=(data, threads)) as pool:
-        futures = [
-            pool.submit(_worker_run, spec, seed, budget, paths, preset_name, keep_checkpoints) for spec, seed in todo
+    # A Pool, not a ProcessPoolExecutor: leaving the block terminates the workers, so an interrupted or failed study
+    # stops them all instead of letting them train through the runs already queued.
+    with context.Pool(jobs, initializer=_worker_init, initargs=(data, threads)) as pool:
+        pending = [
+            pool.apply_async(_worker_run, (spec, seed, budget, paths, preset_name, keep_checkpoints))
+            for spec, seed in todo
         ]
-        for future in futures:
-            future.result()
+        for result in pending:
+            result.get()
     return todo
 
 
