@@ -76,6 +76,7 @@ _CONSTANT_BETA = {"kl_schedule": "constant", "free_bits": 0.0}
 _ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO, "free_bits": 0.0}
 _WATCHING = {"mi_weight": 0.0, "xi": "dv"}  # λ = 0: the critic only measures, with the DV bound (stable, tightest)
 _MINE_SCHEDULE = {"critic_warmup_ratio": CRITIC_WARMUP_RATIO, "mi_warmup_ratio": 0.0, "mi_schedule": "linear"}
+checked_fields(MineVaeTrainingArguments, [*CRITIC, *RATIO_SETTINGS.values()])  # set outside any method's table
 
 
 @dataclass(frozen=True)
