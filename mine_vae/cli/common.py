@@ -107,7 +107,7 @@ def _weights_problem(loading: dict[str, Any]) -> str | None:
         )
     missing = sorted(loading.get("missing_keys") or [])
     if missing:
-        return f"the config has {len(missing)} tensor(s) the weights lack, e.g. {missing[0]}"
+        return f"{len(missing)} tensor(s) of the config are missing from the weights, e.g. {missing[0]}"
     unexpected = sorted(loading.get("unexpected_keys") or [])
     if unexpected:
         return f"the weights hold {len(unexpected)} tensor(s) the config has no place for, e.g. {unexpected[0]}"
