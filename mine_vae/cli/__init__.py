@@ -1,4 +1,4 @@
-"""The `mine-vae` command line: `train`, `evaluate`, `generate`, `interpolate`, `push`, one module each.
+"""The `mine-vae` command line: `train`, `evaluate`, `generate`, `interpolate`, `study`, `push`, one module each.
 
 Every command is an `HfArgumentParser` over dataclasses, so each field is a flag (`--max_steps` or `--max-steps`), and a
 JSON or YAML file of the same names is an alternative (`mine-vae train run.yaml`, `--config run.yaml`). Values are
