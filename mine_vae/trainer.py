@@ -675,14 +675,14 @@ def _as_ids(value: Any) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 # Samplers whose order is a function of (seed, epoch)
 # --------------------------------------------------------------------------------------------------------------------
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' `LengthGroupedSampler` shuffling from a generator seeded with `seed + epoch` at each pass
-    (accelerate's `SeedableRandomSampler` convention), so any epoch's order can be replayed on resume."""
+class _EpochSeeded:
+    """Shuffles from a generator seeded with `seed + epoch` at each pass (accelerate's `SeedableRandomSampler`
+    convention), so any epoch's order can be replayed on resume. Mixed into a sampler that draws from
+    `self.generator`."""
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.epoch = 0
+    generator: torch.Generator
+    seed: int
+    epoch: int
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer (through accelerate's data loader) before each epoch."""
@@ -690,8 +690,17 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
     def __iter__(self) -> Iterator[int]:
         self.generator.manual_seed(self.seed + self.epoch)
-        yield from super().__iter__()
+        yield from super().__iter__()  # type: ignore[misc]
         self.epoch += 1  # as accelerate's: a loader iterated without set_epoch still reshuffles each pass
+
+
+class SeededLengthGroupedSampler(_EpochSeeded, LengthGroupedSampler):
+    """transformers' `LengthGroupedSampler`, shuffling from `seed + epoch` at each pass."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -830,21 +839,13 @@ def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -
             getattr(model, side).requires_grad_(False)
 
 
-class SeededRandomSampler(RandomSampler):
+class SeededRandomSampler(_EpochSeeded, RandomSampler):
     """A `RandomSampler` shuffling from `seed + epoch` at each pass, for when accelerate's seedable sampler is off."""
 
     def __init__(self, data_source: Any, seed: int):
         super().__init__(data_source, generator=torch.Generator())
         self.seed = seed
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        self.generator.manual_seed(self.seed + self.epoch)
-        yield from super().__iter__()
-        self.epoch += 1
 
 
 # --------------------------------------------------------------------------------------------------------------------
