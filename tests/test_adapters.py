@@ -92,21 +92,11 @@ def test_plain_peft_idiom_trains_through_the_trainer_and_round_trips(kind, batch
     """The user writes only get_peft_model(vae, LoraConfig(target_modules=...)); the trainer does the rest."""
     import datasets
 
-    from mine_vae import MineVaeTrainer, MineVaeTrainingArguments
+    from mine_vae import MineVaeTrainer
 
     model = get_peft_model(tiny.model(kind, mi_weight=1.0), LoraConfig(target_modules=TARGETS[kind], r=4))
     vae = peft_base_vae(model)
-    args = MineVaeTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=3,
-        learning_rate=3e-3,
-        critic_warmup_steps=0,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = tiny.training_args(tmp_path / "out", max_steps=3, critic_warmup_steps=0)
     data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
     trainer = MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}  # the heads are peft-wrapped by now
@@ -128,22 +118,13 @@ def test_plain_peft_idiom_trains_through_the_trainer_and_round_trips(kind, batch
 def test_a_frozen_side_is_bit_identical_after_training_and_the_heads_learn(side, tmp_path):
     import datasets
 
-    from mine_vae import MineVaeTrainer, MineVaeTrainingArguments
+    from mine_vae import MineVaeTrainer
 
     model = tiny.model(mi_weight=1.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = MineVaeTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=3,
-        learning_rate=3e-3,
-        weight_decay=0.1,  # would move a frozen weight if the optimizer held it
-        critic_warmup_steps=0,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        **{f"freeze_{side}": True},
+    # weight_decay would move a frozen weight if the optimizer held it
+    args = tiny.training_args(
+        tmp_path / "out", max_steps=3, weight_decay=0.1, critic_warmup_steps=0, **{f"freeze_{side}": True}
     )
     data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
     MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data).train()

@@ -16,21 +16,7 @@ from mine_vae.training_args import MineVaeTrainingArguments
 
 
 def make_args(tmp_path, **overrides) -> MineVaeTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=6,
-        learning_rate=3e-3,
-        logging_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        critic_warmup_steps=1,
-        eval_importance_samples=2,
-    )
-    return MineVaeTrainingArguments(**{**defaults, **overrides})
+    return tiny.training_args(tmp_path / "out", **overrides)
 
 
 def make_trainer(tmp_path, model=None, dataset_size=48, **overrides) -> MineVaeTrainer:

@@ -36,21 +36,9 @@ MAX_STEPS, SAVE_STEPS = 6, 2  # checkpoints at 2 (mid first epoch), 4 (mid secon
 
 
 def make_args(output_dir, **overrides) -> MineVaeTrainingArguments:
-    defaults = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=BATCH_SIZE,
-        max_steps=MAX_STEPS,
-        learning_rate=3e-3,
-        logging_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        critic_warmup_steps=1,
-        eval_importance_samples=2,
+    return tiny.training_args(
+        output_dir, **{"per_device_train_batch_size": BATCH_SIZE, "max_steps": MAX_STEPS, **overrides}
     )
-    return MineVaeTrainingArguments(**{**defaults, **overrides})
 
 
 def texts(count: int = DATASET_SIZE, seed: int = 0) -> datasets.Dataset:

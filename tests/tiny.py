@@ -97,3 +97,25 @@ def model(kind: str = "gpt2", seed: int = 0, **config_kwargs) -> MineVaeModel:
     config_kwargs.setdefault("critic_hidden_size", 16)
     config = MineVaeConfig(encoder=encoder_config(), decoder=decoder_config(kind), **config_kwargs)
     return MineVaeModel(config)
+
+
+def training_args(output_dir, **overrides):
+    """`MineVaeTrainingArguments` for a few seconds of CPU training of a tiny model: 6 steps of 8 sentences, no saves,
+    no reporting; `overrides` change any of them."""
+    from mine_vae import MineVaeTrainingArguments
+
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        max_steps=6,
+        learning_rate=3e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        critic_warmup_steps=1,
+        eval_importance_samples=2,
+    )
+    return MineVaeTrainingArguments(**{**defaults, **overrides})
