@@ -352,3 +352,14 @@ def test_the_installed_entry_point_fails_cleanly(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
     assert "missing.txt" in lines[0] and "does not exist" in lines[0]
+
+
+def test_the_critics_depth_and_moving_average_are_flags(tmp_path):
+    output_dir = tmp_path / "model"
+    code, _, err = run(
+        ["train", "--preset", "tiny", "--output_dir", str(output_dir), "--max_steps", "2",
+         "--critic_num_layers", "3", "--xi", "ema", "--ema_decay", "0.9", "--max_train_examples", "64"]
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((output_dir / "config.json").read_text())
+    assert (config["critic_num_layers"], config["xi"], config["ema_decay"]) == (3, "ema", 0.9)

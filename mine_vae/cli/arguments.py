@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..configuration_mine_vae import MineVaeConfig
 from ..presets import DEFAULT_PRESET, PRESETS
 from .decoding import generation_limit
 
@@ -37,13 +38,18 @@ class ModelArguments:
         default=None, metadata={"help": "How z reaches the decoder: memory, embedding or both."}
     )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
+    critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
     xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "Decay of the moving average of E_marginal[e^f] (with --xi ema)."}
+    )
     kl_weight: float | None = field(default=None, metadata={"help": "Peak beta (weight of the KL term)."})
     mi_weight: float | None = field(default=None, metadata={"help": "Peak lambda (weight of the MI lower bound)."})
 
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
-        names = ("latent_size", "pooling", "latent_injection", "critic_hidden_size", "xi", "kl_weight", "mi_weight")
+        # Every field of this class that MineVaeConfig also has (the others choose the model: preset, encoder, decoder).
+        names = [spec.name for spec in fields(self) if spec.name in MineVaeConfig.__dataclass_fields__]
         kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if "xi" in kwargs:
             kwargs["xi"] = _parse_xi(kwargs["xi"])
