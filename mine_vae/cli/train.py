@@ -254,7 +254,10 @@ def run_train(
             if training_args.push_to_hub and not training_args.hub_model_id:
                 training_args.hub_model_id = output_dir.absolute().name  # the Hub repo is named after the folder
             training_args.output_dir = str(run_dir)
-        trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
+        # Building the trainer can import libraries that print to stdout (DeepSpeed, when installed, announces its
+        # accelerator there); stdout carries the results only.
+        with _stdout_to_stderr(run.json_output):
+            trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
         with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output), _write_errors(run_dir):
             try:
                 trainer.train(resume_from_checkpoint=checkpoint)
