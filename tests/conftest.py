@@ -1,6 +1,7 @@
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
     markers += ["accelerate_tests: transformers' marker", "slow: transformers' marker", "torch_compile_test: ditto"]
     for marker in markers:
         config.addinivalue_line("markers", marker)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """A tiny training and validation corpus as text files, one sentence a line (for the command-line tests)."""
+    import tiny
+
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
+    files["train"].write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
+    files["validation"].write_text("\n".join(tiny.sentences(20, seed=1)) + "\n")
+    return files

@@ -38,22 +38,9 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("corpus")
-    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
-    files["train"].write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
-    files["validation"].write_text("\n".join(tiny.sentences(20, seed=1)) + "\n")
-    return files
-
-
-def data_flags(corpus: dict[str, Path]) -> list[str]:
-    return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
-
-
-@pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("run") / "model"
-    code, out, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), "--json"])
+    code, out, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), "--json"])
     assert code == 0, err
     return output_dir, json.loads(out)
 
@@ -170,7 +157,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkeyp
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args, **kwargs)
 
-    flags = ["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), "--save_steps", "100"]
+    flags = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), "--save_steps", "100"]
     monkeypatch.setattr(MineVaeTrainer, "training_step", interrupted_at_step_3)
     code, _, err = run(flags)
     assert code == 130, err
@@ -249,7 +236,7 @@ def test_output_folder_with_another_model_is_not_overwritten(trained, corpus):
     output_dir, _ = trained
     weights = output_dir / "model.safetensors"
     before = weights.read_bytes()
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir)])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir)])
     assert_one_line_error(code, err, "already holds a trained model", "--overwrite")
     assert weights.read_bytes() == before
 

@@ -67,22 +67,9 @@ def snapshot(folder: Path) -> dict[str, str | None]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("corpus")
-    files = {"train": folder / "train.txt", "validation": folder / "valid.txt"}
-    files["train"].write_text("\n".join(tiny.sentences(80, seed=0)) + "\n")
-    files["validation"].write_text("\n".join(tiny.sentences(20, seed=1)) + "\n")
-    return files
-
-
-def data_flags(corpus: dict[str, Path]) -> list[str]:
-    return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
-
-
-@pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("run") / "model"
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
     assert code == 0, err
     return output_dir
 
@@ -127,7 +114,7 @@ def test_overwrite_with_a_mistyped_file_keeps_the_previous_model(previous_run, t
 def test_overwrite_that_fails_before_training_keeps_the_previous_model(previous_run, corpus, flags, fragment):
     before = snapshot(previous_run)
     code, _, err = run(
-        ["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK, *flags]
+        ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK, *flags]
     )
     assert_one_line_error(code, err, fragment)
     assert snapshot(previous_run) == before
@@ -143,7 +130,9 @@ def test_overwrite_that_fails_later_keeps_the_previous_model(previous_run, corpu
     # nothing of the failed run left behind.
     before = snapshot(previous_run)
     monkeypatch.setattr(MineVaeTrainer, failing, _disk_full)
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK])
+    code, _, err = run(
+        ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK]
+    )
     lines = [line for line in err.strip().splitlines() if line.startswith("mine-vae")]
     assert code == 2 and "Traceback" not in err, err
     assert len(lines) == 1 and "could not save" in lines[0] and "the disk is full" in lines[0], err
@@ -157,7 +146,7 @@ def test_overwrite_replaces_only_what_train_wrote(previous_run, corpus):
         [
             "train",
             *TINY,
-            *data_flags(corpus),
+            *tiny.cli_data_flags(corpus),
             "--output_dir",
             str(previous_run),
             "--overwrite",
@@ -223,7 +212,7 @@ def test_a_users_checkpoint_folder_is_neither_an_unfinished_run_nor_rotated_away
     (output_dir / "checkpoint-best").mkdir(parents=True)
     (output_dir / "checkpoint-best" / "weights.bin").write_bytes(b"mine")
     _an_hour_old(output_dir / "checkpoint-best")
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
     assert code == 0, err
     assert (output_dir / "checkpoint-best" / "weights.bin").read_bytes() == b"mine"
     assert (output_dir / "checkpoint-2").is_dir() and (output_dir / "model.safetensors").is_file()
@@ -239,7 +228,7 @@ def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(pr
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args, **kwargs)
 
-    flags = ["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK]
+    flags = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK]
     monkeypatch.setattr(MineVaeTrainer, "training_step", interrupted_at_step_2)
     code, _, err = run([*flags, "--max_steps", "4", "--save_steps", "100"])
     assert code == 130, err
@@ -273,7 +262,7 @@ def test_config_values_are_checked_like_flags(previous_run, corpus, tmp_path, se
     before = snapshot(previous_run)
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"preset": "tiny", "output_dir": str(previous_run), **settings}))
-    code, _, err = run(["train", str(config), *data_flags(corpus)])
+    code, _, err = run(["train", str(config), *tiny.cli_data_flags(corpus)])
     assert_one_line_error(code, err, str(config), *fragments)
     assert snapshot(previous_run) == before
 
@@ -282,7 +271,7 @@ def test_a_false_overwrite_in_a_config_file_is_false(previous_run, corpus, tmp_p
     before = snapshot(previous_run)
     config = tmp_path / "run.yaml"
     config.write_text(f"preset: tiny\noutput_dir: {previous_run}\noverwrite: false\nmax_steps: 2\n")
-    code, _, err = run(["train", str(config), *data_flags(corpus)])
+    code, _, err = run(["train", str(config), *tiny.cli_data_flags(corpus)])
     assert_one_line_error(code, err, "already holds a trained model", "--overwrite")
     assert snapshot(previous_run) == before
 
@@ -381,7 +370,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_training(
     monkeypatch.setattr("mine_vae.cli.output.mkstemp", _refusing(error_number))
     monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained before the check"))
     output_dir = tmp_path / "model"
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
     assert_one_line_error(code, err, "--output_dir", "not writable", fragment)
     assert not output_dir.exists()
 
@@ -391,7 +380,7 @@ def test_a_full_disk_fails_before_training(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr("mine_vae.cli.output.disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained before the check"))
     output_dir = tmp_path / "model"
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK])
     assert_one_line_error(code, err, "0.0 MB free", "a checkpoint needs about", "free some space")
     assert not output_dir.exists()
 
@@ -464,7 +453,7 @@ def test_a_tokenizer_larger_than_the_model(trained, corpus, tmp_path, command):
 def test_bad_training_values(corpus, tmp_path, monkeypatch, flags, fragment):
     monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained with a bad value"))
     output_dir = tmp_path / "model"
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(output_dir), *flags])
+    code, _, err = run(["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *flags])
     assert_one_line_error(code, err, fragment)
     assert not output_dir.exists()
 
@@ -532,7 +521,9 @@ def test_ctrl_c_while_the_model_loads(trained, monkeypatch):
 def test_ctrl_c_while_an_overwrite_starts_keeps_the_previous_model(previous_run, corpus, monkeypatch):
     before = snapshot(previous_run)
     monkeypatch.setattr("mine_vae.cli.train._make_trainer", _interrupt)  # after the staging folder exists
-    code, _, err = run(["train", *TINY, *data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK])
+    code, _, err = run(
+        ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(previous_run), "--overwrite", *QUICK]
+    )
     assert code == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "mine-vae train: interrupted."
     assert snapshot(previous_run) == before

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import tiny
 from datasets import Dataset, DatasetDict
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 from mine_vae import MineVaeConfig
 from mine_vae.cli import main
@@ -45,18 +45,6 @@ BUDGET = Budget(
     steps=4, eval_examples=16, importance_samples=2, bleu_examples=8, probe_examples=16, log_points=2, saves=2
 )
 BUDGET_FLAGS = ["--steps", "4", "--importance_samples", "2", "--log_points", "2", "--saves", "2"]
-
-
-class StopAt(TrainerCallback):
-    """Stops training after `step` (after that step's checkpoint is saved), as an interruption would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -127,7 +115,7 @@ def test_rerun_skips_finished_runs(study, data):
 
 def test_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
     paths = StudyPaths(out=tmp_path / "results", work=tmp_path / "work")
-    stopped = run_one("beta-anneal", 0, BUDGET, paths, data, "tiny", callbacks=[StopAt(2)])
+    stopped = run_one("beta-anneal", 0, BUDGET, paths, data, "tiny", callbacks=[tiny.StopAt(2)])
     assert stopped is None and not paths.result("beta-anneal", 0).exists()
     assert (paths.run_dir("beta-anneal", 0) / "checkpoint-2").is_dir()
     result = run_one("beta-anneal", 0, BUDGET, paths, data, "tiny")

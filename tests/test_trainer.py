@@ -9,7 +9,6 @@ import datasets
 import pytest
 import tiny
 import torch
-from transformers import TrainerCallback
 
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 from mine_vae.training_args import MineVaeTrainingArguments
@@ -29,15 +28,6 @@ def make_trainer(tmp_path, model=None, dataset_size=48, **overrides) -> MineVaeT
         train_dataset=data,
         eval_dataset=data.select(range(min(16, dataset_size))),
     )
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
@@ -97,7 +87,7 @@ def test_resume_continues_exactly(tmp_path):
     expected = parameters(full.model)
 
     first = make_trainer_with_ema(tmp_path / "half", max_steps=6, save_strategy="steps", save_steps=3)
-    first.add_callback(StopAt(3))  # an interruption half-way through the same 6-step run
+    first.add_callback(tiny.StopAt(3))  # an interruption half-way through the same 6-step run
     first.train()
     checkpoint = last_complete_checkpoint(first.args.output_dir)
     assert checkpoint.endswith("checkpoint-3")

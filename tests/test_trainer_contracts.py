@@ -12,7 +12,7 @@ import pytest
 import tiny
 import torch
 from safetensors.torch import save_file
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.optimization import Adafactor, get_scheduler
 
 from mine_vae.trainer import (
@@ -357,7 +357,7 @@ class EarlierVersionTrainer(MineVaeTrainer):
 def test_a_checkpoint_of_an_earlier_version_still_resumes_exactly(tmp_path, uninterrupted, step):
     _, expected = uninterrupted("group_by_length")
     old = checkpointing_trainer(tmp_path / "old", "group_by_length", trainer_class=EarlierVersionTrainer)
-    old.add_callback(StopAt(step))
+    old.add_callback(tiny.StopAt(step))
     old.train()
     checkpoint = tmp_path / "old" / f"checkpoint-{step}"
     names = set(os.listdir(checkpoint))
@@ -366,15 +366,6 @@ def test_a_checkpoint_of_an_earlier_version_still_resumes_exactly(tmp_path, unin
     resumed = checkpointing_trainer(tmp_path / "new", "group_by_length")
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert_same_state(state(resumed.model), expected)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers import BertConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, TrainerCallback
 
 from mine_vae import MineVaeConfig, MineVaeModel, MineVaeProcessor
 
@@ -119,3 +119,20 @@ def training_args(output_dir, **overrides):
         eval_importance_samples=2,
     )
     return MineVaeTrainingArguments(**{**defaults, **overrides})
+
+
+class StopAt(TrainerCallback):
+    """Stops training after `step` (after that step's checkpoint is saved), as an interruption would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def cli_data_flags(corpus: dict) -> list[str]:
+    """`mine-vae` flags naming the training and validation files of the `corpus` fixture (tests/conftest.py)."""
+    return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
