@@ -98,7 +98,7 @@ def build(encoder: str, decoder: str, latent_size: int, max_length: int) -> tupl
         decoder_tokenizer.pad_token = decoder_tokenizer.unk_token or decoder_tokenizer.eos_token
     # The new parts (posterior, latent injection, critic) start from random weights; the two models keep theirs.
     model = MineVaeModel.from_encoder_decoder_pretrained(
-        encoder, decoder, latent_size=latent_size, xi=1.0, kl_weight=1.0, mi_weight=1.0
+        encoder, decoder, latent_size=latent_size, xi=1.0, kl_weight=1.0, mi_weight=1.0, free_bits=0.1
     )
     processor = MineVaeProcessor(
         encoder_tokenizer, decoder_tokenizer, max_encoder_length=max_length + 2, max_decoder_length=max_length + 1
@@ -140,7 +140,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             warmup_steps=min(100, args.max_steps // 10),
             critic_warmup_steps=min(200, args.max_steps // 10),  # the critic learns the bound before lambda > 0
             kl_warmup_ratio=0.3,  # beta rises from 0 over the first 30%: the encoder writes into z first
-            free_bits=0.1,
             bf16=torch.cuda.is_available(),
             dataloader_pin_memory=torch.cuda.is_available(),
             logging_steps=max(1, min(50, args.max_steps // 4)),

@@ -77,7 +77,6 @@ MINE_VAE_ARGUMENTS = (
     "kl_cycles",
     "kl_zero_ratio",
     "kl_increase_ratio",
-    "free_bits",
     "eval_importance_samples",
 )
 CITATION = (

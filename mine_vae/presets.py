@@ -42,7 +42,7 @@ class Preset:
     Args:
         name: what `--preset` takes.
         description: one line for `--help` and error messages.
-        model: `MineVaeConfig` keyword arguments (latent size, ξ, β and λ peaks, pooling, ...).
+        model: `MineVaeConfig` keyword arguments (latent size, ξ, β and λ peaks, free bits, pooling, ...).
         training: `MineVaeTrainingArguments` keyword arguments (steps, batch size, schedules, critic warm-up, ...).
         data: the CLI's data settings (`max_length`, `overlength`, `vocab_size`, `max_eval_examples`, ...).
         encoder_config, decoder_config: for a model trained from scratch, `BertConfig` / `GPT2Config` keyword
@@ -121,6 +121,10 @@ PRESETS: dict[str, Preset] = {
             "xi": "dv",
             "kl_weight": 1.0,
             "mi_weight": 2.0,
+            # 0.25 nats per dimension (8 nats over z): the KL has no reason to collapse below it, and the critic's
+            # bound (lambda above) rewards spending it on what tells sentences apart. A decoder trained for minutes
+            # cannot use much more: at 0.4 the KL rose to 11 nats and the NLL by 5.
+            "free_bits": 0.25,
         },
         training={
             **_COMMON_TRAINING,
@@ -138,10 +142,6 @@ PRESETS: dict[str, Preset] = {
             "critic_warmup_steps": 100,
             "mi_warmup_steps": 200,
             "kl_warmup_ratio": 0.5,
-            # 0.25 nats per dimension (8 nats over z): the KL has no reason to collapse below it, and the critic's
-            # bound (lambda above) rewards spending it on what tells sentences apart. A decoder trained for minutes
-            # cannot use much more: at 0.4 the KL rose to 11 nats and the NLL by 5.
-            "free_bits": 0.25,
             "eval_importance_samples": 10,
         },
         data={
@@ -210,6 +210,7 @@ PRESETS: dict[str, Preset] = {
             "critic_hidden_size": 512,
             "xi": "dv",  # as in `small`: the NWJ bound's e^f diverged in long runs
             "mi_weight": 1.0,
+            "free_bits": 0.1,
         },
         training={
             **_COMMON_TRAINING,
@@ -225,7 +226,6 @@ PRESETS: dict[str, Preset] = {
             "critic_warmup_steps": 200,
             "mi_warmup_steps": 500,
             "kl_warmup_ratio": 0.3,
-            "free_bits": 0.1,
             "eval_importance_samples": 50,
         },
         data={"max_length": 64, "overlength": "drop", "max_eval_examples": None},

@@ -141,8 +141,6 @@ class MineVaeTrainer(Trainer):
             _check_columns(kwargs.get(name), name, own_collator, processing_class is not None)
         if data_collator is None:
             data_collator = MineVaeTrainingCollator.for_model(model, processing_class)
-        if args.free_bits is not None:
-            model.config.free_bits = args.free_bits
         if model.config.mi_weight > 0 and args.per_device_train_batch_size < 2:
             raise ValueError(
                 "The MI bound pairs each example with another example's z, so per_device_train_batch_size must be "

@@ -14,7 +14,8 @@ from .schedules import SCHEDULE_KINDS, WeightSchedule
 class MineVaeTrainingArguments(TrainingArguments):
     r"""
     [`~transformers.TrainingArguments`] for [`MineVaeTrainer`]. The peak values of β and λ are the model's
-    `config.kl_weight` and `config.mi_weight`; these arguments shape them over the run.
+    `config.kl_weight` and `config.mi_weight`; these arguments shape them over the run. Free bits are the model's
+    `config.free_bits` alone: like β and λ they change the objective, so they are saved with the model.
 
     Defaults are chosen against posterior collapse (see docs/method.md): β rises linearly from 0 over the first 30%
     of training, so the encoder writes into z before the KL pushes back, and the critic trains alone for the first
@@ -55,9 +56,6 @@ class MineVaeTrainingArguments(TrainingArguments):
     kl_increase_ratio: float = field(
         default=0.25, metadata={"help": "With kl_schedule='cyclical': fraction of each cycle where beta rises."}
     )
-    free_bits: float | None = field(
-        default=None, metadata={"help": "Free bits per latent dimension (nats); overrides model.config.free_bits."}
-    )
     freeze_encoder: bool = field(
         default=False,
         metadata={"help": "Keep the pretrained encoder's weights fixed (the posterior and the critic still train)."},
@@ -92,7 +90,6 @@ class MineVaeTrainingArguments(TrainingArguments):
         _require(0 <= self.kl_warmup_ratio <= 1, "kl_warmup_ratio", self.kl_warmup_ratio, "a number in [0, 1]")
         _require(self.kl_warmup_steps >= 0, "kl_warmup_steps", self.kl_warmup_steps, "an integer >= 0")
         _require(self.eval_importance_samples >= 1, "eval_importance_samples", self.eval_importance_samples, ">= 1")
-        _require(self.free_bits is None or self.free_bits >= 0, "free_bits", self.free_bits, "None or a number >= 0")
         for name in ("mi_schedule", "kl_schedule"):
             _require(getattr(self, name) in SCHEDULE_KINDS, name, getattr(self, name), f"one of {SCHEDULE_KINDS}")
         if self.fp16:

@@ -21,6 +21,7 @@ import torch
 
 from mine_vae import MineVaeModel, MineVaeProcessor
 from mine_vae.cli import COMMANDS, format_table, main
+from mine_vae.cli.parsing import _parse
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 
 TINY = ["--preset", "tiny"]
@@ -341,12 +342,24 @@ def test_the_installed_entry_point_fails_cleanly(tmp_path):
     assert "missing.txt" in lines[0] and "does not exist" in lines[0]
 
 
-def test_the_critics_depth_and_moving_average_are_flags(tmp_path):
+def test_the_critics_depth_moving_average_and_free_bits_are_model_flags(tmp_path):
     output_dir = tmp_path / "model"
     code, _, err = run(
         ["train", "--preset", "tiny", "--output_dir", str(output_dir), "--max_steps", "2",
-         "--critic_num_layers", "3", "--xi", "ema", "--ema_decay", "0.9", "--max_train_examples", "64"]
+         "--critic_num_layers", "3", "--xi", "ema", "--ema_decay", "0.9", "--free_bits", "0.2",
+         "--max_train_examples", "64"]
     )  # fmt: skip
     assert code == 0, err
     config = json.loads((output_dir / "config.json").read_text())
     assert (config["critic_num_layers"], config["xi"], config["ema_decay"]) == (3, "ema", 0.9)
+    assert config["free_bits"] == 0.2
+
+
+def test_free_bits_are_a_model_setting_with_the_presets_default():
+    """Free bits belong to MineVaeConfig (they change the objective, like β and λ): a preset's value, a flag and a
+    config file's setting all reach the config; the training arguments have no such field."""
+    parsed = {type(value).__name__: value for value in _parse(COMMANDS["train"], ["--preset", "small"])}
+    assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.25
+    assert not hasattr(parsed["MineVaeTrainingArguments"], "free_bits")
+    parsed = {type(value).__name__: value for value in _parse(COMMANDS["train"], [*TINY, "--free_bits", "0.3"])}
+    assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.3

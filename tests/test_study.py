@@ -27,6 +27,7 @@ from mine_vae.cli import main
 from mine_vae.study import (
     CRITIC_WARMUP_RATIO,
     Budget,
+    Method,
     StudyData,
     StudyPaths,
     prepare_data,
@@ -37,6 +38,7 @@ from mine_vae.study import (
     run_study,
 )
 from mine_vae.study.methods import MINE_TRAINING_SETTINGS, MODEL_SETTINGS
+from mine_vae.study.report import free_bits
 from mine_vae.study.runner import REPORTED_ARGS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +94,7 @@ def test_each_run_writes_its_results(study):
         assert not study.run_dir(method, 0).exists()  # checkpoints removed once the results are written
     vae, mine = (json.loads(study.result(m, 0).read_text()) for m in METHODS)
     assert vae["model"]["mi_weight"] == 0 and mine["model"]["mi_weight"] > 0
+    assert vae["model"]["free_bits"] == vae["architecture"]["free_bits"] == 0.0  # not the tiny preset's
     assert mine["training"]["critic_warmup_steps"] == round(CRITIC_WARMUP_RATIO * BUDGET.steps)
 
 
@@ -100,7 +103,8 @@ def test_recorded_settings_are_the_dataclass_fields(study):
     dataclasses, so that a field added there is recorded without touching the study."""
     config_fields = {f.name for f in dataclasses.fields(MineVaeConfig)}
     assert {"latent_size", "xi", "kl_weight", "mi_weight", "free_bits"} <= set(MODEL_SETTINGS) <= config_fields
-    assert {"kl_schedule", "critic_steps", "mi_warmup_steps", "free_bits"} <= set(MINE_TRAINING_SETTINGS)
+    assert {"kl_schedule", "critic_steps", "mi_warmup_steps"} <= set(MINE_TRAINING_SETTINGS)
+    assert "free_bits" not in MINE_TRAINING_SETTINGS  # the config's alone, like β and λ
     assert not set(MINE_TRAINING_SETTINGS) & {f.name for f in dataclasses.fields(TrainingArguments)}
     result = json.loads(study.result("mine-xi1", 0).read_text())
     assert set(result["architecture"]) == {*MODEL_SETTINGS, "encoder", "decoder", "parameters"}
@@ -132,6 +136,19 @@ def test_variant_overrides_settings():
         resolve_method("vae@no_such_setting=1")
     with pytest.raises(ValueError, match="Unknown method"):
         resolve_method("no-such-method")
+
+
+def test_free_bits_are_read_from_new_and_old_results():
+    """Runs record free bits with the method's model settings; results written while free bits were a training
+    argument hold them among the training settings, and still report them."""
+    assert resolve_method("optimus").model["free_bits"] == 0.5 and "free_bits" not in resolve_method("optimus").training
+    assert resolve_method("vae@free_bits=0.3").model["free_bits"] == 0.3
+    with pytest.raises(TypeError, match="free_bits are MineVaeConfig settings; give them in `model`"):
+        Method("mine", "MINE", {}, {"free_bits": 0.5}, "mine")
+    assert free_bits({"model": {"free_bits": 0.5}, "training": {}}) == 0.5
+    assert free_bits({"model": {"kl_weight": 1.0}, "training": {"free_bits": 0.25}}) == 0.25
+    old = json.loads((REPO / "bench/results/study-quick/finished/optimus-seed0.json").read_text())
+    assert "free_bits" not in old["model"] and free_bits(old) == old["training"]["free_bits"] == 0.5
 
 
 def test_report_writes_table_claims_and_plots(study, tmp_path):

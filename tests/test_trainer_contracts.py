@@ -517,3 +517,9 @@ def test_checkpoint_rotation_leaves_the_users_own_checkpoint_folders(tmp_path):
 def test_non_finite_or_negative_rates_are_refused_naming_the_argument(tmp_path, name, value):
     with pytest.raises(ValueError, match=rf"MineVaeTrainingArguments\.{name}="):
         MineVaeTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **{name: value})
+
+
+def test_free_bits_are_not_a_training_argument(tmp_path):
+    """Free bits are the model's `config.free_bits` alone (saved with the model, like β and λ)."""
+    with pytest.raises(TypeError, match="free_bits"):
+        MineVaeTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, free_bits=0.1)

@@ -45,6 +45,10 @@ class ModelArguments:
     )
     kl_weight: float | None = field(default=None, metadata={"help": "Peak beta (weight of the KL term)."})
     mi_weight: float | None = field(default=None, metadata={"help": "Peak lambda (weight of the MI lower bound)."})
+    free_bits: float | None = field(
+        default=None,
+        metadata={"help": "Free bits per latent dimension (nats): a dimension's KL below it costs nothing."},
+    )
 
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""

@@ -1,9 +1,9 @@
 """The methods of the posterior-collapse study, their `NAME@key=value,...` variants, and the budgets runs get.
 
 Every method trains the same model from the same initial weights per seed; a method only sets `MineVaeConfig` fields
-(`model`: the β and λ peaks, ξ) and `MineVaeTrainingArguments` fields (`training`: the β and λ schedules, free
-bits). A `Budget` says how long each run trains and how it is evaluated; a `StudyPreset` pairs a model preset of
-`mine_vae.presets` with the budgets of its full and quick study.
+(`model`: the β and λ peaks, ξ, free bits) and `MineVaeTrainingArguments` fields (`training`: the β and λ
+schedules, the critic's warm-up). A `Budget` says how long each run trains and how it is evaluated; a `StudyPreset`
+pairs a model preset of `mine_vae.presets` with the budgets of its full and quick study.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CONFIG_SETTINGS: tuple[str, ...] = tuple(
 MODEL_SETTINGS: tuple[str, ...] = tuple(
     name for name in CONFIG_SETTINGS if name not in set(_field_names(PreTrainedConfig))
 )
-# The fields `MineVaeTrainingArguments` adds to `TrainingArguments`: the β, λ, free-bits and critic settings.
+# The fields `MineVaeTrainingArguments` adds to `TrainingArguments`: the β and λ schedules and the critic settings.
 MINE_TRAINING_SETTINGS: tuple[str, ...] = tuple(
     name for name in _field_names(MineVaeTrainingArguments) if name not in set(_field_names(TrainingArguments))
 )
@@ -71,9 +71,12 @@ MINE_ANNEAL = {"mi_weight": 3.0}  # λ on top of β-annealing (λ = 1 collapsed 
 CRITIC = {"critic_learning_rate": 1e-3, "critic_steps": 1}  # every method, baselines included
 CRITIC_WARMUP_RATIO = 0.05  # the critic learns alone for the first 5% of the steps, then λ enters at full weight
 KL_WARMUP_RATIO = 0.5  # β-annealing: β rises linearly from 0 to 1 over the first half of the steps
-OPTIMUS = {"kl_schedule": "cyclical", "kl_cycles": 4, "free_bits": 0.5}  # Li et al. 2020 (Fu et al. 2019 cycles)
-_CONSTANT_BETA = {"kl_schedule": "constant", "free_bits": 0.0}
-_ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO, "free_bits": 0.0}
+# Li et al. 2020 (Fu et al. 2019 cycles): cyclical β (a schedule) with free bits (part of the objective, the config's)
+OPTIMUS = {"kl_schedule": "cyclical", "kl_cycles": 4}
+OPTIMUS_FREE_BITS = {"free_bits": 0.5}
+_NO_FREE_BITS = {"free_bits": 0.0}  # every other method: the preset's free bits would blur the comparison
+_CONSTANT_BETA = {"kl_schedule": "constant"}
+_ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO}
 _WATCHING = {"mi_weight": 0.0, "xi": "dv"}  # λ = 0: the critic only measures, with the DV bound (stable, tightest)
 _MINE_SCHEDULE = {"critic_warmup_ratio": CRITIC_WARMUP_RATIO, "mi_warmup_ratio": 0.0, "mi_schedule": "linear"}
 checked_fields(MineVaeTrainingArguments, [*CRITIC, *RATIO_SETTINGS.values()])  # set outside any method's table
@@ -92,6 +95,11 @@ class Method:
     def __post_init__(self) -> None:
         checked_fields(MineVaeConfig, self.model)
         unknown = set(self.training) - set(TRAINING_SETTINGS) - set(RATIO_SETTINGS)
+        misplaced = sorted(unknown & set(CONFIG_SETTINGS))  # e.g. free_bits, which shapes the objective like β
+        if misplaced:
+            raise TypeError(
+                f"Method {self.name!r}: {', '.join(misplaced)} are MineVaeConfig settings; give them in `model`."
+            )
         if unknown:
             raise TypeError(f"Method {self.name!r}: {', '.join(sorted(unknown))} are not training settings.")
 
@@ -99,38 +107,52 @@ class Method:
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("vae", "VAE (β = 1)", {"kl_weight": 1.0, **_WATCHING}, _CONSTANT_BETA, "baseline"),
-        Method("beta-anneal", "β-annealing", {"kl_weight": 1.0, **_WATCHING}, _ANNEALED_BETA, "baseline"),
-        Method("optimus", "Optimus: cyclical β + free bits", {"kl_weight": 1.0, **_WATCHING}, OPTIMUS, "baseline"),
+        Method("vae", "VAE (β = 1)", {"kl_weight": 1.0, **_WATCHING, **_NO_FREE_BITS}, _CONSTANT_BETA, "baseline"),
+        Method(
+            "beta-anneal", "β-annealing", {"kl_weight": 1.0, **_WATCHING, **_NO_FREE_BITS}, _ANNEALED_BETA, "baseline"
+        ),
+        Method(
+            "optimus",
+            "Optimus: cyclical β + free bits",
+            {"kl_weight": 1.0, **_WATCHING, **OPTIMUS_FREE_BITS},
+            OPTIMUS,
+            "baseline",
+        ),
         Method(
             "mine-xi1",
             "MINE-VAE ξ = 1",
-            {"kl_weight": 1.0, "xi": 1.0, **MINE_BETA1},
+            {"kl_weight": 1.0, "xi": 1.0, **MINE_BETA1, **_NO_FREE_BITS},
             {**_CONSTANT_BETA, **_MINE_SCHEDULE},
             "mine",
         ),
         Method(
             "mine-dv",
             'MINE-VAE ξ = "dv"',
-            {"kl_weight": 1.0, "xi": "dv", **MINE_BETA1},
+            {"kl_weight": 1.0, "xi": "dv", **MINE_BETA1, **_NO_FREE_BITS},
             {**_CONSTANT_BETA, **_MINE_SCHEDULE},
             "mine",
         ),
         Method(
             "mine-ema",
             'MINE-VAE ξ = "ema"',
-            {"kl_weight": 1.0, "xi": "ema", **MINE_BETA1},
+            {"kl_weight": 1.0, "xi": "ema", **MINE_BETA1, **_NO_FREE_BITS},
             {**_CONSTANT_BETA, **_MINE_SCHEDULE},
             "mine",
         ),
         Method(
             "mine-anneal",
             "MINE-VAE ξ = 1 + β-annealing",
-            {"kl_weight": 1.0, "xi": 1.0, **MINE_ANNEAL},
+            {"kl_weight": 1.0, "xi": 1.0, **MINE_ANNEAL, **_NO_FREE_BITS},
             {**_ANNEALED_BETA, **_MINE_SCHEDULE},
             "mine",
         ),
-        Method("ae", "autoencoder-like (β = 0)", {"kl_weight": 0.0, **_WATCHING}, _CONSTANT_BETA, "reference"),
+        Method(
+            "ae",
+            "autoencoder-like (β = 0)",
+            {"kl_weight": 0.0, **_WATCHING, **_NO_FREE_BITS},
+            _CONSTANT_BETA,
+            "reference",
+        ),
     )
 }
 

@@ -25,7 +25,7 @@ from .runner import FINISHED, REPORTED_ARGS
 
 # The recorded settings that the settings table and the budget line read, by name: checked against the dataclasses
 # and against what a run records, so that a renamed field fails on import instead of in a finished study's report.
-_MODEL_KEYS = checked_fields(MineVaeConfig, ("kl_weight", "mi_weight", "xi"))
+_MODEL_KEYS = checked_fields(MineVaeConfig, ("kl_weight", "mi_weight", "xi", "free_bits"))
 _TRAINING_KEYS = (
     "per_device_train_batch_size",
     "learning_rate",
@@ -34,7 +34,6 @@ _TRAINING_KEYS = (
     "kl_schedule",
     "kl_warmup_ratio",
     "kl_cycles",
-    "free_bits",
     "critic_learning_rate",
     "critic_steps",
     "critic_warmup_steps",
@@ -394,10 +393,19 @@ def settings_table(results: Sequence[Mapping[str, Any]], order: Sequence[str]) -
         mine = f"{lam}, {xi}" if lam else f"0 (the critic only watches, ξ = {xi})"
         warmup = f"{training['critic_warmup_steps']}, {training['mi_warmup_steps']}" if lam else "–"
         lines.append(
-            f"| {seen[name]['label']} | {model.get('kl_weight', 1.0)}, {schedule} | {training['free_bits']} | {mine} "
+            f"| {seen[name]['label']} | {model.get('kl_weight', 1.0)}, {schedule} | {free_bits(seen[name])} | {mine} "
             f"| {warmup} |"
         )
     return "\n".join(lines)
+
+
+def free_bits(result: Mapping[str, Any]) -> float:
+    """The free bits a run trained with. They are a `MineVaeConfig` field, recorded with the method's model settings;
+    results written while they were a training argument hold them among the training settings instead."""
+    for settings in (result["model"], result["training"], result.get("architecture", {})):
+        if "free_bits" in settings:
+            return settings["free_bits"]
+    return MineVaeConfig.free_bits  # a method that leaves them to the config's default
 
 
 DEFAULT_COMMAND = "mine-vae study"
