@@ -631,11 +631,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
         if labels is not None:
             reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
-            loss = reconstruction
-            if posterior is not None:
-                loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
-                if bound is not None and lam > 0:
-                    loss = loss - lam * bound
+            loss = self.vae_loss(reconstruction, kl_per_dimension, bound, kl_weight=beta, mi_weight=lam)
 
         return MineVaeOutput(
             loss=loss,
@@ -654,6 +650,32 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             encoder_hidden_states=posterior.hidden_states if posterior is not None else None,
             encoder_attentions=posterior.attentions if posterior is not None else None,
         )
+
+    def vae_loss(
+        self,
+        reconstruction: torch.Tensor,
+        kl_per_dimension: torch.Tensor | None = None,
+        mi_lower_bound: torch.Tensor | None = None,
+        kl_weight: float | None = None,
+        mi_weight: float | None = None,
+    ) -> torch.Tensor:
+        """The VAE's objective: reconstruction + β Σ_d max(KL_d, free_bits) − λ bound, with β and λ defaulting to
+        `config.kl_weight` / `config.mi_weight`. Without `kl_per_dimension` (z given, not encoded) it is the
+        reconstruction alone; without a bound (fewer than 2 examples) or with λ = 0 the bound term is left out.
+
+        `forward` and `MineVaeTrainer` both assemble the loss here. Training alternates two phases: the critic's
+        updates maximise the bound with z detached (they train the critic alone), then the VAE step minimises this
+        loss with the just-updated critic held fixed, so the bound's gradient reaches the encoder through z only.
+        The trainer therefore scores the bound itself, after the critic's updates, and passes it in.
+        """
+        beta = self.config.kl_weight if kl_weight is None else kl_weight
+        lam = self.config.mi_weight if mi_weight is None else mi_weight
+        loss = reconstruction
+        if kl_per_dimension is not None:
+            loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
+            if mi_lower_bound is not None and lam > 0:
+                loss = loss - lam * mi_lower_bound
+        return loss
 
     def _eval_pairing(self) -> torch.Generator | None:
         """In eval mode the bound's marginal pairing is drawn from a fixed seed, so evaluating the same batch twice

@@ -221,17 +221,19 @@ class MineVaeTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         step = self.state.global_step
         beta, lam = self.kl_schedule(step), self.mi_schedule(step)
+        # λ = 0 here: the bound that enters the VAE's loss is scored below, by the critic after this batch's updates
+        # (MineVaeModel.vae_loss says why); forward's own bound, from the critic before them, is kept graph-free.
         # The step never continues a sequence, so the decoder cache (on by default in the config) is dead weight.
         outputs = model(**{**inputs, "use_cache": False}, kl_weight=beta, mi_weight=0.0)
-        loss = outputs.loss
         bound = outputs.mi_lower_bound
         if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
             self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta)
-            return (loss, outputs) if return_outputs else loss
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
         critic_loss = self._critic_updates(outputs)
+        vae = self._vae
         if lam > 0:
-            bound = self._vae.mi_lower_bound(outputs.pooler_output, outputs.z)
-            loss = loss - lam * bound
+            bound = vae.mi_lower_bound(outputs.pooler_output, outputs.z)
+        loss = vae.vae_loss(outputs.reconstruction_loss, outputs.kl_per_dimension, bound, kl_weight=beta, mi_weight=lam)
         self._check_finite("VAE", loss, reconstruction=outputs.reconstruction_loss, kl=outputs.kl, mi_bound=bound)
         self._record(
             reconstruction=outputs.reconstruction_loss,
