@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import transformers
 from packaging.version import Version
@@ -178,9 +179,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _require(condition: bool, field: str, value: object, allowed: str) -> None:
+def require_setting(owner: str, condition: bool, field: str, value: object, allowed: str) -> None:
+    """Refuse `owner.field=value` unless `condition`, saying what it must be: `MineVaeConfig` and
+    `MineVaeTrainingArguments` word every refused setting alike."""
     if not condition:
-        raise ValueError(f"MineVaeConfig.{field}={value!r} is not allowed: it must be {allowed}.")
+        raise ValueError(f"{owner}.{field}={value!r} is not allowed: it must be {allowed}.")
+
+
+_require = partial(require_setting, "MineVaeConfig")
 
 
 __all__ = ["MineVaeConfig"]

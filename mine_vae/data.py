@@ -484,10 +484,16 @@ def build_word_tokenizers(
     return encoder_tokenizer, decoder_tokenizer
 
 
+def first_examples(dataset: Dataset, count: int | None) -> Dataset:
+    """The first `count` examples of `dataset` (all of them when `count` is None or not smaller)."""
+    return dataset if count is None or count >= len(dataset) else dataset.select(range(count))
+
+
 __all__ = [
     "FILE_BUILDERS",
     "build_word_tokenizers",
     "clean_texts",
+    "first_examples",
     "load_corpus",
     "tokenize_corpus",
 ]

@@ -39,7 +39,7 @@ from transformers.utils import (
 from .adapters import peft_base_vae, train_heads_with_adapters
 from .evaluation import count_words, evaluate_vae
 from .hub import write_trainer_model_card
-from .modeling_mine_vae import MineVaeModel
+from .modeling_mine_vae import MineVaeModel, MineVaePosterior
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
 from .training_args import MineVaeTrainingArguments
 
@@ -248,11 +248,11 @@ class MineVaeTrainer(Trainer):
     def _critic_updates(self, outputs) -> torch.Tensor:
         """k updates of the critic on (x's view, z) with z detached; each after the first on a fresh posterior draw."""
         vae = self._vae
-        features, mu, std = outputs.pooler_output, outputs.mu.detach(), outputs.logvar.detach().mul(0.5).exp()
-        latent = outputs.z.detach()
+        features, latent = outputs.pooler_output, outputs.z.detach()
+        posterior = MineVaePosterior(mu=outputs.mu.detach(), logvar=outputs.logvar.detach())
         for update in range(self.args.critic_steps):
             if update:
-                latent = mu + std * torch.randn_like(std)
+                latent = posterior.sample()
             loss = vae.critic_loss(features, latent)
             self._check_finite("critic", loss, critic_loss=loss)
             self.critic_optimizer.zero_grad(set_to_none=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from functools import partial
 
 from transformers import TrainingArguments
 
+from .configuration_mine_vae import require_setting
 from .schedules import SCHEDULE_KINDS, WeightSchedule
 
 
@@ -124,9 +126,7 @@ class MineVaeTrainingArguments(TrainingArguments):
         return WeightSchedule.constant(peak)
 
 
-def _require(condition: bool, field_name: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"MineVaeTrainingArguments.{field_name}={value!r} is not allowed: it must be {allowed}.")
+_require = partial(require_setting, "MineVaeTrainingArguments")
 
 
 __all__ = ["MineVaeTrainingArguments"]

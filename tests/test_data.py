@@ -326,3 +326,11 @@ def test_word_tokenizers_on_ptb_are_fast():
     assert len(enc) == 5 + 9_999 and len(dec) == 4 + 9_998  # PTB's 10k words minus <eos>; <unk> is dec's unk
     sentence = corpus["validation"][0]["text"]
     assert dec.decode(dec(sentence)["input_ids"]) == sentence
+
+
+def test_first_examples_takes_a_prefix_or_everything():
+    from mine_vae.data import first_examples
+
+    split = Dataset.from_dict({"text": ["a", "b", "c"]})
+    assert first_examples(split, 2)["text"] == ["a", "b"]
+    assert first_examples(split, None) is split and first_examples(split, 5) is split

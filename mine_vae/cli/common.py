@@ -146,10 +146,6 @@ def _newest_checkpoint(folder: Path) -> str | None:
     return last_complete_checkpoint(str(folder))
 
 
-def _first(dataset: Any, count: int | None) -> Any:
-    return dataset if count is None or count >= len(dataset) else dataset.select(range(count))
-
-
 def _subset(corpus: Any, names: Sequence[str]) -> Any:
     from datasets import DatasetDict
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from ..data import first_examples
 from .arguments import DataArguments, EvaluateArguments, LoadArguments
-from .common import _first, _load_corpus, _load_trained, _subset, _tokenize
+from .common import _load_corpus, _load_trained, _subset, _tokenize
 from .core import CliError, _print_json, _quiet_libraries, _set_threads, format_table
 
 METRIC_ORDER = ("nll", "ppl", "ppl_word", "kl", "mi", "au", "mi_bound", "reconstruction", "elbo", "bleu")
@@ -73,7 +74,7 @@ def run_evaluate(load: LoadArguments, data: DataArguments, options: EvaluateArgu
     model, processor = _load_trained(load.model, load.device)
     corpus = _load_corpus(data, validation_file=options.file)
     split = _choose_split(corpus, options.split if not options.file else "validation")
-    dataset = _first(corpus[split], data.max_eval_examples)
+    dataset = first_examples(corpus[split], data.max_eval_examples)
     max_length = data.max_length or processor.max_decoder_length - 1
     tokenized, counts = _tokenize(_subset({split: dataset}, [split]), processor, max_length, data.overlength)
     if len(tokenized[split]) < 2:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import first_examples
 from ..study.methods import DEFAULT_PRESET, EVAL_SPLIT, METHODS, PROBE_SPLIT, STUDY_PRESETS, Budget
 from .arguments import DataArguments
-from .common import _first, _load_corpus
+from .common import _load_corpus
 from .core import PROG, CliError, Command, _err, _quiet_libraries, _user_errors
 
 _PRESET_HELP = "; ".join(f"{name}: {preset.description}" for name, preset in STUDY_PRESETS.items())
@@ -144,9 +145,9 @@ def _study_corpus(data: DataArguments, preset: str) -> tuple[Any, Any]:
         corpus, held_out = complete_splits(corpus, data.validation_split_percentage)
     for name in held_out:
         _err(f"No {name} split: holding out {len(corpus[name])} training sentences for it.")
-    corpus["train"] = _first(corpus["train"], data.max_train_examples)
+    corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
     for name in (PROBE_SPLIT, EVAL_SPLIT):
-        corpus[name] = _first(corpus[name], data.max_eval_examples)
+        corpus[name] = first_examples(corpus[name], data.max_eval_examples)
     with _user_errors(ValueError, KeyError):
         settings = DataSettings.of_preset(
             preset, corpus=_corpus_name(data), held_out=tuple(held_out), **_data_settings_given(data)

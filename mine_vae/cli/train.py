@@ -16,9 +16,10 @@ from typing import Any
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
 from .arguments import DataArguments, ModelArguments, TrainRunArguments
-from .common import _first, _load_corpus, _newest_checkpoint, _subset, _tokenize, load_checked
+from .common import _load_corpus, _newest_checkpoint, _subset, _tokenize, load_checked
 from .core import (
     _INPUT_ERRORS,
     EXIT_INTERRUPTED,
@@ -235,8 +236,8 @@ def run_train(
     # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
     set_seed(training_args.seed)
     corpus, eval_name = _split_for_eval(_load_corpus(data), data, training_args.seed)
-    corpus["train"] = _first(corpus["train"], data.max_train_examples)
-    corpus[eval_name] = _first(corpus[eval_name], data.max_eval_examples)
+    corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
+    corpus[eval_name] = first_examples(corpus[eval_name], data.max_eval_examples)
     model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
     max_length = data.max_length or processor.max_decoder_length - 1
     tokenized, counts = _tokenize(_subset(corpus, ["train", eval_name]), processor, max_length, data.overlength)

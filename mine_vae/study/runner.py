@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from ..data import first_examples
 from ..training_args import MineVaeTrainingArguments
 from .methods import (
     CRITIC,
@@ -268,16 +269,12 @@ def _loader(dataset: Any, processor: Any, batch_size: int) -> Any:
     return DataLoader(columns, batch_size=batch_size, collate_fn=MineVaeDataCollator(processor), shuffle=False)
 
 
-def _first(dataset: Any, count: int) -> Any:
-    return dataset.select(range(min(count, len(dataset))))
-
-
 def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, batch_size: int) -> dict[str, float]:
     """Metrics of the evaluation split: `evaluate_vae` on its first `eval_examples` sentences, BLEU on the first
     `bleu_examples`."""
     from ..evaluation import count_words, evaluate_vae
 
-    test = _first(data.tokenized[budget.eval_split], budget.eval_examples)
+    test = first_examples(data.tokenized[budget.eval_split], budget.eval_examples)
     metrics = evaluate_vae(
         model,
         _loader(test, processor, batch_size),
@@ -285,7 +282,7 @@ def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, ba
         word_counts=count_words(test["text"]),
         seed=0,
     )
-    subset = _first(test, budget.bleu_examples)
+    subset = first_examples(test, budget.bleu_examples)
     reconstructed = evaluate_vae(
         model,
         _loader(subset, processor, batch_size),
@@ -369,7 +366,7 @@ def run_one(
     checkpoint = last_complete_checkpoint(str(run_dir))
     model, processor = build_model(preset_name, data, method, seed)
     args = MineVaeTrainingArguments(**training_kwargs(preset_name, method, budget, seed, run_dir))
-    probe_set = _first(data.tokenized[PROBE_SPLIT], budget.probe_examples)
+    probe_set = first_examples(data.tokenized[PROBE_SPLIT], budget.probe_examples)
     probe = processor.pad(probe_set.select_columns(["input_ids", "decoder_token_ids"]).to_list())
     trainer = _study_trainer_class()(
         model=model,
