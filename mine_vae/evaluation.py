@@ -44,7 +44,9 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -378,6 +380,79 @@ def evaluate_vae(
         ``reconstruction``, ``elbo``, ``num_examples``, ``num_tokens`` and, when available,
         ``ppl_word``, ``num_words``, ``bleu``.
     """
+    decoder_tokenizer = _check_arguments(num_importance_samples, importance_batch_size, compute_bleu, processor)
+    device = _model_device(model)
+    sampling = _Sampling(
+        generator=torch.Generator(device=device).manual_seed(seed) if seed is not None else None,
+        # The critic's marginal pairs come from a random permutation; seed it too when the model lets us
+        # (a CPU generator: permutations are drawn on the CPU).
+        bound_kwargs=(
+            {"generator": torch.Generator().manual_seed(seed)}
+            if seed is not None and _accepts_keyword(model.mi_lower_bound, "generator")
+            else {}
+        ),
+        num_importance_samples=num_importance_samples,
+        importance_batch_size=importance_batch_size,
+    )
+    totals = _Totals()
+    with _evaluation_mode(model):
+        for batch_index, batch in enumerate(dataloader):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            inputs = _batch_inputs(batch, device)
+            _evaluate_batch(model, batch, inputs, sampling, totals)
+            if compute_bleu:
+                _reconstruct(model, batch, inputs, decoder_tokenizer, max_new_tokens, totals)
+    if totals.num_examples == 0:
+        raise ValueError("evaluate_vae: the dataloader yielded no batches.")
+
+    results = _averages(totals)
+    results.update(_latent_statistics(totals, mi_num_samples, active_units_threshold, seed))
+    results.update(_word_perplexity(totals, word_counts))
+    if compute_bleu:
+        from .metrics import load_metric
+
+        bleu = load_metric("reconstruction_bleu").compute(predictions=totals.predictions, references=totals.references)
+        results["bleu"] = float(bleu["score"])
+    return results
+
+
+# The steps of `evaluate_vae`: one pass over the batches adds each batch's terms to `_Totals` (the reconstruction and
+# the critic's bound on one posterior sample, then the IW-NLL, then BLEU's greedy reconstructions); the results are
+# then the averages, the statistics of the whole set's posteriors (MI, active units) and the word perplexity.
+@dataclass
+class _Sampling:
+    """How `evaluate_vae` draws: the latent samples' generator (None: the global RNG), the critic's pairing
+    generator when the model takes one, and the importance samples per sentence and per decoder call."""
+
+    generator: torch.Generator | None
+    bound_kwargs: dict[str, Any]
+    num_importance_samples: int
+    importance_batch_size: int | None
+
+
+@dataclass
+class _Totals:
+    """Sums over the sentences evaluated so far, and what the whole-set statistics need."""
+
+    nll: float = 0.0  # sum over sentences of -log p(x) (IW estimate)
+    kl: float = 0.0
+    reconstruction: float = 0.0
+    num_examples: int = 0
+    num_tokens: int = 0
+    batch_num_words: int = 0
+    every_batch_counted_words: bool = True
+    bounds: list[float] = field(default_factory=list)
+    mu: list[torch.Tensor] = field(default_factory=list)
+    logvar: list[torch.Tensor] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+
+
+def _check_arguments(
+    num_importance_samples: int, importance_batch_size: int | None, compute_bleu: bool, processor: Any
+) -> Any:
+    """Refuse impossible settings before any batch runs; returns the decoder tokenizer (BLEU's decoding)."""
     if num_importance_samples < 1 or (importance_batch_size is not None and importance_batch_size < 1):
         raise ValueError(
             "num_importance_samples and importance_batch_size must be >= 1; "
@@ -386,14 +461,12 @@ def evaluate_vae(
     decoder_tokenizer = getattr(processor, "decoder_tokenizer", None)
     if compute_bleu and decoder_tokenizer is None:
         raise ValueError("compute_bleu=True needs a processor with a decoder_tokenizer to decode reconstructions.")
+    return decoder_tokenizer
 
-    device = _model_device(model)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    # The critic's marginal pairs come from a random permutation; seed it too when the model lets us
-    # (a CPU generator: permutations are drawn on the CPU).
-    bound_kwargs: dict[str, Any] = {}
-    if seed is not None and _accepts_keyword(model.mi_lower_bound, "generator"):
-        bound_kwargs["generator"] = torch.Generator().manual_seed(seed)
+
+@contextmanager
+def _evaluation_mode(model: Any) -> Iterator[None]:
+    """The model in eval mode (and its FSDP2 root gathered) for the pass; its training flag is restored after."""
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -403,130 +476,137 @@ def evaluate_vae(
         # fires, and this evaluation calls other methods; sub-modules sharded on their own (the transformer layers)
         # still gather in their own forward.
         model.unshard()
-
-    total_nll = 0.0  # sum over sentences of -log p(x) (IW estimate)
-    total_kl = 0.0
-    total_reconstruction = 0.0
-    num_examples = 0
-    num_tokens = 0
-    batch_num_words = 0
-    batch_word_counts_seen = True
-    bounds: list[float] = []
-    all_mu: list[torch.Tensor] = []
-    all_logvar: list[torch.Tensor] = []
-    predictions: list[str] = []
-    references: list[str] = []
-
     try:
-        for batch_index, batch in enumerate(dataloader):
-            if max_batches is not None and batch_index >= max_batches:
-                break
-            inputs = {key: batch[key].to(device) for key in _TENSOR_KEYS if key in batch and batch[key] is not None}
-            for key in ("input_ids", "attention_mask", "decoder_input_ids", "labels"):
-                if key not in inputs:
-                    raise ValueError(f"evaluate_vae: every batch needs {key!r}; got keys {sorted(batch.keys())}.")
-            input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-            decoder_input_ids, labels = inputs["decoder_input_ids"], inputs["labels"]
-            decoder_attention_mask = inputs.get("decoder_attention_mask")
-
-            encode_kwargs = {"token_type_ids": inputs["token_type_ids"]} if "token_type_ids" in inputs else {}
-            posterior = model.encode(input_ids, attention_mask, **encode_kwargs)
-            latent_dtype = posterior.mu.dtype
-            # Metrics in float32 even under bf16/fp16 weights: log-weights are hundreds of nats.
-            posterior = MineVaePosterior(
-                mu=posterior.mu.float(), logvar=posterior.logvar.float(), pooler_output=posterior.pooler_output
-            )
-            mu, logvar = posterior.mu, posterior.logvar
-            batch_size = mu.shape[0]
-            num_examples += batch_size
-            num_tokens += int((labels != -100).sum())
-            if "num_words" in batch and batch["num_words"] is not None:
-                batch_num_words += int(torch.as_tensor(batch["num_words"]).sum())
-            else:
-                batch_word_counts_seen = False
-            all_mu.append(mu.cpu())
-            all_logvar.append(logvar.cpu())
-            total_kl += float(posterior.kl_per_dimension().sum()) * batch_size
-
-            # One posterior sample for the reconstruction term and the critic's bound.
-            z = posterior.sample(generator=generator)
-            log_px = model.log_likelihood(
-                z.to(latent_dtype), decoder_input_ids, labels, decoder_attention_mask=decoder_attention_mask
-            )
-            total_reconstruction -= float(log_px.float().sum())
-            if batch_size >= 2:
-                # The bound pairs each x with another example's z for its marginal term: a batch of
-                # one (a ragged last batch) has no such pair and is left out of the average.
-                bound = model.mi_lower_bound(posterior.pooler_output, z.to(latent_dtype), **bound_kwargs)
-                bounds.append(float(bound))
-
-            log_px_iw = importance_weighted_log_marginal(
-                model,
-                mu,
-                logvar,
-                decoder_input_ids,
-                labels,
-                decoder_attention_mask,
-                num_samples=num_importance_samples,
-                samples_per_call=importance_batch_size,
-                generator=generator,
-                latent_dtype=latent_dtype,
-            )
-            total_nll -= float(log_px_iw.sum())
-
-            if compute_bleu:
-                new_tokens = max_new_tokens if max_new_tokens is not None else labels.shape[1] + 8
-                generated = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, do_sample=False
-                )
-                predictions.extend(
-                    text.strip() for text in decoder_tokenizer.batch_decode(generated, skip_special_tokens=True)
-                )
-                references.extend(_references(batch, labels, decoder_tokenizer))
+        yield
     finally:
         if sharded:
             model.reshard()
         if hasattr(model, "train"):
             model.train(was_training)
 
-    if num_examples == 0:
-        raise ValueError("evaluate_vae: the dataloader yielded no batches.")
 
-    results: dict[str, float] = {
-        "nll": total_nll / num_examples,
-        "ppl": _exp(total_nll / num_tokens) if num_tokens > 0 else float("nan"),
-        "kl": total_kl / num_examples,
-        "reconstruction": total_reconstruction / num_examples,
-        "elbo": -(total_reconstruction + total_kl) / num_examples,
-        "mi_bound": sum(bounds) / len(bounds) if bounds else float("nan"),
+def _batch_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's model inputs on the model's device; a batch without one the metrics need is refused."""
+    inputs = {key: batch[key].to(device) for key in _TENSOR_KEYS if key in batch and batch[key] is not None}
+    for key in ("input_ids", "attention_mask", "decoder_input_ids", "labels"):
+        if key not in inputs:
+            raise ValueError(f"evaluate_vae: every batch needs {key!r}; got keys {sorted(batch.keys())}.")
+    return inputs
+
+
+def _evaluate_batch(
+    model: Any, batch: Mapping[str, Any], inputs: Mapping[str, torch.Tensor], sampling: _Sampling, totals: _Totals
+) -> None:
+    """Add one batch's counts, KL, reconstruction, bound and IW-NLL to `totals`, and keep its posteriors."""
+    decoder_input_ids, labels = inputs["decoder_input_ids"], inputs["labels"]
+    decoder_attention_mask = inputs.get("decoder_attention_mask")
+    encode_kwargs = {"token_type_ids": inputs["token_type_ids"]} if "token_type_ids" in inputs else {}
+    posterior = model.encode(inputs["input_ids"], inputs["attention_mask"], **encode_kwargs)
+    latent_dtype = posterior.mu.dtype
+    # Metrics in float32 even under bf16/fp16 weights: log-weights are hundreds of nats.
+    posterior = MineVaePosterior(
+        mu=posterior.mu.float(), logvar=posterior.logvar.float(), pooler_output=posterior.pooler_output
+    )
+    mu, logvar = posterior.mu, posterior.logvar
+    batch_size = mu.shape[0]
+    totals.num_examples += batch_size
+    totals.num_tokens += int((labels != -100).sum())
+    if "num_words" in batch and batch["num_words"] is not None:
+        totals.batch_num_words += int(torch.as_tensor(batch["num_words"]).sum())
+    else:
+        totals.every_batch_counted_words = False
+    totals.mu.append(mu.cpu())
+    totals.logvar.append(logvar.cpu())
+    totals.kl += float(posterior.kl_per_dimension().sum()) * batch_size
+
+    # One posterior sample for the reconstruction term and the critic's bound (drawn before the importance samples:
+    # the generator's order fixes which z each metric sees).
+    z = posterior.sample(generator=sampling.generator)
+    log_px = model.log_likelihood(
+        z.to(latent_dtype), decoder_input_ids, labels, decoder_attention_mask=decoder_attention_mask
+    )
+    totals.reconstruction -= float(log_px.float().sum())
+    if batch_size >= 2:
+        # The bound pairs each x with another example's z for its marginal term: a batch of
+        # one (a ragged last batch) has no such pair and is left out of the average.
+        bound = model.mi_lower_bound(posterior.pooler_output, z.to(latent_dtype), **sampling.bound_kwargs)
+        totals.bounds.append(float(bound))
+
+    log_px_iw = importance_weighted_log_marginal(
+        model,
+        mu,
+        logvar,
+        decoder_input_ids,
+        labels,
+        decoder_attention_mask,
+        num_samples=sampling.num_importance_samples,
+        samples_per_call=sampling.importance_batch_size,
+        generator=sampling.generator,
+        latent_dtype=latent_dtype,
+    )
+    totals.nll -= float(log_px_iw.sum())
+
+
+def _reconstruct(
+    model: Any,
+    batch: Mapping[str, Any],
+    inputs: Mapping[str, torch.Tensor],
+    decoder_tokenizer: Any,
+    max_new_tokens: int | None,
+    totals: _Totals,
+) -> None:
+    """BLEU's material: greedy reconstructions from the posterior mean, and the sentences they should reproduce."""
+    labels = inputs["labels"]
+    new_tokens = max_new_tokens if max_new_tokens is not None else labels.shape[1] + 8
+    generated = model.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=new_tokens,
+        do_sample=False,
+    )
+    totals.predictions.extend(
+        text.strip() for text in decoder_tokenizer.batch_decode(generated, skip_special_tokens=True)
+    )
+    totals.references.extend(_references(batch, labels, decoder_tokenizer))
+
+
+def _averages(totals: _Totals) -> dict[str, float]:
+    """The per-sentence averages of the summed terms, the token perplexity and the counts."""
+    num_examples, num_tokens = totals.num_examples, totals.num_tokens
+    return {
+        "nll": totals.nll / num_examples,
+        "ppl": _exp(totals.nll / num_tokens) if num_tokens > 0 else float("nan"),
+        "kl": totals.kl / num_examples,
+        "reconstruction": totals.reconstruction / num_examples,
+        "elbo": -(totals.reconstruction + totals.kl) / num_examples,
+        "mi_bound": sum(totals.bounds) / len(totals.bounds) if totals.bounds else float("nan"),
         "num_examples": float(num_examples),
         "num_tokens": float(num_tokens),
     }
 
-    mu_all, logvar_all = torch.cat(all_mu), torch.cat(all_logvar)
-    if num_examples >= 2:
-        mi_generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        results["mi"] = mutual_information(mu_all, logvar_all, num_samples=mi_num_samples, generator=mi_generator)
-        results["au"] = float(active_units(mu_all, threshold=active_units_threshold).count)
-    else:
-        warnings.warn("evaluate_vae: MI and active units need at least 2 examples; reporting NaN.", stacklevel=2)
-        results["mi"] = float("nan")
-        results["au"] = float("nan")
 
-    num_words = _total_words(word_counts, num_examples)
-    if num_words is None and batch_word_counts_seen:
-        num_words = batch_num_words
-    if num_words is not None and num_words > 0:
-        results["ppl_word"] = _exp(total_nll / num_words)
-        results["num_words"] = float(num_words)
+def _latent_statistics(totals: _Totals, mi_num_samples: int, threshold: float, seed: int | None) -> dict[str, float]:
+    """MI and active units over the whole set's posteriors (both need every sentence at once, not batch by batch)."""
+    if totals.num_examples < 2:
+        # stacklevel 3: the warning points at evaluate_vae's caller.
+        warnings.warn("evaluate_vae: MI and active units need at least 2 examples; reporting NaN.", stacklevel=3)
+        return {"mi": float("nan"), "au": float("nan")}
+    mu, logvar = torch.cat(totals.mu), torch.cat(totals.logvar)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return {
+        "mi": mutual_information(mu, logvar, num_samples=mi_num_samples, generator=generator),
+        "au": float(active_units(mu, threshold=threshold).count),
+    }
 
-    if compute_bleu:
-        from .metrics import load_metric
 
-        results["bleu"] = float(
-            load_metric("reconstruction_bleu").compute(predictions=predictions, references=references)["score"]
-        )
-    return results
+def _word_perplexity(totals: _Totals, word_counts: Sequence[int] | int | None) -> dict[str, float]:
+    """`ppl_word` and `num_words`, from `word_counts` or else the batches' own counts (when every batch had them)."""
+    num_words = _total_words(word_counts, totals.num_examples)
+    if num_words is None and totals.every_batch_counted_words:
+        num_words = totals.batch_num_words
+    if num_words is None or num_words <= 0:
+        return {}
+    return {"ppl_word": _exp(totals.nll / num_words), "num_words": float(num_words)}
 
 
 def _is_fsdp2_module(model: Any) -> bool:
