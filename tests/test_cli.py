@@ -21,7 +21,7 @@ import torch
 
 from mine_vae import MineVaeModel, MineVaeProcessor
 from mine_vae.cli import COMMANDS, format_table, main
-from mine_vae.cli.parsing import _parse
+from mine_vae.cli.parsing import parse_command
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 
 TINY = ["--preset", "tiny"]
@@ -303,20 +303,20 @@ def test_overview_lists_commands():
 
 
 def test_threads_follow_the_flag_or_the_load(monkeypatch):
-    from mine_vae.cli.core import CliError, _set_threads
+    from mine_vae.cli.commands import CliError, set_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for load, expected in ((0.1, 2), (1.2, 1), (6.0, 1)):
         torch.set_num_threads(2)
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        _set_threads(None)
+        set_threads(None)
         assert torch.get_num_threads() == expected, load
-    _set_threads(2)  # an explicit choice wins over the load
+    set_threads(2)  # an explicit choice wins over the load
     assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
     with pytest.raises(CliError, match="at least 1"):
-        _set_threads(0)
+        set_threads(0)
 
 
 def test_format_table_aligns_columns():
@@ -358,8 +358,8 @@ def test_the_critics_depth_moving_average_and_free_bits_are_model_flags(tmp_path
 def test_free_bits_are_a_model_setting_with_the_presets_default():
     """Free bits belong to MineVaeConfig (they change the objective, like β and λ): a preset's value, a flag and a
     config file's setting all reach the config; the training arguments have no such field."""
-    parsed = {type(value).__name__: value for value in _parse(COMMANDS["train"], ["--preset", "small"])}
+    parsed = {type(value).__name__: value for value in parse_command(COMMANDS["train"], ["--preset", "small"])}
     assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.25
     assert not hasattr(parsed["MineVaeTrainingArguments"], "free_bits")
-    parsed = {type(value).__name__: value for value in _parse(COMMANDS["train"], [*TINY, "--free_bits", "0.3"])}
+    parsed = {type(value).__name__: value for value in parse_command(COMMANDS["train"], [*TINY, "--free_bits", "0.3"])}
     assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.3

@@ -177,7 +177,7 @@ def _fake_run(folder: Path, step: int, weights: bytes) -> None:
 
 def test_the_swap_puts_everything_back_when_a_rename_fails(tmp_path, monkeypatch):
     from mine_vae.cli import output
-    from mine_vae.cli.core import CliError
+    from mine_vae.cli.commands import CliError
 
     output_dir = tmp_path / "model"
     _fake_run(output_dir, 2, b"old")
@@ -513,7 +513,7 @@ def test_ctrl_c_while_the_commands_load(monkeypatch):
 
 
 def test_ctrl_c_while_the_model_loads(trained, monkeypatch):
-    monkeypatch.setattr("mine_vae.cli.generate._load_trained", _interrupt)
+    monkeypatch.setattr("mine_vae.cli.generate.load_trained", _interrupt)
     code, _, err = run(["generate", "--model", str(trained)])
     assert_one_line(code, err, 130, "interrupted")
 

@@ -25,23 +25,23 @@ from .arguments import (
     LoadArguments,
     ModelArguments,
     TrainRunArguments,
-    _training_arguments_class,
+    training_arguments_class,
 )
-from .core import (
+from .commands import (
     COMMANDS,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     PROG,
     CliError,
     Command,
-    _err,
-    _one_line,
     format_table,
+    inform,
+    one_line,
     register_command,
 )
 from .evaluate import run_evaluate
-from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
-from .parsing import _parse
+from .generate import generate_positionals, interpolate_positionals, run_generate, run_interpolate
+from .parsing import parse_command
 from .push import PushArguments, push_positionals, run_push
 from .study import STUDY_COMMAND
 from .train import run_train
@@ -75,7 +75,7 @@ def _register_builtin_commands() -> None:
   mine-vae train --overwrite                       # replace the model already in --output_dir
 
 Ctrl-C saves a checkpoint at the end of the current step; --resume continues from it.""",
-            dataclasses=(_training_arguments_class(), ModelArguments, DataArguments, TrainRunArguments),
+            dataclasses=(training_arguments_class(), ModelArguments, DataArguments, TrainRunArguments),
             run=run_train,
             preset_defaults=True,
             positional_config=True,
@@ -107,7 +107,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
   mine-vae generate --input_file sentences.txt --sample_latent --num_return_sequences 3 --do_sample --json""",
             dataclasses=(LoadArguments, DecodingArguments, GenerateArguments),
             run=run_generate,
-            positionals=_generate_positionals,
+            positionals=generate_positionals,
         )
     )
     register_command(
@@ -120,7 +120,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
   mine-vae interpolate "A" "B" --model runs/ptb --num_beams 4 --json""",
             dataclasses=(LoadArguments, DecodingArguments, InterpolateArguments),
             run=run_interpolate,
-            positionals=_interpolate_positionals,
+            positionals=interpolate_positionals,
         )
     )
     register_command(STUDY_COMMAND)
@@ -170,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         # Ctrl-C anywhere `train` has not taken it over (imports, parsing, loading, decoding): one line, no traceback;
         # a command that kept partial results says where, as the interrupt's message.
-        detail = f"; {_one_line(str(interrupt))}" if str(interrupt) else ""
-        _err(f"{who}: interrupted{detail}.")
+        detail = f"; {one_line(str(interrupt))}" if str(interrupt) else ""
+        inform(f"{who}: interrupted{detail}.")
         return EXIT_INTERRUPTED
 
 
@@ -188,12 +188,12 @@ def _dispatch(argv: list[str]) -> int:
         if name not in COMMANDS:
             raise CliError(f"unknown command {name!r}; use one of: {', '.join(COMMANDS)} (see `{PROG} --help`).")
         command = COMMANDS[name]
-        parsed = _parse(command, rest)
+        parsed = parse_command(command, rest)
         extra = parsed[-1] if isinstance(parsed[-1], argparse.Namespace) else argparse.Namespace()
         arguments = parsed[:-1] if isinstance(parsed[-1], argparse.Namespace) else parsed
         return command.run(*arguments, extra)
     except CliError as error:
-        _err(f"{PROG} {name}: error: {_one_line(str(error))}")
+        inform(f"{PROG} {name}: error: {one_line(str(error))}")
         return error.exit_code
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE

@@ -260,7 +260,7 @@ def _parse_xi(value: Any) -> float | str:
         return str(value)
 
 
-def _training_arguments_class() -> type:
+def training_arguments_class() -> type:
     from ..training_args import MineVaeTrainingArguments
 
     return MineVaeTrainingArguments

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .core import _user_errors
+from .commands import user_errors
 
 
 def generation_limit(model: Any) -> int:
@@ -96,7 +96,7 @@ def interpolation(
     """Decode `steps` latents evenly spaced between the posterior means of `start` and `end`."""
     batch = processor([start, end]).to(model.device)
     posterior = model.encode(batch["input_ids"], batch["attention_mask"])
-    with _user_errors(ValueError):
+    with user_errors(ValueError):
         latents = model.interpolate(posterior.mu[0], posterior.mu[1], steps)
     torch.manual_seed(seed)
     texts = decode(processor, model.generate(latent=latents, **generate_kwargs))

@@ -10,8 +10,8 @@ import torch
 
 from ..data import first_examples
 from .arguments import DataArguments, EvaluateArguments, LoadArguments
-from .common import _load_corpus, _load_trained, _subset, _tokenize
-from .core import CliError, _print_json, _quiet_libraries, _set_threads, format_table
+from .commands import CliError, format_table, print_json, quiet_library_logs, set_threads
+from .loading import corpus_from_arguments, load_trained, subset_splits, tokenize_splits
 
 METRIC_ORDER = ("nll", "ppl", "ppl_word", "kl", "mi", "au", "mi_bound", "reconstruction", "elbo", "bleu")
 METRIC_HELP = {
@@ -69,14 +69,16 @@ def metrics_table(metrics: Mapping[str, float], title: str) -> str:
 
 
 def run_evaluate(load: LoadArguments, data: DataArguments, options: EvaluateArguments, extra: Any) -> int:
-    _quiet_libraries(show_progress=False)
-    _set_threads(load.num_threads)
-    model, processor = _load_trained(load.model, load.device)
-    corpus = _load_corpus(data, validation_file=options.file)
+    quiet_library_logs(show_progress=False)
+    set_threads(load.num_threads)
+    model, processor = load_trained(load.model, load.device)
+    corpus = corpus_from_arguments(data, validation_file=options.file)
     split = _choose_split(corpus, options.split if not options.file else "validation")
     dataset = first_examples(corpus[split], data.max_eval_examples)
     max_length = data.max_length or processor.max_decoder_length - 1
-    tokenized, counts = _tokenize(_subset({split: dataset}, [split]), processor, max_length, data.overlength)
+    tokenized, counts = tokenize_splits(
+        subset_splits({split: dataset}, [split]), processor, max_length, data.overlength
+    )
     if len(tokenized[split]) < 2:
         raise CliError("the evaluation needs at least 2 sentences (MI and active units compare sentences); give more.")
     torch.manual_seed(load.seed)
@@ -98,7 +100,7 @@ def run_evaluate(load: LoadArguments, data: DataArguments, options: EvaluateArgu
         "data": counts,
     }
     if load.json_output:
-        _print_json(report)
+        print_json(report)
     else:
         dropped = counts[f"{split}/dropped"]
         note = f", {dropped} over {max_length} tokens dropped" if dropped else ""

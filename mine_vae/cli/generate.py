@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from .arguments import DecodingArguments, GenerateArguments, InterpolateArguments, LoadArguments
-from .common import _load_trained
-from .core import CliError, _cell, _err, _print_json, _quiet_libraries, _set_threads, _user_errors, format_table
+from .commands import (
+    CliError,
+    format_cell,
+    format_table,
+    inform,
+    print_json,
+    quiet_library_logs,
+    set_threads,
+    user_errors,
+)
 from .decoding import interpolation, prior_sample_batches, reconstruction_batches
+from .loading import load_trained
 from .output import describe_os_error, replace_on_success, stdout_stream
 
 
@@ -24,8 +33,8 @@ def _check_sentences(sentences: Sequence[str], what: str) -> list[str]:
 
 
 def run_generate(load: LoadArguments, decoding: DecodingArguments, options: GenerateArguments, extra: Any) -> int:
-    _quiet_libraries(show_progress=False)
-    _set_threads(load.num_threads)
+    quiet_library_logs(show_progress=False)
+    set_threads(load.num_threads)
     sentences = list(extra.sentences)
     if options.input_file:
         sentences += _read_lines(options.input_file)
@@ -43,11 +52,11 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
     # fails now, not after the decoding it would cost.
     output = replace_on_success(Path(options.output_file), "--output_file") if options.output_file else stdout_stream()
     with output as stream:
-        model, processor = _load_trained(load.model, load.device)
+        model, processor = load_trained(load.model, load.device)
         kwargs = {**decoding.generate_kwargs(model), "num_return_sequences": per_input}
         rows = _row_writer(stream, load, options, sentences)
         batch = options.batch_size
-        with _user_errors(ValueError):  # transformers' own checks of the decoding flags
+        with user_errors(ValueError):  # transformers' own checks of the decoding flags
             if sentences:
                 outputs = reconstruction_batches(
                     model, processor, sentences, load.seed, batch, options.sample_latent, **kwargs
@@ -60,7 +69,7 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
                     rows.write([{"output": text} for text in texts])
         rows.finish()
     if options.output_file:
-        _err(f"Wrote {rows.count} results to {options.output_file}.")
+        inform(f"Wrote {rows.count} results to {options.output_file}.")
     return 0
 
 
@@ -70,7 +79,7 @@ def _row_writer(stream: IO[str], load: LoadArguments, options: GenerateArguments
         return _JsonRows(stream, head, "results")
     if sentences:
         latent = "a posterior sample" if options.sample_latent else "the posterior mean"
-        width = max(len(_cell(s)) for s in [*sentences, "input"])
+        width = max(len(format_cell(s)) for s in [*sentences, "input"])
         return _TableRows(stream, f"Reconstructions (from {latent})", ("input", "output"), width, numbered=False)
     width = max(len("#"), len(str(options.num_samples * options.num_return_sequences)))
     return _TableRows(stream, "Samples from the prior", ("#", "sentence"), width, numbered=True)
@@ -113,8 +122,8 @@ class _TableRows(_Rows):
         lines = []
         for row in rows:
             self.count += 1
-            first = str(self.count).rjust(self.width) if self.numbered else _cell(row["input"]).ljust(self.width)
-            lines.append(self._line(first, _cell(row["output"])) + "\n")
+            first = str(self.count).rjust(self.width) if self.numbered else format_cell(row["input"]).ljust(self.width)
+            lines.append(self._line(first, format_cell(row["output"])) + "\n")
         self._emit("".join(lines))
 
     @staticmethod
@@ -161,15 +170,15 @@ def _read_lines(path: str) -> list[str]:
 
 
 def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: InterpolateArguments, extra: Any) -> int:
-    _quiet_libraries(show_progress=False)
-    _set_threads(load.num_threads)
+    quiet_library_logs(show_progress=False)
+    set_threads(load.num_threads)
     start, end = _check_sentences([extra.start, extra.end], "the two sentences")
     if options.steps < 2:
         raise CliError(f"--steps must be at least 2 (both endpoints are included), got {options.steps}.")
-    model, processor = _load_trained(load.model, load.device)
+    model, processor = load_trained(load.model, load.device)
     steps = interpolation(model, processor, start, end, options.steps, load.seed, **decoding.generate_kwargs(model))
     if load.json_output:
-        _print_json(
+        print_json(
             {
                 "command": "interpolate",
                 "model": load.model,
@@ -189,10 +198,10 @@ def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: I
     return 0
 
 
-def _generate_positionals(parser: argparse.ArgumentParser) -> None:
+def generate_positionals(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sentences", nargs="*", help="Sentences to reconstruct (none: sample from the prior).")
 
 
-def _interpolate_positionals(parser: argparse.ArgumentParser) -> None:
+def interpolate_positionals(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("start", help="The first sentence (t = 0).")
     parser.add_argument("end", help="The last sentence (t = 1).")

@@ -16,7 +16,7 @@ from shutil import disk_usage  # a name of this module, so that tests can fake a
 from tempfile import mkdtemp, mkstemp
 from typing import IO
 
-from .core import CliError
+from .commands import CliError
 
 # What `mine-vae train` writes into an output folder: --overwrite replaces exactly this and nothing else.
 RESULTS_FILE = "mine_vae_results.json"

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..presets import DEFAULT_PRESET, Preset, get_preset
-from .core import COMMANDS, PROG, CliError, Command
+from .commands import COMMANDS, PROG, CliError, Command
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -49,7 +49,7 @@ def _make_parser(command: Command) -> _Parser:
     return parser
 
 
-def _parse(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
+def parse_command(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
     """Parse `argv` into the command's dataclasses (plus a Namespace of positionals when it has any)."""
     config_path = _config_path(command, argv)
     file_values = _read_config(config_path) if config_path else {}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..hub import push_folder
 from ..modelcard import DEFAULT_LICENSE
-from .core import CliError
+from .commands import CliError
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 from ..data import first_examples
 from ..study.methods import DEFAULT_PRESET, EVAL_SPLIT, METHODS, PROBE_SPLIT, STUDY_PRESETS, Budget
 from .arguments import DataArguments
-from .common import _load_corpus
-from .core import PROG, CliError, Command, _err, _quiet_libraries, _user_errors
+from .commands import PROG, CliError, Command, inform, quiet_library_logs, user_errors
+from .loading import corpus_from_arguments
 
 _PRESET_HELP = "; ".join(f"{name}: {preset.description}" for name, preset in STUDY_PRESETS.items())
 
@@ -140,15 +140,15 @@ def _study_corpus(data: DataArguments, preset: str) -> tuple[Any, Any]:
     """The corpus (PTB unless the data flags name another) with its three splits, and its data settings."""
     from ..study.runner import DataSettings, complete_splits
 
-    corpus = _load_corpus(data)
-    with _user_errors(ValueError):
+    corpus = corpus_from_arguments(data)
+    with user_errors(ValueError):
         corpus, held_out = complete_splits(corpus, data.validation_split_percentage)
     for name in held_out:
-        _err(f"No {name} split: holding out {len(corpus[name])} training sentences for it.")
+        inform(f"No {name} split: holding out {len(corpus[name])} training sentences for it.")
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
     for name in (PROBE_SPLIT, EVAL_SPLIT):
         corpus[name] = first_examples(corpus[name], data.max_eval_examples)
-    with _user_errors(ValueError, KeyError):
+    with user_errors(ValueError, KeyError):
         settings = DataSettings.of_preset(
             preset, corpus=_corpus_name(data), held_out=tuple(held_out), **_data_settings_given(data)
         )
@@ -166,9 +166,9 @@ def run_study_command(study: StudyArguments, budget_args: Any, data: DataArgumen
     from ..study.report import PLOTS_HINT, import_pyplot
     from ..study.runner import StudyPaths, check_method, relative_path
 
-    _quiet_libraries(show_progress=False)
+    quiet_library_logs(show_progress=False)
     _check_counts(study)
-    with _user_errors(ValueError):
+    with user_errors(ValueError):
         preset = get_study_preset(study.preset)
         budget = preset.budget(study.quick, **dataclasses.asdict(budget_args))
         specs = list(dict.fromkeys(extra.methods)) or list(METHODS)

@@ -19,17 +19,17 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
 from .arguments import DataArguments, ModelArguments, TrainRunArguments
-from .common import _load_corpus, _newest_checkpoint, _subset, _tokenize, load_checked
-from .core import (
-    _INPUT_ERRORS,
+from .commands import (
     EXIT_INTERRUPTED,
+    INPUT_ERRORS,
     CliError,
-    _err,
-    _json_default,
-    _quiet_libraries,
-    _set_threads,
-    _user_errors,
+    inform,
+    json_default,
+    quiet_library_logs,
+    set_threads,
+    user_errors,
 )
+from .loading import corpus_from_arguments, load_checked, newest_checkpoint, subset_splits, tokenize_splits
 from .output import (
     CHECKPOINT_BYTES_PER_PARAMETER,
     RESULTS_FILE,
@@ -43,7 +43,7 @@ from .output import (
     staging_folder_of,
     trainer_checkpoints,
 )
-from .train_report import _data_summary, _final_report, _model_summary, _print_report
+from .train_report import data_summary, final_report, model_summary, print_report
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -70,7 +70,7 @@ def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
         if stopper.requested:
             raise KeyboardInterrupt
         stopper.requested = True
-        _err("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
+        inform("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
 
     previous = signal.signal(signal.SIGINT, handle)
     try:
@@ -162,7 +162,7 @@ def _build_model(
     flags), else a pretrained pair (--encoder/--decoder or the preset's), else the preset's from-scratch model."""
     if checkpoint is not None:
         return load_checked(checkpoint, checkpoint)
-    with _user_errors(*_INPUT_ERRORS):
+    with user_errors(*INPUT_ERRORS):
         config_kwargs = model_args.config_kwargs()
         if model_args.encoder or model_args.decoder or not preset.from_scratch:
             encoder = model_args.encoder or _preset_side(preset, "encoder")
@@ -199,7 +199,7 @@ def _split_for_eval(corpus: Any, data: DataArguments, seed: int) -> tuple[Any, s
             "1 and 99 with at least 4 training sentences."
         )
     parts = corpus["train"].train_test_split(test_size=max(2, round(share * len(corpus["train"]))), seed=seed)
-    _err(f"No validation split: holding out {len(parts['test'])} training sentences for the final evaluation.")
+    inform(f"No validation split: holding out {len(parts['test'])} training sentences for the final evaluation.")
     return DatasetDict({"train": parts["train"], "validation": parts["test"]}), "validation"
 
 
@@ -222,8 +222,8 @@ class _QuietProgress(ProgressCallback):
 def run_train(
     training_args: Any, model_args: ModelArguments, data: DataArguments, run: TrainRunArguments, extra: Any
 ) -> int:
-    _quiet_libraries(show_progress=not training_args.disable_tqdm)
-    _set_threads(run.num_threads)
+    quiet_library_logs(show_progress=not training_args.disable_tqdm)
+    set_threads(run.num_threads)
     preset = get_preset(model_args.preset)
     output_dir = Path(training_args.output_dir)
     if run.resume and run.overwrite:
@@ -235,16 +235,18 @@ def run_train(
 
     # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
     set_seed(training_args.seed)
-    corpus, eval_name = _split_for_eval(_load_corpus(data), data, training_args.seed)
+    corpus, eval_name = _split_for_eval(corpus_from_arguments(data), data, training_args.seed)
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
     corpus[eval_name] = first_examples(corpus[eval_name], data.max_eval_examples)
     model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
     max_length = data.max_length or processor.max_decoder_length - 1
-    tokenized, counts = _tokenize(_subset(corpus, ["train", eval_name]), processor, max_length, data.overlength)
+    tokenized, counts = tokenize_splits(
+        subset_splits(corpus, ["train", eval_name]), processor, max_length, data.overlength
+    )
     parameters = sum(p.numel() for p in model.parameters())
     check_free_space(output_dir, parameters * CHECKPOINT_BYTES_PER_PARAMETER, "--output_dir", "a checkpoint")
-    _err(_data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
-    _err(_model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
+    inform(data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
+    inform(model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
 
     # The Trainer's checkpoint rotation deletes every older checkpoint-* folder where it trains, a user's
     # checkpoint-best/ included: such folders stay out of its reach when it trains in a staging folder.
@@ -267,9 +269,9 @@ def run_train(
                 raise CliError(str(error) + _kept_note(run_dir, output_dir), exit_code=1) from error
         if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
             folder.keep = True
-            _err(
+            inform(
                 f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
-                f"{_newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
+                f"{newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
             )
             return EXIT_INTERRUPTED
         with _write_errors(run_dir):
@@ -278,16 +280,16 @@ def run_train(
         if run_dir != output_dir:
             folder.keep = True  # if the swap fails, its message points at the new model in there
             replace_previous_run(output_dir, run_dir)
-    _err(f"Saved the model and both tokenizers to {output_dir}{', replacing the previous run' if replacing else ''}.")
+    inform(f"Saved the model and both tokenizers to {output_dir}{', replacing the previous run' if replacing else ''}.")
 
-    report = _final_report(model, processor, tokenized[eval_name], eval_name, training_args, run, counts)
+    report = final_report(model, processor, tokenized[eval_name], eval_name, training_args, run, counts)
     report.update(
         command="train", output_dir=str(output_dir), preset=preset.name, global_step=trainer.state.global_step
     )
     with _write_errors(output_dir):
-        results = json.dumps(report, indent=2, default=_json_default) + "\n"
+        results = json.dumps(report, indent=2, default=json_default) + "\n"
         (output_dir / RESULTS_FILE).write_text(results, encoding="utf-8")
-    _print_report(report, run.json_output)
+    print_report(report, run.json_output)
     return 0
 
 
@@ -336,7 +338,7 @@ def _continue_hint(run_dir: Path, output_dir: Path) -> str:
         return "Continue with the same command plus --resume."
     return (
         f"{output_dir} is as it was (a previous model there is unchanged). Continue with the same command plus "
-        f"--resume_from_checkpoint {_newest_checkpoint(run_dir)} (the result moves into {output_dir} when done), or "
+        f"--resume_from_checkpoint {newest_checkpoint(run_dir)} (the result moves into {output_dir} when done), or "
         "delete that folder."
     )
 
@@ -359,7 +361,7 @@ def _make_trainer(model: Any, processor: Any, training_args: Any, train_dataset:
     from ..trainer import MineVaeTrainer
 
     stopper = _StopOnInterrupt()
-    with _user_errors(ValueError, TypeError):  # e.g. a batch size the MI bound cannot pair
+    with user_errors(ValueError, TypeError):  # e.g. a batch size the MI bound cannot pair
         trainer = MineVaeTrainer(
             model=model,
             args=training_args,

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 
 from .arguments import TrainRunArguments
-from .core import _cell, _print_json, format_table
+from .commands import format_cell, format_table, print_json
 from .decoding import interpolation, prior_samples, reconstructions
 from .evaluate import evaluate_split, metrics_table
 
-# How `train` decodes its prior samples (see _final_report).
+# How `train` decodes its prior samples (see final_report).
 REPORT_SAMPLING = {"do_sample": True, "top_p": 0.9, "temperature": 0.8}
 REPORT_SAMPLING_TEXT = "nucleus sampling, top_p 0.9, temperature 0.8"
 
 
-def _data_summary(counts: Mapping[str, int], source: str) -> str:
+def data_summary(counts: Mapping[str, int], source: str) -> str:
     rows = []
     for split in dict.fromkeys(key.split("/")[0] for key in counts):
         rows.append(
@@ -33,7 +33,7 @@ def _data_summary(counts: Mapping[str, int], source: str) -> str:
     return format_table(rows, headers=("split", "sentences", "too long (dropped)", "truncated", "empty"), title=source)
 
 
-def _model_summary(model: Any, preset_name: str) -> str:
+def model_summary(model: Any, preset_name: str) -> str:
     def describe(config: Any) -> str:
         layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", "?")
         hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", "?")
@@ -48,7 +48,7 @@ def _model_summary(model: Any, preset_name: str) -> str:
     )
 
 
-def _final_report(
+def final_report(
     model: Any,
     processor: Any,
     eval_set: Any,
@@ -99,9 +99,9 @@ def _final_report(
     return report
 
 
-def _print_report(report: Mapping[str, Any], as_json: bool) -> None:
+def print_report(report: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
     metrics = report["metrics"]
     title = (
@@ -115,7 +115,9 @@ def _print_report(report: Mapping[str, Any], as_json: bool) -> None:
             format_table(rows, headers=("#", "sentence"), title=f"Samples from the prior ({REPORT_SAMPLING_TEXT})")
         )
     if report.get("reconstructions"):
-        pairs = [f"  in:  {_cell(r['input'])}\n  out: {_cell(r['output'])}" for r in report["reconstructions"]]
+        pairs = [
+            f"  in:  {format_cell(r['input'])}\n  out: {format_cell(r['output'])}" for r in report["reconstructions"]
+        ]
         sections.append("Reconstructions (posterior mean, greedy, no repeated 3-gram)\n" + "\n".join(pairs))
     if report.get("interpolation"):
         steps = [(f"{step['t']:.2f}", step["text"]) for step in report["interpolation"]["steps"]]

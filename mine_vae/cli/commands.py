@@ -69,7 +69,7 @@ def register_command(command: Command) -> None:
 
 
 @contextlib.contextmanager
-def _user_errors(*types: type[BaseException]) -> Iterator[None]:
+def user_errors(*types: type[BaseException]) -> Iterator[None]:
     """Turn the package's checks of user input (clear ValueErrors, missing files) into one-line CLI errors."""
     try:
         yield
@@ -77,20 +77,20 @@ def _user_errors(*types: type[BaseException]) -> Iterator[None]:
         raise CliError(str(error)) from error
 
 
-_INPUT_ERRORS = (ValueError, FileNotFoundError, OSError, TypeError, ImportError)
+INPUT_ERRORS = (ValueError, FileNotFoundError, OSError, TypeError, ImportError)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _err(message: str) -> None:
+def inform(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, title: str | None = None) -> str:
     """Rows as aligned plain-text columns (numbers right-aligned, text left-aligned)."""
-    cells = [[_cell(value) for value in row] for row in rows]
+    cells = [[format_cell(value) for value in row] for row in rows]
     if headers is not None:
         cells.insert(0, list(headers))
     if not cells:
@@ -109,7 +109,7 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = 
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
     if isinstance(value, str):
         return " ".join(value.split())  # a generated newline would break the table's rows
     if isinstance(value, float):
@@ -123,11 +123,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _print_json(document: Mapping[str, Any]) -> None:
-    print(json.dumps(document, indent=2, default=_json_default, allow_nan=True))
+def print_json(document: Mapping[str, Any]) -> None:
+    print(json.dumps(document, indent=2, default=json_default, allow_nan=True))
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if isinstance(value, Path):
@@ -135,7 +135,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _quiet_libraries(show_progress: bool) -> None:
+def quiet_library_logs(show_progress: bool) -> None:
     """Library logs at warning level on stderr; datasets' per-map progress bars only where they help (training)."""
     import datasets
     import transformers
@@ -152,7 +152,7 @@ def _quiet_libraries(show_progress: bool) -> None:
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
 
 
-def _set_threads(requested: int | None) -> None:
+def set_threads(requested: int | None) -> None:
     """Use `requested` CPU threads, or pick them: torch's default (one per core) on an idle machine, fewer when
     the load average says other processes already use the cores. Oversubscribed OpenMP threads spin at every
     barrier while the thread they wait for is descheduled; on a shared 2-core machine that made a training step

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 
 from .arguments import DataArguments
-from .core import _INPUT_ERRORS, PROG, CliError, _err, _user_errors
+from .commands import INPUT_ERRORS, PROG, CliError, inform, user_errors
 
 
-def _load_corpus(data: DataArguments, validation_file: str | None = None) -> Any:
+def corpus_from_arguments(data: DataArguments, validation_file: str | None = None) -> Any:
     from ..data import load_corpus
 
-    with _user_errors(*_INPUT_ERRORS):
+    with user_errors(*INPUT_ERRORS):
         return load_corpus(
             train_file=data.train_file,
             validation_file=validation_file or data.validation_file,
@@ -28,19 +28,19 @@ def _load_corpus(data: DataArguments, validation_file: str | None = None) -> Any
         )
 
 
-def _tokenize(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
+def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
     """Tokenise for both models. The limits are applied by `tokenize_corpus`, which counts what it drops or cuts;
     the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
     from ..data import tokenize_corpus
 
     encoder_limit = min(max_length + 2, processor.max_encoder_length)  # + [CLS] ... [SEP]
     decoder_limit = min(max_length, processor.max_decoder_length - 1)  # the collator adds BOS / EOS
-    with _user_errors(ValueError):
+    with user_errors(ValueError):
         encode = functools.partial(processor.encode_texts, truncate=False)
         return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)
 
 
-def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
+def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
     """A model folder written by `mine-vae train` (model + both tokenizers), on `device`, in eval mode."""
     from ..processing_mine_vae import PROCESSOR_CONFIG_NAME
 
@@ -51,9 +51,9 @@ def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
                 f"no model at {location!r}: train one with `{PROG} train --output_dir {location}`, or pass --model "
                 "<folder written by mine-vae train>."
             )
-        _err(f"{location!r} is not a local folder; loading it as a Hub id.")
+        inform(f"{location!r} is not a local folder; loading it as a Hub id.")
     elif not (path / "config.json").is_file():
-        newest = _newest_checkpoint(path) if path.is_dir() else None
+        newest = newest_checkpoint(path) if path.is_dir() else None
         hint = f" Its newest checkpoint is {newest}: pass --model {newest}." if newest else ""
         raise CliError(
             f"{location!r} holds no trained model (no config.json).{hint} Train one with `{PROG} train --output_dir "
@@ -66,7 +66,7 @@ def _load_trained(location: str, device: str | None) -> tuple[Any, Any]:
         )
     source = str(path) if path.exists() else location
     model, processor = load_checked(source, location)
-    with _user_errors(RuntimeError, AssertionError):  # e.g. --device cuda on a machine without one
+    with user_errors(RuntimeError, AssertionError):  # e.g. --device cuda on a machine without one
         model.to(_device(device)).eval()
     return model, processor
 
@@ -79,7 +79,7 @@ def load_checked(source: str, name: str) -> tuple[Any, Any]:
     from ..modeling_mine_vae import MineVaeModel
     from ..processing_mine_vae import MineVaeProcessor
 
-    with _user_errors(*_INPUT_ERRORS), _library_logs_off():
+    with user_errors(*INPUT_ERRORS), _library_logs_off():
         # ignore_mismatched_sizes: report every differing tensor below, not the first one as a RuntimeError.
         model, loading = MineVaeModel.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
         processor = MineVaeProcessor.from_pretrained(source)
@@ -89,7 +89,7 @@ def load_checked(source: str, name: str) -> tuple[Any, Any]:
             f"{name!r}: config.json does not match the saved weights ({problem}); use the config.json saved with "
             "these weights, or train the model again."
         )
-    with _user_errors(ValueError):
+    with user_errors(ValueError):
         try:
             processor.check_model(model)
         except ValueError as error:
@@ -135,18 +135,18 @@ def _looks_like_hub_id(location: str) -> bool:
 
 def _device(name: str | None) -> torch.device:
     if name:
-        with _user_errors(RuntimeError):
+        with user_errors(RuntimeError):
             return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _newest_checkpoint(folder: Path) -> str | None:
+def newest_checkpoint(folder: Path) -> str | None:
     from ..trainer import last_complete_checkpoint
 
     return last_complete_checkpoint(str(folder))
 
 
-def _subset(corpus: Any, names: Sequence[str]) -> Any:
+def subset_splits(corpus: Any, names: Sequence[str]) -> Any:
     from datasets import DatasetDict
 
     return DatasetDict({name: corpus[name] for name in dict.fromkeys(names)})
