@@ -4,12 +4,13 @@ evaluation results), then Markdown on the model, its training, its evaluation, i
 [`model_card`] only builds the text; `mine_vae.hub` writes it next to the model and uploads it ([`push_to_hub`],
 [`push_folder`], and the Trainer's `create_model_card`), and re-exports it as `mine_vae.hub.model_card`.
 
-Imports flow one way: `mine_vae.hub` uses this module; it reads the model, processor and training arguments it is
-given, and imports none of them at run time.
+Imports flow one way: `mine_vae.hub` uses this module; it reads the model and processor it is given (importing
+neither at run time), and reads the names of the training arguments' fields from `MineVaeTrainingArguments`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCardData
+from transformers import PreTrainedConfig, TrainingArguments
+
+from .training_args import MineVaeTrainingArguments
 
 if TYPE_CHECKING:
-    from transformers import TrainingArguments
-
     from .modeling_mine_vae import MineVaeModel
     from .processing_mine_vae import MineVaeProcessor
 
@@ -62,23 +64,29 @@ CORE_ARGUMENTS = (
     "bf16",
     "seed",
 )
-MINE_VAE_ARGUMENTS = (
-    "critic_learning_rate",
-    "critic_steps",
-    "critic_warmup_steps",
-    "critic_weight_decay",
-    "critic_max_grad_norm",
-    "critic_lr_scheduler_type",
-    "mi_schedule",
-    "mi_warmup_steps",
-    "kl_schedule",
-    "kl_warmup_ratio",
-    "kl_warmup_steps",
-    "kl_cycles",
-    "kl_zero_ratio",
-    "kl_increase_ratio",
-    "eval_importance_samples",
+# Every field MineVaeTrainingArguments adds to the Trainer's: a new one gets its line without editing the card.
+MINE_VAE_ARGUMENTS: tuple[str, ...] = tuple(
+    spec.name
+    for spec in dataclasses.fields(MineVaeTrainingArguments)
+    if spec.name not in {base.name for base in dataclasses.fields(TrainingArguments)}
 )
+# What the model-settings table says of the MineVaeConfig fields it knows; it lists every field of the config's own
+# (see `model_settings`), a new one with its value alone.
+SETTING_MEANINGS = {
+    "latent_size": "dimension of z",
+    "pooling": "how the encoder states become the posterior's input",
+    "critic_hidden_size": "width of the critic f(x, z)'s hidden layers",
+    "critic_num_layers": "hidden layers of the critic f(x, z)",
+    "ema_decay": 'decay of the moving average of E_marginal[e^f] (used with xi = "ema")',
+    "kl_weight": "β, the weight of the KL term",
+    "mi_weight": "λ, the weight of the MI lower bound (subtracted from the loss)",
+    "free_bits": "KL per latent dimension (nats) that costs nothing",
+    "initializer_range": "standard deviation of the initial weights of the heads this model adds",
+}
+# Fields of MineVaeConfig that say nothing of the VAE itself: its decoding plumbing and transformers' generic switches.
+_NOT_MODEL_SETTINGS = {"use_cache", "tie_word_embeddings"}
+
+
 CITATION = (
     "@inproceedings{qian-cheung-2019-enhancing,\n"
     '    title = "Enhancing Variational Autoencoders with Mutual Information Neural Estimation for Text Generation",\n'
@@ -214,22 +222,13 @@ def _architecture(model: MineVaeModel, processor: MineVaeProcessor | None) -> st
         "embedding": "a vector added to every decoder input embedding",
         "both": "one extra key/value position in every decoder layer and a vector added to every input embedding",
     }[config.latent_injection]
-    settings = [
-        _row("Setting", "Value", "Meaning"),
-        _row("---", "---", "---"),
-        _row("`latent_size`", config.latent_size, "dimension of z"),
-        _row("`pooling`", config.pooling, "how the encoder states become the posterior's input"),
-        _row("`latent_injection`", config.latent_injection, f"z enters the decoder as {injection}"),
-        _row(
-            "`critic`",
-            f"{config.critic_num_layers} x {config.critic_hidden_size}",
-            "hidden layers x width of the critic f(x, z)",
-        ),
-        _row("`xi`", config.xi, _xi_meaning(config)),
-        _row("`kl_weight` (β)", config.kl_weight, "weight of the KL term"),
-        _row("`mi_weight` (λ)", config.mi_weight, "weight of the MI lower bound (subtracted from the loss)"),
-        _row("`free_bits`", config.free_bits, "KL per latent dimension (nats) that costs nothing"),
-    ]
+    meanings = {
+        **SETTING_MEANINGS,
+        "latent_injection": f"z enters the decoder as {injection}",
+        "xi": _xi_meaning(config),
+    }
+    settings = [_row("Setting", "Value", "Meaning"), _row("---", "---", "---")]
+    settings += [_row(f"`{name}`", getattr(config, name), meanings.get(name, "")) for name in model_settings(config)]
     text = "## Model\n\n" + "\n".join(rows) + "\n\n" + "\n".join(settings)
     if processor is not None:
         text += (
@@ -326,6 +325,18 @@ def _files(with_tokenizers: bool) -> str:
             "processor's length limits."
         )
     return "\n".join(lines)
+
+
+def model_settings(config: Any) -> list[str]:
+    """The fields the config's class adds to `PreTrainedConfig`, in their order, but the encoder and decoder configs,
+    the token ids and transformers' generic switches: what the card's model-settings table lists."""
+    inherited = {spec.name for spec in dataclasses.fields(PreTrainedConfig)}
+    sub_configs = set(getattr(config, "sub_configs", None) or ()) | {"encoder", "decoder"}
+    return [
+        spec.name
+        for spec in dataclasses.fields(type(config))
+        if spec.name not in inherited | sub_configs | _NOT_MODEL_SETTINGS and not spec.name.endswith("_token_id")
+    ]
 
 
 def _xi_meaning(config: Any) -> str:

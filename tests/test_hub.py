@@ -4,6 +4,7 @@ pickles, the Trainer's push and `mine-vae push`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,11 +20,11 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel
+from transformers import AutoModel, TrainingArguments
 
-from mine_vae import MineVaeModel, MineVaeProcessor
+from mine_vae import MineVaeConfig, MineVaeModel, MineVaeProcessor
 from mine_vae import hub as mine_hub
-from mine_vae.modelcard import METRIC_NAMES
+from mine_vae.modelcard import METRIC_NAMES, MINE_VAE_ARGUMENTS, model_settings
 from mine_vae.trainer import MineVaeTrainer
 from mine_vae.training_args import MineVaeTrainingArguments
 
@@ -229,6 +230,29 @@ def test_model_card_is_yaml_front_matter_plus_markdown_with_the_metrics(tmp_path
     assert 'MineVaeModel.from_pretrained("user/tiny-vae")' in body
     assert 'AutoModel.from_pretrained("user/tiny-vae", trust_remote_code=True)' in body
     assert "@inproceedings{qian-cheung-2019-enhancing" in body and "10.18653/v1/D19-1416" in body
+
+
+def test_model_card_lists_every_setting_the_dataclasses_define(tmp_path: Path) -> None:
+    """The card's tables are read from MineVaeConfig and MineVaeTrainingArguments, so a field added to either shows
+    up without editing the card; the sub-configs, token ids and transformers' generic fields stay out."""
+    vae_fields = {f.name for f in dataclasses.fields(MineVaeTrainingArguments)}
+    trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(MINE_VAE_ARGUMENTS) == vae_fields - trainer_fields
+    model = tiny.model(xi="ema", free_bits=0.25)
+    listed = model_settings(model.config)
+    assert {"latent_size", "critic_num_layers", "ema_decay", "kl_weight", "mi_weight", "free_bits"} <= set(listed)
+    assert not {"encoder", "decoder", "pad_token_id", "decoder_start_token_id", "use_cache", "dtype"} & set(listed)
+    args = MineVaeTrainingArguments(output_dir=str(tmp_path), freeze_decoder=True, report_to=[], use_cpu=True)
+    body = front_matter(mine_hub.model_card(model, training_args=args))[1]
+    assert "| `free_bits` | 0.25 |" in body and "| `ema_decay` | 0.99 |" in body
+    assert "| `freeze_decoder` | True |" in body and "| `critic_adam_beta2` | 0.999 |" in body
+
+    @dataclasses.dataclass
+    class WiderConfig(MineVaeConfig):
+        new_setting: float = 0.5
+
+    wider = WiderConfig(encoder=tiny.encoder_config(), decoder=tiny.decoder_config(), latent_size=8)
+    assert model_settings(wider)[-1] == "new_setting"
 
 
 def test_model_card_names_pretrained_parents_and_stays_valid_without_extras() -> None:
