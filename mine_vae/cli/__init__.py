@@ -39,6 +39,7 @@ from .core import (
     format_table,
     register_command,
 )
+from .embed import EmbedArguments, embed_positionals, run_embed
 from .evaluate import run_evaluate
 from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
 from .parsing import _parse
@@ -121,6 +122,19 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             dataclasses=(LoadArguments, DecodingArguments, InterpolateArguments),
             run=run_interpolate,
             positionals=_interpolate_positionals,
+        )
+    )
+    register_command(
+        Command(
+            name="embed",
+            usage=f"{PROG} embed MODEL TEXT_FILE --output FILE [--with_logvar] [--batch_size N]",
+            summary="Write the posterior means of a file's sentences to a .npy or .parquet file.",
+            examples="""examples:
+  mine-vae embed mine-vae-small sentences.txt --output means.npy
+  mine-vae embed runs/ptb sentences.txt --output means.parquet --with_logvar --batch_size 256""",
+            dataclasses=(EmbedArguments,),
+            run=run_embed,
+            positionals=embed_positionals,
         )
     )
     register_command(STUDY_COMMAND)
