@@ -41,6 +41,7 @@ from .core import (
 )
 from .embed import EmbedArguments, embed_positionals, run_embed
 from .evaluate import run_evaluate
+from .explore import ExploreArguments, explore_positionals, run_explore
 from .generate import _generate_positionals, _interpolate_positionals, run_generate, run_interpolate
 from .parsing import _parse
 from .push import PushArguments, push_positionals, run_push
@@ -135,6 +136,19 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             dataclasses=(EmbedArguments,),
             run=run_embed,
             positionals=embed_positionals,
+        )
+    )
+    register_command(
+        Command(
+            name="explore",
+            usage=f"{PROG} explore MODEL [--port 0] [--host 127.0.0.1]",
+            summary="A local web page to explore the latent space: reconstruct, interpolate, sample, attributes.",
+            examples="""examples:
+  mine-vae explore mine-vae-small                  # prints the URL (a free port) and serves until Ctrl-C
+  mine-vae explore runs/ptb --port 8080""",
+            dataclasses=(ExploreArguments,),
+            run=run_explore,
+            positionals=explore_positionals,
         )
     )
     register_command(STUDY_COMMAND)
