@@ -14,6 +14,7 @@ LAYERS = {
     "modeling_mine_vae": 2,
     "evaluation": 3,
     "metrics": 3,
+    "latent": 3,
     "schedules": 4,
     "training_args": 4,
     "adapters": 4,
@@ -22,6 +23,7 @@ LAYERS = {
     "hub": 4,
     "study": 4,
     "cli": 5,
+    "explorer": 5,
 }
 FEEDERS = {"data", "processing_mine_vae", "presets", "assets"}
 FEEDER_LAYER = 2  # what a feeder may import besides other feeders

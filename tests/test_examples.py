@@ -26,6 +26,7 @@ def test_every_example_has_a_smoke_test():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {
         "finetune_pretrained_pair",
         "generate_and_interpolate",
+        "latent_space",
         "plot_latent_space",
     }
 
@@ -44,6 +45,47 @@ def test_generate_and_interpolate_smoke(capsys):
     assert len(results["prior, greedy"]) == 2 and len(results["reconstructions"]) == 3
     assert len(results["posterior samples of sentence 1"]) == 2 and len(results["interpolation 1 -> 2"]) == 3
     assert "interpolation 1 -> 2:" in capsys.readouterr().out
+
+
+def test_latent_space_smoke(tmp_path):
+    import csv
+
+    import matplotlib.image
+
+    # A few dozen labelled sentences through --data, cut by --limit: the script's Rotten Tomatoes path is the same.
+    data = tmp_path / "snippets.csv"
+    rows = load("latent_space").toy_snippets(16)
+    with open(data, "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("category", "text"), *rows])
+    out = tmp_path / "report"
+    results = load("latent_space").main(
+        [
+            "--smoke",
+            "--data",
+            str(data),
+            "--limit",
+            "12",
+            "--out_dir",
+            str(out),
+            "--max_new_tokens",
+            "5",
+            "--examples",
+            "2",
+        ]
+    )
+    assert results["snippets"] == 36
+    for features in ("posterior_mean", "encoder_mean_pooled"):
+        assert len(results["probe"][features]["fold_accuracies"]) == 5
+        assert 0 <= results["probe"][features]["accuracy_mean"] <= 1
+    strengths = results["transfer"]["strengths"]
+    assert [row["strength"] for row in strengths] == [0, 0.5, 1, 1.5, 2, 3]
+    assert all(0 <= row["fresh_share"] <= 1 and row["bleu_vs_input"] >= 0 for row in strengths)
+    assert len(results["transfer"]["examples"]) == 2
+    written = {p.name for p in out.iterdir()}
+    assert written == {"latent_space.json", "latent_space.md", "latent_pca.png", "attribute_transfer.png"}
+    assert "| strength | judged fresh | BLEU vs input |" in (out / "latent_space.md").read_text()
+    for picture in ("latent_pca.png", "attribute_transfer.png"):
+        assert matplotlib.image.imread(out / picture)[..., :3].std() > 0.05
 
 
 def test_plot_latent_space_smoke(tmp_path):

@@ -136,3 +136,11 @@ class StopAt(TrainerCallback):
 def cli_data_flags(corpus: dict) -> list[str]:
     """`mine-vae` flags naming the training and validation files of the `corpus` fixture (tests/conftest.py)."""
     return ["--train_file", str(corpus["train"]), "--validation_file", str(corpus["validation"])]
+
+
+def saved_model(folder, kind: str = "gpt2", seed: int = 0):
+    """An untrained tiny model and its processor saved in `folder` (what `mine-vae` commands load), in seconds;
+    returns `folder`."""
+    model(kind, seed).save_pretrained(folder)
+    processor().save_pretrained(folder)
+    return folder

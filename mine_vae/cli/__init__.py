@@ -39,7 +39,9 @@ from .commands import (
     one_line,
     register_command,
 )
+from .embed import EmbedArguments, embed_positionals, run_embed
 from .evaluate import run_evaluate
+from .explore import ExploreArguments, explore_positionals, run_explore
 from .generate import generate_positionals, interpolate_positionals, run_generate, run_interpolate
 from .parsing import parse_command
 from .push import PushArguments, push_positionals, run_push
@@ -121,6 +123,32 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             dataclasses=(LoadArguments, DecodingArguments, InterpolateArguments),
             run=run_interpolate,
             positionals=interpolate_positionals,
+        )
+    )
+    register_command(
+        Command(
+            name="embed",
+            usage=f"{PROG} embed MODEL TEXT_FILE --output FILE [--with_logvar] [--batch_size N]",
+            summary="Write the posterior means of a file's sentences to a .npy or .parquet file.",
+            examples="""examples:
+  mine-vae embed mine-vae-small sentences.txt --output means.npy
+  mine-vae embed runs/ptb sentences.txt --output means.parquet --with_logvar --batch_size 256""",
+            dataclasses=(EmbedArguments,),
+            run=run_embed,
+            positionals=embed_positionals,
+        )
+    )
+    register_command(
+        Command(
+            name="explore",
+            usage=f"{PROG} explore MODEL [--port 0] [--host 127.0.0.1]",
+            summary="A local web page to explore the latent space: reconstruct, interpolate, sample, attributes.",
+            examples="""examples:
+  mine-vae explore mine-vae-small                  # prints the URL (a free port) and serves until Ctrl-C
+  mine-vae explore runs/ptb --port 8080""",
+            dataclasses=(ExploreArguments,),
+            run=run_explore,
+            positionals=explore_positionals,
         )
     )
     register_command(STUDY_COMMAND)

@@ -3,37 +3,14 @@ decode."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from ..latent import generation_limit as generation_limit  # re-exported: the decoding flags cap max_new_tokens with it
+from ..latent import texts_from_ids as decode
 from .commands import user_errors
-
-
-def generation_limit(model: Any) -> int:
-    """Most new tokens the decoder can generate: its positions, less z's key/value position and the start token."""
-    positions = getattr(model.config.decoder, "max_position_embeddings", None)
-    if positions is None:
-        return sys.maxsize
-    return positions - (1 if model.config.injects_memory else 0) - 1
-
-
-def decode(processor: Any, sequences: torch.Tensor) -> list[str]:
-    """Generated ids to text: the start token dropped, cut at the first EOS, pads dropped. Other special tokens are
-    kept, so a word-level decoder's `<unk>` stays visible instead of silently vanishing from PTB-style samples."""
-    tokenizer = processor.decoder_tokenizer
-    start, eos, pad = processor.decoder_start_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    texts = []
-    for row in sequences.tolist():
-        if row and row[0] == start:
-            row = row[1:]
-        if eos in row:
-            row = row[: row.index(eos)]
-        row = [token for token in row if token != pad]
-        texts.append(tokenizer.decode(row, skip_special_tokens=False).strip())
-    return texts
 
 
 def prior_samples(model: Any, processor: Any, count: int, seed: int, **generate_kwargs: Any) -> list[str]:
