@@ -72,6 +72,11 @@ class MineVaeConfig(PreTrainedConfig):
             Free-bits threshold per latent dimension, in nats: a dimension's batch-mean KL below it costs nothing.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the initialisation of the heads this model adds (posterior, injection, critic).
+        posterior_logvar_init (`float`, defaults to 0.0):
+            The log-variance q(z|x) starts at (the bias of the posterior's log-variance half). 0.0 starts at the
+            prior's width. A pretrained encoder's pooled features are small, so the initial posterior means are
+            too (about 0.1): at unit variance the decoder sees noise and learns to ignore z before the encoder can
+            speak. A negative value (-6: a standard deviation of 0.05) lets z carry x from the first step.
         use_cache (`bool`, defaults to `True`):
             Whether `forward` returns the decoder cache when the call does not say (as a causal LM's config does).
     """
@@ -106,6 +111,7 @@ class MineVaeConfig(PreTrainedConfig):
     mi_weight: float = 3.0
     free_bits: float = 0.0
     initializer_range: float = 0.02
+    posterior_logvar_init: float = 0.0
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -159,6 +165,12 @@ class MineVaeConfig(PreTrainedConfig):
         for name in ("kl_weight", "mi_weight", "free_bits"):
             value = getattr(self, name)
             _require(_is_number(value) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        _require(
+            _is_number(self.posterior_logvar_init) and math.isfinite(self.posterior_logvar_init),
+            "posterior_logvar_init",
+            self.posterior_logvar_init,
+            "a finite number",
+        )
         if self.pooling == "pooler" and getattr(self.encoder, "add_pooling_layer", True) is False:
             raise ValueError("pooling='pooler' needs an encoder with a pooler; use pooling='first' or 'mean'.")
 

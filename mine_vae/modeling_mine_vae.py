@@ -180,6 +180,9 @@ class MineVaePreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if module is getattr(self, "posterior", None) and module.bias is not None:
+            with torch.no_grad():  # the log-variance half: see `MineVaeConfig.posterior_logvar_init`
+                module.bias[self.config.latent_size :].fill_(self.config.posterior_logvar_init)
         if isinstance(module, MineCritic):
             module.log_ema.zero_()
             module.ema_updates.zero_()

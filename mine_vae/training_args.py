@@ -75,6 +75,10 @@ class MineVaeTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if (self.bf16 or self.bf16_full_eval) and not self.use_cpu and _cpu_only():
+            # transformers refuses bf16 without an accelerator unless told to use the CPU; on a CPU-only machine
+            # there is nothing else to use, and CPU autocast to bf16 is what the pretrained preset trains with.
+            self.use_cpu = True
         super().__post_init__()
         # A NaN or infinite number anywhere (the Trainer's own learning_rate included) only shows up as a diverged
         # or silent run; refuse it here, naming the argument.
@@ -130,3 +134,13 @@ _require = partial(require_setting, "MineVaeTrainingArguments")
 
 
 __all__ = ["MineVaeTrainingArguments"]
+
+
+def _cpu_only() -> bool:
+    """True when torch sees no accelerator (no CUDA, XPU, MPS, ...) to run bf16 on."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()

@@ -260,3 +260,28 @@ def test_from_encoder_decoder_pretrained_routes_kwargs_and_keeps_attention(tmp_p
     assert model.decoder.config._attn_implementation == "eager"
     assert torch.equal(model.decoder.lm_head.weight, decoder.lm_head.weight)
     assert torch.equal(model.encoder.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
+
+
+def test_posterior_logvar_init_starts_the_posterior_narrow_and_survives_save_load(tmp_path):
+    """The log-variance half of the posterior starts at config.posterior_logvar_init (0: the prior's width); the
+    means' half is untouched, and a saved model loads its trained values, not the initial ones."""
+    default = tiny.model(seed=0).eval()  # eval: no dropout between the two encodings
+    narrow = tiny.model(seed=0, posterior_logvar_init=-6.0).eval()
+    latent = narrow.config.latent_size
+    torch.testing.assert_close(narrow.posterior.bias[latent:], torch.full((latent,), -6.0))
+    torch.testing.assert_close(narrow.posterior.weight, default.posterior.weight)
+    batch = tiny.processor()(tiny.sentences(4))
+    with torch.no_grad():
+        logvar = narrow.encode(batch["input_ids"], batch["attention_mask"]).logvar
+        logvar_default = default.encode(batch["input_ids"], batch["attention_mask"]).logvar
+    torch.testing.assert_close(logvar, logvar_default - 6.0)
+    with torch.no_grad():
+        narrow.posterior.bias[latent:] = -1.5
+    narrow.save_pretrained(tmp_path)
+    reloaded = MineVaeModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.posterior.bias[latent:], torch.full((latent,), -1.5))
+
+
+def test_posterior_logvar_init_must_be_finite():
+    with pytest.raises(ValueError, match="posterior_logvar_init"):
+        tiny.model(posterior_logvar_init=float("nan"))

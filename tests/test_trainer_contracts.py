@@ -523,3 +523,23 @@ def test_free_bits_are_not_a_training_argument(tmp_path):
     """Free bits are the model's `config.free_bits` alone (saved with the model, like β and λ)."""
     with pytest.raises(TypeError, match="free_bits"):
         MineVaeTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, free_bits=0.1)
+
+
+def test_bf16_on_a_cpu_only_machine_trains_under_cpu_autocast(tmp_path, monkeypatch):
+    """transformers refuses bf16 without an accelerator unless use_cpu is set; MineVaeTrainingArguments sets it when
+    torch sees none (what the pretrained preset relies on), and the step then runs its matrix products in bf16."""
+    import mine_vae.training_args as training_args_module
+
+    monkeypatch.setattr(training_args_module, "_cpu_only", lambda: True)
+    args = tiny.training_args(tmp_path, bf16=True, max_steps=2)
+    assert args.use_cpu and args.bf16
+    seen = []
+    model = tiny.model()
+    hook = model.decoder.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    processor = tiny.processor()
+    data = model_inputs(processor, tiny.sentences(16))
+    MineVaeTrainer(model=model, args=args, train_dataset=data, processing_class=processor).train()
+    hook.remove()
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+    # Without bf16 the device is left to the user and accelerate.
+    assert not tiny.training_args(tmp_path / "fp32", max_steps=2, use_cpu=False).use_cpu

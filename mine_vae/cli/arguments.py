@@ -109,7 +109,7 @@ class TrainRunArguments:
         },
     )
     num_samples: int = field(default=5, metadata={"help": "Prior samples printed after training."})
-    num_reconstructions: int = field(default=3, metadata={"help": "Reconstructions printed after training."})
+    num_reconstructions: int = field(default=5, metadata={"help": "Reconstructions printed after training."})
     interpolation_steps: int = field(default=5, metadata={"help": "Steps of the interpolation printed after training."})
     json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
     num_threads: int | None = field(default=None, metadata={"help": NUM_THREADS_HELP})

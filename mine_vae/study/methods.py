@@ -74,6 +74,10 @@ KL_WARMUP_RATIO = 0.5  # β-annealing: β rises linearly from 0 to 1 over the fi
 # Li et al. 2020 (Fu et al. 2019 cycles): cyclical β (a schedule) with free bits (part of the objective, the config's)
 OPTIMUS = {"kl_schedule": "cyclical", "kl_cycles": 4}
 OPTIMUS_FREE_BITS = {"free_bits": 0.5}
+# Li et al. 2019: train as an autoencoder (β = 0) for the first half, then β rises to 1 over a tenth of the steps
+# and stays there, with free bits keeping what the warm start wrote into z: one cycle of the cyclical schedule.
+AE_WARM = {"kl_schedule": "cyclical", "kl_cycles": 1, "kl_zero_ratio": 0.5, "kl_increase_ratio": 0.1}
+AE_WARM_FREE_BITS = {"free_bits": 0.5}
 _NO_FREE_BITS = {"free_bits": 0.0}  # every other method: the preset's free bits would blur the comparison
 _CONSTANT_BETA = {"kl_schedule": "constant"}
 _ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO}
@@ -145,6 +149,13 @@ METHODS: dict[str, Method] = {
             {"kl_weight": 1.0, "xi": 1.0, **MINE_ANNEAL, **_NO_FREE_BITS},
             {**_ANNEALED_BETA, **_MINE_SCHEDULE},
             "mine",
+        ),
+        Method(
+            "ae-warm",
+            "autoencoder warm start + free bits",
+            {"kl_weight": 1.0, **_WATCHING, **AE_WARM_FREE_BITS},
+            AE_WARM,
+            "baseline",
         ),
         Method(
             "ae",

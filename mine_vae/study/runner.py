@@ -116,7 +116,7 @@ def prepare_data(
     import datasets
 
     from ..data import load_corpus, tokenize_corpus
-    from ..presets import build_from_scratch, get_preset
+    from ..presets import build_from_scratch, get_preset, pretrained_tokenizers
     from ..processing_mine_vae import MineVaeProcessor
 
     datasets.disable_progress_bars()
@@ -128,8 +128,12 @@ def prepare_data(
         raise ValueError(f"The study needs train, {PROBE_SPLIT} and {EVAL_SPLIT} splits; missing {sorted(missing)}.")
     texts = list(corpus["train"]["text"])
     max_length = settings.max_length
-    _, processor = build_from_scratch(preset, texts, max_length, settings.vocab_size, settings.min_frequency)
-    untruncated = MineVaeProcessor(processor.encoder_tokenizer, processor.decoder_tokenizer, 10**9, 10**9)
+    if preset.from_scratch:
+        _, processor = build_from_scratch(preset, texts, max_length, settings.vocab_size, settings.min_frequency)
+        tokenizers = (processor.encoder_tokenizer, processor.decoder_tokenizer)
+    else:
+        tokenizers = pretrained_tokenizers(preset.encoder_path(), preset.decoder_path())
+    untruncated = MineVaeProcessor(*tokenizers, 10**9, 10**9)
     tokenized, counts = tokenize_corpus(
         corpus, untruncated.encode_texts, max_length + 2, max_length, overlength=settings.overlength
     )
@@ -140,14 +144,19 @@ def build_model(preset_name: str, data: StudyData, method: Method, seed: int) ->
     """The preset's model and processor with the method's config; the same initial weights for every method."""
     from transformers import set_seed
 
-    from ..presets import build_from_scratch, get_preset
+    from ..presets import build_from_scratch, build_pretrained, get_preset
 
     preset = get_preset(preset_name)
     settings = data.settings or DataSettings.of_preset(preset_name)
     set_seed(seed)
-    model, processor = build_from_scratch(
-        preset, data.train_texts, settings.max_length, settings.vocab_size, settings.min_frequency, **method.model
-    )
+    if preset.from_scratch:
+        model, processor = build_from_scratch(
+            preset, data.train_texts, settings.max_length, settings.vocab_size, settings.min_frequency, **method.model
+        )
+    else:  # the pretrained pair: the heads (posterior, injection, critic) start from the seed's random weights
+        model, processor = build_pretrained(
+            preset.encoder_path(), preset.decoder_path(), settings.max_length, **{**preset.model, **method.model}
+        )
     processor.model_input_names = ["input_ids", "attention_mask"]  # read by the length-grouped sampler
     return model, processor
 
