@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -303,13 +304,14 @@ def test_overview_lists_commands():
 
 
 def test_threads_follow_the_flag_or_the_load(monkeypatch):
+    from mine_vae.cli import commands
     from mine_vae.cli.commands import CliError, set_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    for load, expected in ((0.1, 2), (1.2, 1), (6.0, 1)):
+    for load, expected in ((0.1, 2), (1.2, 1), (2.0, 1)):
         torch.set_num_threads(2)
-        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setattr(commands, "busy_cores", lambda load=load: load)
         set_threads(None)
         assert torch.get_num_threads() == expected, load
     set_threads(2)  # an explicit choice wins over the load
@@ -317,6 +319,24 @@ def test_threads_follow_the_flag_or_the_load(monkeypatch):
     torch.set_num_threads(1)
     with pytest.raises(CliError, match="at least 1"):
         set_threads(0)
+
+
+def test_busy_cores_reads_what_the_cores_do_now_not_the_minute_before(monkeypatch):
+    """/proc/stat over a short window: a busy loop in another process shows up as about one busy core; the 1-minute
+    load average (which a `pip install` just before keeps high for a minute) is not read."""
+    import subprocess
+
+    from mine_vae.cli.commands import busy_cores
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(window=1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.5 < busy < 9.0
 
 
 def test_format_table_aligns_columns():

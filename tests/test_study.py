@@ -224,7 +224,6 @@ def _machine_masked(section: str) -> str:
     [
         (["no-such-method"], "Unknown method 'no-such-method'"),
         (["vae@mi_weight=-1"], "mi_weight"),
-        (["--preset", "minilm-smollm2"], "has no study yet"),
         (["--steps", "0"], "steps must be at least 1"),
         (["--eval_split", "train"], "eval_split must be test or validation"),
         (["--jobs", "0"], "--jobs must be at least 1"),
@@ -240,3 +239,21 @@ def test_command_refuses_bad_input_in_one_line(argv, message, tmp_path):
 def test_report_only_without_results_says_so(tmp_path):
     code, _, stderr = run_cli(["study", "--report_only", "--no_plots", "--out", str(tmp_path / "empty")])
     assert code == 2 and "no finished runs in" in stderr and stderr.count("\n") == 1
+
+
+def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_without_the_presets_schedules(tmp_path):
+    """`--preset minilm-smollm2`: VAE, β-annealing, Optimus, MINE-VAE (DV) and the autoencoder warm start by default;
+    each run trains the pair with the method's β schedule, not the preset's own warm start."""
+    from mine_vae.study import get_study_preset, training_kwargs
+    from mine_vae.study.methods import resolve_method
+
+    preset = get_study_preset("minilm-smollm2")
+    assert preset.default_methods() == ["vae", "beta-anneal", "optimus", "mine-dv", "ae-warm"]
+    assert preset.seed_count() >= 2
+    budget = preset.budget(quick=True)
+    optimus = training_kwargs("minilm-smollm2", resolve_method("optimus"), budget, 0, tmp_path)
+    assert optimus["kl_schedule"] == "cyclical" and optimus["kl_cycles"] == 4
+    assert "kl_zero_ratio" not in optimus  # the preset's 0.4 would have changed Optimus' cycles
+    assert optimus["freeze_decoder"] and optimus["bf16"] and optimus["max_steps"] == budget.steps
+    warm = training_kwargs("minilm-smollm2", resolve_method("ae-warm"), budget, 0, tmp_path)
+    assert (warm["kl_cycles"], warm["kl_zero_ratio"]) == (1, 0.5)

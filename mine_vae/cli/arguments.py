@@ -85,7 +85,9 @@ class DataArguments:
     )
     min_frequency: int = field(default=1, metadata={"help": "From-scratch presets: least count for a word to be kept."})
     max_train_examples: int | None = field(default=None, metadata={"help": "Train on the first N sentences only."})
-    max_eval_examples: int | None = field(default=None, metadata={"help": "Evaluate on the first N sentences only."})
+    max_eval_examples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N sentences only (of those that fit --max_length)."}
+    )
     validation_split_percentage: int = field(
         default=5, metadata={"help": "Held out of the training text when the corpus has no validation split."}
     )

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,27 @@ def quiet_library_logs(show_progress: bool) -> None:
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
 
 
+def busy_cores(window: float = 0.5) -> float:
+    """How many cores other processes keep busy now: the share of non-idle CPU time over `window` seconds (Linux's
+    /proc/stat) times the core count. Not the 1-minute load average, which still counts a `pip install` that ended
+    seconds ago, and would make the command right after it train on one thread of two idle cores."""
+    def sample() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total_start, idle_start = sample()
+        time.sleep(window)
+        total_end, idle_end = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = total_end - total_start
+    if total <= 0:
+        return 0.0
+    return (1 - (idle_end - idle_start) / total) * (os.cpu_count() or 1)
+
+
 def set_threads(requested: int | None) -> None:
     """Use `requested` CPU threads, or pick them: torch's default (one per core) on an idle machine, fewer when
     the load average says other processes already use the cores. Oversubscribed OpenMP threads spin at every
@@ -165,7 +187,7 @@ def set_threads(requested: int | None) -> None:
     if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
         return  # the user already chose, or the platform cannot tell
     default = torch.get_num_threads()
-    load = os.getloadavg()[0]
+    load = busy_cores()
     idle_cores = (os.cpu_count() or default) - load
     threads = max(1, min(default, int(idle_cores + 0.5)))
     if threads < default:
@@ -173,6 +195,6 @@ def set_threads(requested: int | None) -> None:
         # A log line, not stderr output: error paths must stay one line long. (`train` states its thread count in
         # the model summary, printed once the inputs have been checked.)
         logging.getLogger(__name__).info(
-            f"The machine is busy (load {load:.1f} on {os.cpu_count()} cores): using {threads} thread(s) instead of "
+            f"The machine is busy ({load:.1f} of {os.cpu_count()} cores in use): using {threads} thread(s) instead of "
             f"{default}; --num_threads N to choose."
         )

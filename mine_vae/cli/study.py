@@ -94,7 +94,8 @@ def _positionals(parser: argparse.ArgumentParser) -> None:
         "methods",
         nargs="*",
         metavar="METHOD",
-        help=f"Methods to run and report (default: all): {', '.join(METHODS)}; NAME@key=value,... for a variant.",
+        help=f"Methods to run and report (default: the preset's; every method for small): {', '.join(METHODS)}; "
+        "NAME@key=value,... for a variant.",
     )
 
 
@@ -171,7 +172,7 @@ def run_study_command(study: StudyArguments, budget_args: Any, data: DataArgumen
     with user_errors(ValueError):
         preset = get_study_preset(study.preset)
         budget = preset.budget(study.quick, **dataclasses.asdict(budget_args))
-        specs = list(dict.fromkeys(extra.methods)) or list(METHODS)
+        specs = list(dict.fromkeys(extra.methods)) or preset.default_methods()
         for spec in specs:
             check_method(spec, budget, preset.name)
     if study.plots:

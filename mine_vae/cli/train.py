@@ -237,12 +237,14 @@ def run_train(
     set_seed(training_args.seed)
     corpus, eval_name = _split_for_eval(corpus_from_arguments(data), data, training_args.seed)
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
-    corpus[eval_name] = first_examples(corpus[eval_name], data.max_eval_examples)
     model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
     max_length = data.max_length or processor.max_decoder_length - 1
     tokenized, counts = tokenize_splits(
         subset_splits(corpus, ["train", eval_name]), processor, max_length, data.overlength
     )
+    # The first N that fit: with overlength="drop", N sentences are evaluated, not N less the long ones.
+    tokenized[eval_name] = first_examples(tokenized[eval_name], data.max_eval_examples)
+    counts[f"{eval_name}/evaluated"] = len(tokenized[eval_name])
     parameters = sum(p.numel() for p in model.parameters())
     check_free_space(output_dir, parameters * CHECKPOINT_BYTES_PER_PARAMETER, "--output_dir", "a checkpoint")
     inform(data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))

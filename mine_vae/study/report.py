@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..configuration_mine_vae import MineVaeConfig
 from .methods import EVAL_SPLIT, checked_fields
-from .runner import FINISHED, REPORTED_ARGS
+from .runner import FINISHED, REPORTED_ARGS, machine_description
 
 # The recorded settings that the settings table and the budget line read, by name: checked against the dataclasses
 # and against what a run records, so that a renamed field fails on import instead of in a finished study's report.
@@ -106,17 +103,27 @@ class Claim:
     method: str
     au: bool
     mi: bool
+    bleu: bool
     nll: bool
     detail: str
 
     @property
     def holds(self) -> bool:
-        return self.au and self.mi and self.nll
+        return self.au and self.mi and self.bleu and self.nll
+
+
+def _above(summary: Summary, rival: Summary, key: str) -> bool:
+    """`summary`'s mean above `rival`'s by more than the spread over seeds (the larger of the two standard deviations;
+    no margin with one seed)."""
+    spreads = [s.std.get(key, math.nan) for s in (summary, rival)]
+    spread = max((value for value in spreads if not math.isnan(value)), default=0.0)
+    return summary.mean[key] - rival.mean[key] > spread
 
 
 def check_claims(summaries: Mapping[str, Summary], tolerance: float = 0.02) -> list[Claim]:
-    """MINE-VAE's claim, for each MINE method: more AU and higher MI than the VAE and β-annealing, and an IW-NLL
-    within `tolerance` of the best baseline's (the baselines being VAE, β-annealing and Optimus)."""
+    """MINE-VAE's claim, for each MINE method: more AU, higher MI and higher reconstruction BLEU than the VAE and
+    β-annealing, each by more than the spread over seeds, and an IW-NLL within `tolerance` of the best baseline's (the
+    baselines being VAE, β-annealing, Optimus and the autoencoder warm start)."""
     rivals = [summaries[name] for name in ("vae", "beta-anneal") if name in summaries]
     baselines = [s for s in summaries.values() if s.role == "baseline"]
     if not rivals or not baselines:
@@ -126,15 +133,15 @@ def check_claims(summaries: Mapping[str, Summary], tolerance: float = 0.02) -> l
     for name, summary in summaries.items():
         if summary.role != "mine":
             continue
-        au = all(summary.mean["au"] > rival.mean["au"] for rival in rivals)
-        mi = all(summary.mean["mi"] > rival.mean["mi"] for rival in rivals)
+        au, mi, bleu = (all(_above(summary, rival, key) for rival in rivals) for key in ("au", "mi", "bleu"))
         gap = summary.mean["nll"] / best_nll - 1
         detail = (
             f"AU {summary.mean['au']:.1f} vs {_joined(r.mean['au'] for r in rivals)}; "
             f"MI {summary.mean['mi']:.2f} vs {_joined((r.mean['mi'] for r in rivals), 2)}; "
+            f"BLEU {summary.mean['bleu']:.1f} vs {_joined(r.mean['bleu'] for r in rivals)}; "
             f"NLL {gap:+.1%} vs the best baseline ({best_nll:.2f})"
         )
-        claims.append(Claim(name, au, mi, gap <= tolerance, detail))
+        claims.append(Claim(name, au, mi, bleu, gap <= tolerance, detail))
     return claims
 
 
@@ -267,43 +274,35 @@ def claims_text(claims: Sequence[Claim]) -> str:
     if not claims:
         return "The claims need the VAE, β-annealing and at least one MINE-VAE method in the study."
     lines = [
-        "| MINE-VAE method | more AU than VAE and β-annealing | higher MI than both | IW-NLL within 2% of the best "
-        "baseline | numbers |",
-        "|---|---|---|---|---|",
+        "| MINE-VAE method | more AU than VAE and β-annealing | higher MI than both | higher BLEU than both | IW-NLL "
+        "within 2% of the best baseline | numbers |",
+        "|---|---|---|---|---|---|",
     ]
     mark = {True: "yes", False: "**no**"}
     for claim in claims:
-        lines.append(f"| {claim.method} | {mark[claim.au]} | {mark[claim.mi]} | {mark[claim.nll]} | {claim.detail} |")
+        lines.append(
+            f"| {claim.method} | {mark[claim.au]} | {mark[claim.mi]} | {mark[claim.bleu]} | {mark[claim.nll]} | "
+            f"{claim.detail} |"
+        )
     holding = [c.method for c in claims if c.holds]
     verdict = (
         f"**The claim holds** for {', '.join(holding)}."
         if holding
         else "**The claim does not hold** for any MINE-VAE method in this run."
     )
-    return "\n".join([verdict, "", *lines])
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), or what `platform` knows of it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    margin = "Above means above by more than the spread over seeds (the larger standard deviation)."
+    return "\n".join([verdict, "", *lines, "", margin])
 
 
 def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """The machine and library versions (of the machine writing the report), threads, jobs, wall and CPU time."""
-    import transformers
-
+    """The machines and library versions the runs were trained on (as each invocation recorded them; the machine
+    writing the report for records older than that), threads, jobs, wall and CPU time."""
     train = sum(r["train_seconds"] for r in results)
     evaluation = sum(r["eval_seconds"] for r in results)
     cpu = sum(r.get("train_cpu_seconds", 0) + r.get("eval_cpu_seconds", 0) for r in results)
     cores = os.cpu_count() or 1
     resumed = sum(1 for r in results if r.get("resumed_from"))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu_model()}"
+    machines = "; ".join(dict.fromkeys(i["machine"] for i in meta.get("invocations", []) if "machine" in i))
     threads = sorted({r.get("threads") for r in results if r.get("threads")})
     invocations = meta.get("invocations", [])
     wall = sum(i["wall_seconds"] for i in invocations)
@@ -311,8 +310,7 @@ def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     codes = ", ".join(dict.fromkeys(i["code"] for i in invocations if "code" in i))
     code = f"; code: {codes}" if codes else ""  # recorded since the study began to note its commit
     lines = [
-        f"- Hardware: {device}, {os.cpu_count()} cores; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, Python {platform.python_version()}; torch threads per run: "
+        f"- Hardware: {machines or machine_description()}; torch threads per run: "
         f"{', '.join(map(str, threads)) or '?'}; runs at a time: {meta.get('jobs', 1)}.",
         f"- Wall time of the study: {wall / 60:.1f} min over {len(invocations)} invocation(s) (1-minute load "
         f"average at start→end of each: {loads or '?'}; other processes shared the machine when it exceeded the "
@@ -332,10 +330,14 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
     if not arch:
         return ""
     encoder, decoder = arch["encoder"], arch["decoder"]
+    # GPT-2 names its sizes n_layer / n_embd; BERT and Llama num_hidden_layers / hidden_size.
+    layers = decoder.get("n_layer", decoder.get("num_hidden_layers"))
+    width = decoder.get("n_embd", decoder.get("hidden_size"))
+    dropout = decoder.get("resid_pdrop", decoder.get("attention_dropout", 0.0))
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
-        f"{decoder.get('n_layer')}×{decoder.get('n_embd')} decoder (dropout {decoder.get('resid_pdrop')}), vocabulary "
+        f"{layers}×{width} decoder (dropout {dropout}), vocabulary "
         f"{decoder.get('vocab_size')}, latent {arch['latent_size']} ({arch['pooling']} pooling, injected as "
         f"{arch['latent_injection']}), critic {arch['critic_num_layers']}×{arch['critic_hidden_size']}; "
         f"{arch['parameters']:,} parameters.\n"

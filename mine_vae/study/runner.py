@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import signal
@@ -165,8 +166,13 @@ def training_kwargs(preset_name: str, method: Method, budget: Budget, seed: int,
     """The preset's training defaults, the study's budget and critic settings, then the method's schedules."""
     from ..presets import get_preset
 
+    # The method owns the β and λ schedules: a preset's own (e.g. the pretrained preset's warm start) would leak into
+    # every method that does not set each of its fields.
+    preset_training = {
+        key: value for key, value in get_preset(preset_name).training.items() if not key.startswith(("kl_", "mi_"))
+    }
     kwargs: dict[str, Any] = {
-        **get_preset(preset_name).training,
+        **preset_training,
         "output_dir": str(output_dir),
         "seed": seed,
         "max_steps": budget.steps,
@@ -336,6 +342,7 @@ _SIDE_KEYS = (
     "resid_pdrop",
     "embd_pdrop",
     "attn_pdrop",
+    "attention_dropout",  # Llama's
 )
 
 
@@ -392,7 +399,8 @@ def run_one(
     if trainer.state.global_step < budget.steps:
         return None
     start, cpu_start = time.perf_counter(), time.process_time()
-    metrics = evaluate_run(model, processor, data, budget, args.per_device_eval_batch_size)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # evaluated as trained
+        metrics = evaluate_run(model, processor, data, budget, args.per_device_eval_batch_size)
     settings = data.settings or DataSettings.of_preset(preset_name)
     result = {
         "method": spec,
@@ -568,6 +576,28 @@ def read_meta(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or what `platform` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """The device, core count and library versions of this machine, as the study's record keeps them."""
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu_model()}"
+    return (
+        f"{device}, {os.cpu_count()} cores; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
 def run_and_record(
     specs: Sequence[str],
     seeds: Sequence[int],
@@ -582,7 +612,12 @@ def run_and_record(
     previous = read_meta(paths.out)
     load_start, start, code = load_average(), time.perf_counter(), code_version()
     ran = run_study(specs, seeds, budget, paths, jobs=jobs, **options)
-    invocation = {"wall_seconds": round(time.perf_counter() - start, 1), "load_start": load_start, "code": code}
+    invocation = {
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "load_start": load_start,
+        "code": code,
+        "machine": machine_description(),
+    }
     invocation.update(load_end=load_average(), runs=len(ran))
     invocations = previous.get("invocations", [])
     meta = {
