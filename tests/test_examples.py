@@ -1,4 +1,4 @@
-"""Every script in examples/ runs in its --smoke mode (tiny models and data, seconds, offline)."""
+"""Every script in examples/ runs in its --smoke mode or on a tiny saved model (tiny models, seconds, offline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import tiny
 import torch
+from browser import browser_or_skip
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -24,11 +26,44 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 def test_every_example_has_a_smoke_test():
     assert {p.stem for p in EXAMPLES.glob("*.py")} == {
+        "explorer_screenshot",
         "finetune_pretrained_pair",
         "generate_and_interpolate",
         "latent_space",
         "plot_latent_space",
     }
+
+
+def test_explorer_screenshot_smoke(tmp_path, capsys):
+    # The tiny untrained model rarely stops on its own: 6 tokens a sentence keep the page's requests to seconds.
+    browser_or_skip()
+    model = tiny.saved_model(tmp_path / "model")
+    out = tmp_path / "docs" / "explorer.png"  # a folder that is not there yet: the script makes it
+    code = load("explorer_screenshot").main(
+        ["--model", str(model), "--out", str(out), "--max_new_tokens", "6", "--steps", "3"]
+        + ["--sentence", "the cat sees the moon", "--sentence", "a dog likes a red ball"]
+        + ["--label_a", "the cat sees the moon", "--label_b", "my sister hears the river"]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # last: a library may warn on stdout first
+    picture = out.read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 20_000
+    assert [p.name for p in out.parent.iterdir()] == ["explorer.png"]  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("missing", ["model", "browser"])
+def test_explorer_screenshot_refuses_in_one_line(tmp_path, capsys, monkeypatch, missing):
+    script = load("explorer_screenshot")
+    model = tmp_path / "no-model"
+    if missing == "browser":
+        model = tiny.saved_model(tmp_path / "model")
+        monkeypatch.setattr(script, "CHROMIUM", str(tmp_path / "no-chromium"))
+    capsys.readouterr()  # saving the model's progress bar
+    code = script.main(["--model", str(model), "--out", str(tmp_path / "explorer.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert ("no model folder" if missing == "model" else "apt-get install -y chromium chromium-driver") in err[0]
+    assert not (tmp_path / "explorer.png").exists()
 
 
 def test_finetune_pretrained_pair_smoke(capsys):

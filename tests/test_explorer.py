@@ -2,7 +2,8 @@
 Chromium (Selenium).
 
 The browser test needs Chromium and its driver (`apt-get install -y chromium chromium-driver`) and
-`pip install selenium`; without them it is skipped, unless MINE_VAE_REQUIRE_BROWSER=1 (CI sets it), where it fails.
+`pip install selenium`; without them it is skipped, unless MINE_VAE_REQUIRE_BROWSER=1 (CI sets it), where it fails
+(tests/browser.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import tiny
+from browser import CHROMEDRIVER, CHROMIUM, browser_or_skip
 
 from mine_vae import latent
 from mine_vae.cli import main
@@ -28,9 +28,6 @@ from mine_vae.explorer import ExplorerServer, make_server
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
 MAX_NEW_TOKENS = 8  # short sentences: the untrained model rarely stops on its own
 
 
@@ -191,25 +188,9 @@ def test_explore_errors_are_one_line(saved, argv, fragment):
 # ----------------------------------------------------------------------------------------------------------------------
 # The page in a browser
 # ----------------------------------------------------------------------------------------------------------------------
-def _browser_or_skip():
-    problem = None
-    if not os.path.exists(CHROMIUM) or not shutil.which(CHROMEDRIVER):
-        problem = f"no Chromium at {CHROMIUM} and {CHROMEDRIVER}: install them with `{INSTALL}`"
-    else:
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            problem = f"selenium is not installed: `{INSTALL}`"
-    if problem is None:
-        return
-    if os.environ.get("MINE_VAE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"MINE_VAE_REQUIRE_BROWSER=1 but {problem}")
-    pytest.skip(problem)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    _browser_or_skip()
+    browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
