@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="encode and decode under bf16 autocast (CPUs with AMX)")
     parser.add_argument("--out_dir", default="latent-report")
     parser.add_argument("--smoke", action="store_true", help="an untrained tiny model and toy snippets (seconds)")
     args = parser.parse_args(argv)
@@ -390,11 +391,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if torch.cuda.is_available():
             model.cuda()
         results: dict[str, Any] = {"model": args.model, "data": data, "snippets": len(texts)}
-        results["probe"] = probe_accuracies(model, processor, texts, categories, args)
-        pca_picture(
-            encode_texts(model, processor, texts, batch_size=args.batch_size), categories, out_dir / "latent_pca.png"
-        )
-        results["transfer"] = attribute_transfer(model, processor, texts, categories, args)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            results["probe"] = probe_accuracies(model, processor, texts, categories, args)
+            means = encode_texts(model, processor, texts, batch_size=args.batch_size)
+            pca_picture(means.float(), categories, out_dir / "latent_pca.png")
+            results["transfer"] = attribute_transfer(model, processor, texts, categories, args)
     transfer_picture(results["transfer"]["strengths"], out_dir / "attribute_transfer.png")
     (out_dir / "latent_space.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out_dir / "latent_space.md").write_text(markdown(results), encoding="utf-8")

@@ -44,7 +44,14 @@ from mine_vae.study.runner import REPORTED_ARGS
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ["vae", "mine-xi1"]
 BUDGET = Budget(
-    steps=4, eval_examples=16, importance_samples=2, bleu_examples=8, probe_examples=16, log_points=2, saves=2
+    steps=4,
+    eval_examples=16,
+    importance_samples=2,
+    bleu_examples=8,
+    probe_examples=16,
+    probe_bleu_examples=3,
+    log_points=2,
+    saves=2,
 )
 BUDGET_FLAGS = ["--steps", "4", "--importance_samples", "2", "--log_points", "2", "--saves", "2"]
 
@@ -91,6 +98,8 @@ def test_each_run_writes_its_results(study):
             assert key in result["metrics"]
         assert result["curves"]["step"] == [1.0, 2.0, 4.0]  # logging_first_step, then every 2 steps
         assert len(result["curves"]["probe_au"]) == 3 and len(result["curves"]["mi_bound"]) == 3
+        bleu = result["curves"]["probe_bleu"]  # greedy reconstructions of 3 probe sentences at every log line
+        assert len(bleu) == 3 and all(0.0 <= value <= 100.0 for value in bleu)
         assert not study.run_dir(method, 0).exists()  # checkpoints removed once the results are written
     vae, mine = (json.loads(study.result(m, 0).read_text()) for m in METHODS)
     assert vae["model"]["mi_weight"] == 0 and mine["model"]["mi_weight"] > 0

@@ -218,6 +218,10 @@ class Budget:
     probe_examples: int = field(
         default=256, metadata={"help": "Validation sentences whose posteriors give AU and MI at every log step."}
     )
+    probe_bleu_examples: int = field(
+        default=0,
+        metadata={"help": "Probe sentences reconstructed greedily for a BLEU curve at every log step (0: none)."},
+    )
     log_points: int = field(default=20, metadata={"help": "Log lines (curve points) per run."})
     saves: int = field(default=4, metadata={"help": "Checkpoints per run (the points a run resumes from)."})
     lr_warmup_ratio: float = field(  # the small preset's 100 of 1200 steps
@@ -304,6 +308,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                 importance_samples=10,
                 bleu_examples=200,
                 probe_examples=128,
+                probe_bleu_examples=24,
                 log_points=14,
                 saves=2,
                 lr_warmup_ratio=0.03,
@@ -314,6 +319,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                 importance_samples=3,
                 bleu_examples=50,
                 probe_examples=64,
+                probe_bleu_examples=16,
                 log_points=6,
                 saves=2,
                 lr_warmup_ratio=0.1,
@@ -326,7 +332,15 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
         StudyPreset(
             "tiny",
             "a smoke run of the machinery on the tiny model (seconds per run)",
-            Budget(steps=16, eval_examples=64, importance_samples=2, bleu_examples=16, probe_examples=32, log_points=4),
+            Budget(
+                steps=16,
+                eval_examples=64,
+                importance_samples=2,
+                bleu_examples=16,
+                probe_examples=32,
+                probe_bleu_examples=4,
+                log_points=4,
+            ),
             Budget(steps=8, eval_examples=32, importance_samples=2, bleu_examples=8, probe_examples=16, log_points=2),
         ),
     )

@@ -52,6 +52,7 @@ def load_results(out: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------------
 TABLE_METRICS = (
     ("nll", "IW-NLL ↓", 2),
+    ("ppl", "PPL (token) ↓", 1),
     ("ppl_word", "PPL (word) ↓", 1),
     ("kl", "KL", 2),
     ("mi", "MI ↑", 2),
@@ -189,11 +190,17 @@ def plot(results: Sequence[Mapping[str, Any]], summaries: Mapping[str, Summary],
     ]
 
 
+def key_has_values(result: Mapping[str, Any], key: str) -> bool:
+    """Whether a run's curves hold any (non-NaN) value of `key`."""
+    return any(not math.isnan(value) for value in result.get("curves", {}).get(key, []))
+
+
 def _plot_curves(
     plt: Any, results: Sequence[Mapping[str, Any]], summaries: Mapping[str, Summary], styles: Styles, out: Path
 ) -> Path:
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    panels = ("kl", "mi_bound", "probe_au")
+    with_bleu = any(key_has_values(result, "probe_bleu") for result in results)  # studies with a BLEU curve
+    panels = ("kl", "mi_bound", "probe_au", "probe_bleu")[: 4 if with_bleu else 3]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6))
     lowest, highest = math.inf, -math.inf
     for name, summary in summaries.items():
         for axis, key in zip(axes, panels):
@@ -206,6 +213,7 @@ def _plot_curves(
         "KL (nats, training batches; symlog)",
         "critic's bound (nats, training batches)" + (f"; axis cut at {BOUND_FLOOR:g}" if lowest < BOUND_FLOOR else ""),
         f"active units ({probe} validation sentences)",
+        f"reconstruction BLEU ({results[0]['budget'].get('probe_bleu_examples')} validation sentences, greedy)",
     )
     for axis, title in zip(axes, titles):
         axis.set_title(title, fontsize=10)
@@ -358,7 +366,12 @@ def budget_text(results: Sequence[Mapping[str, Any]]) -> str:
         f"end-of-sentence), KL and the critic's bound in nats, MI (aggregate posterior) and active units (Var[μ] > "
         f"0.01) over those sentences, BLEU of greedy reconstructions from the posterior mean on the first "
         f"{budget['bleu_examples']}. Curves: training-batch means every {budget['steps'] // budget['log_points']} "
-        f"steps; AU on {budget['probe_examples']} validation sentences."
+        f"steps; AU on {budget['probe_examples']} validation sentences"
+        + (
+            f", BLEU of greedy reconstructions of the first {budget['probe_bleu_examples']} of them."
+            if budget.get("probe_bleu_examples")
+            else "."
+        )
     )
 
 

@@ -238,7 +238,31 @@ def _probe_stats(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, flo
     }
 
 
-_PROGRESS_KEYS = ("reconstruction", "kl", "mi_bound", "probe_au", "beta", "lambda")
+def _probe_bleu(model: Any, processor: Any, texts: Sequence[str], bf16: bool) -> dict[str, float]:
+    """Reconstruction BLEU of the probe's first sentences (greedy from the posterior mean): what z carries of x, as a
+    user would see it, at every log line."""
+    from ..latent import decode, encode_texts
+    from ..metrics import load_metric
+
+    was_training = model.training
+    try:
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = decode(model, processor, encode_texts(model, processor, texts), max_new_tokens=_max_new(texts))
+    finally:
+        model.train(was_training)
+    return {
+        "probe_bleu": round(
+            load_metric("reconstruction_bleu").compute(predictions=outputs, references=texts)["score"], 2
+        )
+    }
+
+
+def _max_new(texts: Sequence[str]) -> int:
+    """Enough new tokens for the longest probe sentence (about 1.6 tokens a word in byte-level BPE), plus slack."""
+    return 2 * max(len(text.split()) for text in texts) + 8
+
+
+_PROGRESS_KEYS = ("reconstruction", "kl", "mi_bound", "probe_au", "probe_bleu", "beta", "lambda")
 
 
 def _study_trainer_class() -> type:
@@ -250,15 +274,25 @@ def _study_trainer_class() -> type:
     class StudyTrainer(MineVaeTrainer):
         """Adds the probe's active units and MI to every training log line (the curves of the plots)."""
 
-        def __init__(self, *args: Any, probe: Mapping[str, torch.Tensor], label: str, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            probe: Mapping[str, torch.Tensor],
+            label: str,
+            bleu_texts: Sequence[str] = (),
+            **kwargs: Any,
+        ) -> None:
             super().__init__(*args, **kwargs)
             self.probe = probe
+            self.bleu_texts = list(bleu_texts)
             self.remove_callback(PrinterCallback)
             self.add_callback(_ProgressLine(label))
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
                 logs.update(_probe_stats(self._vae, self.probe))
+                if self.bleu_texts:
+                    logs.update(_probe_bleu(self._vae, self.processing_class, self.bleu_texts, self.args.bf16))
             super().log(logs, start_time)
 
     class _ProgressLine(TrainerCallback):
@@ -311,7 +345,18 @@ def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, ba
     return metrics
 
 
-CURVE_KEYS = ("loss", "reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "probe_au", "probe_mi")
+CURVE_KEYS = (
+    "loss",
+    "reconstruction",
+    "kl",
+    "mi_bound",
+    "critic_loss",
+    "beta",
+    "lambda",
+    "probe_au",
+    "probe_mi",
+    "probe_bleu",
+)
 
 
 def curves(log_history: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
@@ -391,6 +436,7 @@ def run_one(
         train_dataset=data.tokenized["train"],
         probe=probe,
         label=f"{spec} seed {seed}",
+        bleu_texts=list(probe_set["text"][: budget.probe_bleu_examples]),
         callbacks=list(callbacks),
     )
     start, cpu_start = time.perf_counter(), time.process_time()
