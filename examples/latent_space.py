@@ -155,7 +155,7 @@ def probe_accuracies(model, processor, texts, categories, args) -> dict[str, Any
     index = [i for i, c in enumerate(categories) if c in LABELS]
     chosen = [texts[i] for i in index]
     labels = torch.tensor([1.0 if categories[i] == "fresh" else 0.0 for i in index])
-    means = encode_texts(model, processor, chosen, batch_size=args.batch_size)
+    means = _encode(model, processor, chosen, args)
     encoder_features = mean_pooled(
         model.encoder, processor.encoder_tokenizer, chosen, args.batch_size, processor.max_encoder_length
     )
@@ -224,19 +224,20 @@ def attribute_transfer(model, processor, texts, categories, args) -> dict[str, A
     judge_accuracy /= len(held_out["fresh"]) + len(held_out["rotten"])
 
     vector = attribute_vector(
-        encode_texts(model, processor, train["fresh"], batch_size=args.batch_size),
-        encode_texts(model, processor, train["rotten"], batch_size=args.batch_size),
+        _encode(model, processor, train["fresh"], args),
+        _encode(model, processor, train["rotten"], args),
     )
     sources = held_out["rotten"][: args.transfer_count]
-    latents = encode_texts(model, processor, sources, batch_size=args.batch_size)
+    latents = _encode(model, processor, sources, args)
     rows, outputs = [], {}
     for strength in STRENGTHS:
-        moved = decode(
+        moved = _decode(
             model,
             processor,
             apply_attribute(latents, vector, strength),
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
+            args=args,
         )
         outputs[strength] = moved
         rows.append(
@@ -374,6 +375,21 @@ def save_toy_model(folder: Path, texts: list[str]) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+def _autocast(model: MineVaeModel, args: argparse.Namespace) -> Any:
+    """bf16 autocast for the model's own passes only (--bf16): probes, classifiers and pictures stay in float32."""
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
+def _encode(model: MineVaeModel, processor: Any, texts: list[str], args: argparse.Namespace) -> torch.Tensor:
+    with _autocast(model, args):
+        return encode_texts(model, processor, texts, batch_size=args.batch_size)  # float32 posterior means
+
+
+def _decode(model: MineVaeModel, processor: Any, latents: torch.Tensor, **kwargs: Any) -> list[str]:
+    with _autocast(model, kwargs.pop("args")):
+        return decode(model, processor, latents, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -391,11 +407,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if torch.cuda.is_available():
             model.cuda()
         results: dict[str, Any] = {"model": args.model, "data": data, "snippets": len(texts)}
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            results["probe"] = probe_accuracies(model, processor, texts, categories, args)
-            means = encode_texts(model, processor, texts, batch_size=args.batch_size)
-            pca_picture(means.float(), categories, out_dir / "latent_pca.png")
-            results["transfer"] = attribute_transfer(model, processor, texts, categories, args)
+        results["probe"] = probe_accuracies(model, processor, texts, categories, args)
+        pca_picture(_encode(model, processor, texts, args), categories, out_dir / "latent_pca.png")
+        results["transfer"] = attribute_transfer(model, processor, texts, categories, args)
     transfer_picture(results["transfer"]["strengths"], out_dir / "attribute_transfer.png")
     (out_dir / "latent_space.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out_dir / "latent_space.md").write_text(markdown(results), encoding="utf-8")
