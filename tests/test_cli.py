@@ -383,3 +383,22 @@ def test_free_bits_are_a_model_setting_with_the_presets_default():
     assert not hasattr(parsed["MineVaeTrainingArguments"], "free_bits")
     parsed = {type(value).__name__: value for value in parse_command(COMMANDS["train"], [*TINY, "--free_bits", "0.3"])}
     assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.3
+
+
+def test_every_model_setting_of_the_config_is_a_train_flag():
+    """A field MineVaeConfig adds (the sub-configs, token ids and generic switches aside) can be set from the command
+    line; a new one that is not fails here."""
+    from dataclasses import fields
+
+    from transformers import PreTrainedConfig
+
+    from mine_vae import MineVaeConfig
+    from mine_vae.cli.arguments import ModelArguments
+
+    # The token ids come from the decoder's tokenizer, the sub-configs from --encoder/--decoder or the preset.
+    not_settings = {"encoder", "decoder", "use_cache", "tie_word_embeddings", "decoder_start_token_id"}
+    not_settings |= {"bos_token_id", "eos_token_id", "pad_token_id"}
+    generic = {spec.name for spec in fields(PreTrainedConfig)} | not_settings
+    added = {spec.name for spec in fields(MineVaeConfig)} - generic
+    flags = {spec.name for spec in fields(ModelArguments)}
+    assert added and added <= flags, sorted(added - flags)

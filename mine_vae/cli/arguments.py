@@ -49,6 +49,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Free bits per latent dimension (nats): a dimension's KL below it costs nothing."},
     )
+    posterior_logvar_init: float | None = field(
+        default=None,
+        metadata={"help": "Initial log-variance of q(z|x) (0: the prior's width; the pretrained preset starts at -6)."},
+    )
+    initializer_range: float | None = field(
+        default=None, metadata={"help": "Standard deviation of the initial weights of the added heads."}
+    )
 
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
