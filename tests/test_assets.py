@@ -122,17 +122,19 @@ def test_rebuilt_llama_matches_gguf_logits(smollm2):
 
 def test_tokenizer_special_tokens(smollm2):
     tokenizer, config = smollm2.tokenizer, smollm2.model.config
-    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == 0
-    assert tokenizer.bos_token_id == config.bos_token_id == 1  # <|im_start|>
+    assert tokenizer.pad_token == "<|im_start|>" and tokenizer.pad_token_id == 1
+    # Sentences start where SmolLM2's pretraining documents do, not at the chat-turn opener <|im_start|>.
+    assert tokenizer.bos_token == "<|endoftext|>" and tokenizer.bos_token_id == config.bos_token_id == 0
+    assert smollm2.model.generation_config.bos_token_id == 0
     assert tokenizer.eos_token_id == config.eos_token_id == 2  # <|im_end|>
-    assert config.pad_token_id == smollm2.model.generation_config.pad_token_id == 0
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert config.pad_token_id == smollm2.model.generation_config.pad_token_id == 1
+    assert len({tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}) == 3
     assert len(tokenizer) == config.vocab_size == smollm2.model.get_input_embeddings().weight.shape[0]
     assert tokenizer("Hello world")["input_ids"] == [19556, 905]  # adds no BOS/EOS by itself
     assert tokenizer.model_max_length == config.max_position_embeddings == 8192
     padded = tokenizer(["a", "a b c"], padding=True)["input_ids"]
-    assert padded[0][-1] == 0
-    assert smollm2.tokenizer_again.pad_token_id == 0
+    assert padded[0][-1] == 1
+    assert smollm2.tokenizer_again.pad_token_id == 1 and smollm2.tokenizer_again.bos_token_id == 0
 
 
 def test_incomplete_cache_is_rebuilt_atomically(smollm2, tmp_path, monkeypatch):
