@@ -145,7 +145,7 @@ def _plain_llama(gguf_model: LlamaForCausalLM, pad_token_id: int, bos_token_id: 
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_length: int) -> PreTrainedTokenizerBase:
-    """Give the GGUF tokenizer a document-start BOS, a pad distinct from BOS and EOS, and a real ``model_max_length``."""
+    """Give the GGUF tokenizer a document-start BOS, a pad distinct from BOS and EOS, a real ``model_max_length``."""
     tokenizer.bos_token = SMOLLM2_BOS_TOKEN
     tokenizer.pad_token = SMOLLM2_PAD_TOKEN
     # The GGUF tokenizer reports an "infinite" max length; the model's context is what truncation needs.
