@@ -13,7 +13,7 @@ from typing import Any
 
 from .arguments import NUM_THREADS_HELP
 from .commands import CliError, inform, quiet_library_logs, set_threads, user_errors
-from .loading import load_trained
+from .loading import load_trained, read_sentences
 from .output import describe_os_error
 
 FORMATS = (".npy", ".parquet")
@@ -60,7 +60,7 @@ def run_embed(options: EmbedArguments, extra: argparse.Namespace) -> int:
         )
     if options.batch_size < 1:
         raise CliError(f"--batch_size must be at least 1, got {options.batch_size}.")
-    texts = read_sentences(extra.text_file)
+    texts = read_sentences(extra.text_file, "TEXT_FILE")
 
     from ..latent import encode_texts
 
@@ -70,28 +70,6 @@ def run_embed(options: EmbedArguments, extra: argparse.Namespace) -> int:
     write_embeddings(output, texts, mu.numpy(), logvar.numpy() if options.with_logvar else None)
     inform(f"Wrote {len(texts)} embeddings of size {mu.shape[1]} to {options.output}.")
     return 0
-
-
-def read_sentences(path: str) -> list[str]:
-    """The non-blank lines of a UTF-8 text file, stripped; one `CliError` line when there are none or it cannot be
-    read."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        what = "is a folder" if file.is_dir() else "does not exist"
-        raise CliError(f"TEXT_FILE {path!r} {what}; give a text file with one sentence a line.")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise CliError(
-            f"TEXT_FILE {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); "
-            f"convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > utf8.txt`."
-        ) from error
-    except OSError as error:
-        raise CliError(f"TEXT_FILE {path!r} cannot be read ({describe_os_error(error)}).") from error
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise CliError(f"TEXT_FILE {path!r} holds no sentences; give a file with one sentence a line.")
-    return lines
 
 
 def write_embeddings(path: Path, texts: list[str], mu: Any, logvar: Any | None) -> None:

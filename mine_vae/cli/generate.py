@@ -21,7 +21,7 @@ from .commands import (
     user_errors,
 )
 from .decoding import interpolation, prior_sample_batches, reconstruction_batches
-from .loading import load_trained
+from .loading import load_trained, read_sentences
 from .output import describe_os_error, replace_on_success, stdout_stream
 
 
@@ -37,7 +37,7 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
     set_threads(load.num_threads)
     sentences = list(extra.sentences)
     if options.input_file:
-        sentences += _read_lines(options.input_file)
+        sentences += read_sentences(options.input_file, "--input_file")
     if sentences:
         sentences = _check_sentences(sentences, "sentences to reconstruct")
     elif options.num_samples < 1:
@@ -148,25 +148,6 @@ class _JsonRows(_Rows):
 
     def finish(self) -> None:
         self._emit(("\n  " if self.count else "") + "]\n}\n")
-
-
-def _read_lines(path: str) -> list[str]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CliError(f"--input_file {path!r} does not exist; check the path.")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise CliError(
-            f"--input_file {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
-            f"{error.start}); convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > utf8.txt`."
-        ) from error
-    except OSError as error:
-        raise CliError(f"--input_file {path!r} cannot be read ({describe_os_error(error)}).") from error
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise CliError(f"--input_file {path!r} holds no sentences; give a file with one sentence a line.")
-    return lines
 
 
 def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: InterpolateArguments, extra: Any) -> int:

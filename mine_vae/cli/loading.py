@@ -12,6 +12,7 @@ import torch
 
 from .arguments import DataArguments
 from .commands import INPUT_ERRORS, PROG, CliError, inform, user_errors
+from .output import describe_os_error
 
 
 def corpus_from_arguments(data: DataArguments, validation_file: str | None = None) -> Any:
@@ -150,3 +151,25 @@ def subset_splits(corpus: Any, names: Sequence[str]) -> Any:
     from datasets import DatasetDict
 
     return DatasetDict({name: corpus[name] for name in dict.fromkeys(names)})
+
+
+def read_sentences(path: str, flag: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped; one `CliError` line, naming `flag`, when there are none or
+    the file cannot be read."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise CliError(f"{flag} {path!r} {what}; give a text file with one sentence a line.")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"{flag} {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); "
+            f"convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > utf8.txt`."
+        ) from error
+    except OSError as error:
+        raise CliError(f"{flag} {path!r} cannot be read ({describe_os_error(error)}).") from error
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise CliError(f"{flag} {path!r} holds no sentences; give a file with one sentence a line.")
+    return lines

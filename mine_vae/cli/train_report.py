@@ -66,52 +66,40 @@ def final_report(
     # As trained: a run in bf16 is evaluated under the same autocast (on CPU, bf16 matrix products are several times
     # faster; the decoding and the importance samples are most of the report's time).
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bool(training_args.bf16)):
-        return _report(model, processor, eval_set, eval_name, training_args, run, counts)
-
-
-def _report(
-    model: Any,
-    processor: Any,
-    eval_set: Any,
-    eval_name: str,
-    training_args: Any,
-    run: TrainRunArguments,
-    counts: Mapping[str, int],
-) -> dict[str, Any]:
-    metrics = evaluate_split(
-        model,
-        processor,
-        eval_set,
-        training_args.per_device_eval_batch_size,
-        training_args.eval_importance_samples,
-        bleu=training_args.eval_bleu,
-        show_progress=not training_args.disable_tqdm,
-    )
-    texts = eval_set["text"]
-    # No repeated 3-gram: a briefly trained decoder otherwise loops on its commonest words ("the <unk> <unk> ...").
-    greedy = {"max_new_tokens": processor.max_decoder_length, "do_sample": False, "no_repeat_ngram_size": 3}
-    sampled = {"max_new_tokens": processor.max_decoder_length, **REPORT_SAMPLING}
-    sources = list(texts[: run.num_reconstructions])
-    report: dict[str, Any] = {
-        "split": eval_name,
-        "importance_samples": training_args.eval_importance_samples,
-        "metrics": metrics,
-        "data": dict(counts),
-        "samples": prior_samples(model, processor, run.num_samples, training_args.seed, **sampled)
-        if run.num_samples > 0
-        else [],
-        "reconstructions": [
-            {"input": s, "output": o}
-            for s, o in zip(sources, reconstructions(model, processor, sources, training_args.seed, **greedy))
-        ]
-        if sources
-        else [],
-    }
-    if len(texts) >= 2 and run.interpolation_steps >= 2:
-        start, end = texts[0], texts[len(texts) // 2]
-        steps = interpolation(model, processor, start, end, run.interpolation_steps, training_args.seed, **greedy)
-        report["interpolation"] = {"start": start, "end": end, "steps": [{"t": t, "text": s} for t, s in steps]}
-    return report
+        metrics = evaluate_split(
+            model,
+            processor,
+            eval_set,
+            training_args.per_device_eval_batch_size,
+            training_args.eval_importance_samples,
+            bleu=training_args.eval_bleu,
+            show_progress=not training_args.disable_tqdm,
+        )
+        texts = eval_set["text"]
+        # No repeated 3-gram: a briefly trained decoder otherwise loops on its commonest words ("the <unk> <unk> ...").
+        greedy = {"max_new_tokens": processor.max_decoder_length, "do_sample": False, "no_repeat_ngram_size": 3}
+        sampled = {"max_new_tokens": processor.max_decoder_length, **REPORT_SAMPLING}
+        sources = list(texts[: run.num_reconstructions])
+        report: dict[str, Any] = {
+            "split": eval_name,
+            "importance_samples": training_args.eval_importance_samples,
+            "metrics": metrics,
+            "data": dict(counts),
+            "samples": prior_samples(model, processor, run.num_samples, training_args.seed, **sampled)
+            if run.num_samples > 0
+            else [],
+            "reconstructions": [
+                {"input": s, "output": o}
+                for s, o in zip(sources, reconstructions(model, processor, sources, training_args.seed, **greedy))
+            ]
+            if sources
+            else [],
+        }
+        if len(texts) >= 2 and run.interpolation_steps >= 2:
+            start, end = texts[0], texts[len(texts) // 2]
+            steps = interpolation(model, processor, start, end, run.interpolation_steps, training_args.seed, **greedy)
+            report["interpolation"] = {"start": start, "end": end, "steps": [{"t": t, "text": s} for t, s in steps]}
+        return report
 
 
 def print_report(report: Mapping[str, Any], as_json: bool) -> None:
