@@ -53,6 +53,11 @@ class MineVaeConfig(PreTrainedConfig):
             How z reaches the decoder: `"memory"` (z is projected to one extra key/value position in every decoder
             layer, with separate key and value projections), `"embedding"` (z is projected and added to every input
             embedding, generated tokens included) or `"both"`.
+        latent_memory_positions (`int`, defaults to 1):
+            How many key/value positions z takes in every decoder layer with `"memory"` or `"both"` injection (each
+            position has its own slice of the key and value projections). A frozen decoder reads z only through
+            them: with one position each layer can add one value vector, with several it can attend to different
+            parts of z for different words.
         critic_hidden_size (`int`, defaults to 256):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
@@ -102,6 +107,7 @@ class MineVaeConfig(PreTrainedConfig):
     latent_size: int = 32
     pooling: str = "mean"
     latent_injection: str = "both"
+    latent_memory_positions: int = 1
     critic_hidden_size: int = 256
     critic_num_layers: int = 2
     # DV rather than the fixed-ξ (NWJ) bound: NWJ's e^f of marginal pairs exploded in long runs and with strong critics.
@@ -140,6 +146,12 @@ class MineVaeConfig(PreTrainedConfig):
             "latent_injection",
             self.latent_injection,
             f"one of {LATENT_INJECTIONS}",
+        )
+        _require(
+            _is_int(self.latent_memory_positions) and self.latent_memory_positions > 0,
+            "latent_memory_positions",
+            self.latent_memory_positions,
+            "a positive integer",
         )
         _require(
             _is_int(self.critic_hidden_size) and self.critic_hidden_size > 0,
@@ -181,6 +193,11 @@ class MineVaeConfig(PreTrainedConfig):
     @property
     def injects_embedding(self) -> bool:
         return self.latent_injection in ("embedding", "both")
+
+    @property
+    def num_latent_positions(self) -> int:
+        """Decoder positions z takes ahead of the tokens (0 without memory injection)."""
+        return self.latent_memory_positions if self.injects_memory else 0
 
 
 def _is_int(value: object) -> bool:

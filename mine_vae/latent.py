@@ -132,11 +132,11 @@ def decode(
 
 
 def generation_limit(model: Any) -> int:
-    """Most new tokens the decoder can generate: its positions, less z's key/value position and the start token."""
+    """Most new tokens the decoder can generate: its positions, less z's key/value positions and the start token."""
     positions = getattr(model.config.decoder, "max_position_embeddings", None)
     if positions is None:
         return sys.maxsize
-    return positions - (1 if model.config.injects_memory else 0) - 1
+    return positions - model.config.num_latent_positions - 1
 
 
 def texts_from_ids(processor: Any, sequences: torch.Tensor) -> list[str]:

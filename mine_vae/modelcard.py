@@ -217,10 +217,13 @@ def _architecture(model: MineVaeModel, processor: MineVaeProcessor | None) -> st
         _row("Posterior, latent injection, critic", "new", "", f"{_millions(total - encoder - decoder)} parameters"),
         _row("Total", "", type(model).__name__, f"{_millions(total)} parameters"),
     ]
+    positions = config.latent_memory_positions
+    memory = "one extra key/value position" if positions == 1 else f"{positions} extra key/value positions"
+    memory += " in every decoder layer"
     injection = {
-        "memory": "one extra key/value position in every decoder layer",
+        "memory": memory,
         "embedding": "a vector added to every decoder input embedding",
-        "both": "one extra key/value position in every decoder layer and a vector added to every input embedding",
+        "both": f"{memory} and a vector added to every input embedding",
     }[config.latent_injection]
     meanings = {
         **SETTING_MEANINGS,

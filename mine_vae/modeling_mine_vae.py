@@ -89,13 +89,13 @@ class MineVaeOutput(ModelOutput):
         z (`torch.FloatTensor` of shape `(batch_size, latent_size)`): the latent the decoder was conditioned on.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`, *optional*): pooled
             encoder states (the critic's view of x, detached).
-        cache (`Cache`, *optional*): the decoder's cache, the latent's key/value position included.
+        cache (`Cache`, *optional*): the decoder's cache, the latent's key/value positions included.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`): the decoder's
             embedding output and each layer's output, each of shape `(batch_size, target_length, decoder_hidden)`.
             Named as a causal LM names them, because `generate()` drives this model as a decoder-only model.
         attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): the decoder's attention
             weights per layer, `(batch_size, heads, target_length, cached_length + target_length)`; with memory
-            injection the latent's key/value position is the first key.
+            injection the latent's key/value positions are the first keys.
         encoder_hidden_states, encoder_attentions (*optional*): the same for the encoder, when x was encoded (as
             `EncoderDecoderModel` returns them).
     """
@@ -193,7 +193,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     A text VAE with a mutual-information critic (Qian & Cheung, 2019).
 
     x -> encoder -> pooled h -> (mu, logvar) -> z = mu + sigma * eps -> decoder p(x|z), where z enters the decoder as
-    one extra key/value position in every layer (`memory`), as a vector added to every input embedding
+    extra key/value positions in every layer (`memory`), as a vector added to every input embedding
     (`embedding`), or both. A critic f(x, z) scores joint pairs (x_i, z_i) and marginal pairs (x_i, z_perm(i)) and
     gives a lower bound on I(x; z) that the loss rewards with weight `config.mi_weight`.
 
@@ -229,9 +229,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         self.posterior = nn.Linear(encoder_hidden, 2 * config.latent_size)
         if config.injects_memory:
             num_layers, num_kv_heads, head_dim = _decoder_kv_geometry(self.decoder)
-            self._kv_shape = (num_kv_heads, 1, head_dim)
-            self.latent_to_key = nn.Linear(config.latent_size, num_layers * num_kv_heads * head_dim)
-            self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * head_dim)
+            positions = config.latent_memory_positions
+            self._kv_shape = (num_kv_heads, positions, head_dim)
+            self.latent_to_key = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
+            self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
         if config.injects_embedding:
             self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
         self.critic = MineCritic(
@@ -446,7 +447,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
     def _latent_cache(
         self, latent: torch.Tensor, cache: Cache | None, store: bool, dtype: torch.dtype | None = None
     ) -> Cache:
-        """z's key/value position in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
+        """z's key/value positions in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
         when the decoder's keys and values are to be kept (`store`, generation), else a `LatentPrefixLayer` stack that
         keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing). `dtype` is
         the decoder's compute dtype (default: its embedding weights'; under mixed precision the token embeddings'
@@ -481,8 +482,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if self.config.injects_memory:
             if cache is None or int(cache.get_seq_length()) == 0:
                 cache = self._latent_cache(latent, cache, store=use_cache or cache is not None, dtype=embeddings.dtype)
-            decoder_attention_mask = _with_latent_column(
-                decoder_attention_mask, int(cache.get_seq_length()) + decoder_input_ids.shape[1]
+            decoder_attention_mask = _with_latent_columns(
+                decoder_attention_mask,
+                int(cache.get_seq_length()) + decoder_input_ids.shape[1],
+                self.config.latent_memory_positions,
             )
         if self.config.injects_embedding:
             shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
@@ -519,10 +522,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
     def _check_decoder_length(self, length: int) -> None:
         limit = getattr(self.config.decoder, "max_position_embeddings", None)
-        prefix = 1 if self.config.injects_memory else 0
+        prefix = self.config.num_latent_positions
         if limit is not None and length + prefix > limit:
             raise ValueError(
-                f"The decoder sequence has {length} tokens (+{prefix} latent position) but the decoder accepts "
+                f"The decoder sequence has {length} tokens (+{prefix} latent positions) but the decoder accepts "
                 f"{limit} positions; truncate the text (MineVaeProcessor(max_decoder_length=...) does, with a warning)."
             )
 
@@ -559,7 +562,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 BOS first. Built from `labels` (shifted right, BOS prepended) when omitted; without either, the
                 decoder reads its start token alone (logits of shape `(batch_size, 1, vocab_size)`: p(first token|z)).
             decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*): over the
-                decoder's tokens, the cached ones first when continuing a cache; z's position is added by the model.
+                decoder's tokens, the cached ones first when continuing a cache; z's positions are added by the model.
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): the targets aligned with
                 `decoder_input_ids` (label t is the token after input t), -100 where ignored.
             latent (`torch.Tensor` of shape `(batch_size, latent_size)`, *optional*): decode from this z; the encoder,
@@ -569,7 +572,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             kl_weight, mi_weight (`float`, *optional*): override `config.kl_weight` / `config.mi_weight` for this
                 call (the trainer's schedules use this).
             cache (`Cache`, *optional*), use_cache (`bool`, *optional*, defaults to `config.use_cache`): the decoder
-                cache (the latent's key/value position included) to continue from, and whether to return it.
+                cache (the latent's key/value positions included) to continue from, and whether to return it.
             output_hidden_states, output_attentions (`bool`, *optional*, default to the config's): also return the
                 decoder's (and, when x is encoded, the encoder's) hidden states / attention weights.
                 `output_hidden_states` may also be a list of layer indices, as transformers' models take it.
@@ -621,7 +624,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                     bound = self.mi_lower_bound(posterior.pooler_output, latent, generator=self._eval_pairing())
 
         cached = int(cache.get_seq_length()) if cache is not None else 0
-        self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - 1, 0))
+        self._check_decoder_length(decoder_input_ids.shape[1] + max(cached - self.config.num_latent_positions, 0))
         if output_hidden_states:
             # True, or the indices of the layers to keep (passed as given: the decoder resolves them).
             decoder_kwargs["output_hidden_states"] = output_hidden_states
@@ -823,9 +826,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                     "one prefix row per latent, or one row for all."
                 )
         if self.config.injects_memory:
-            # The mask generate() carries covers z's key/value position too (the first): generate() then builds the
+            # The mask generate() carries covers z's key/value positions too (the first): generate() then builds the
             # masks and positions of every cache type, static ones included, over what the cache really holds.
-            prompt_mask = torch.cat([prompt_mask.new_ones(prompt_mask.shape[0], 1), prompt_mask], dim=1)
+            latent_columns = prompt_mask.new_ones(prompt_mask.shape[0], self.config.latent_memory_positions)
+            prompt_mask = torch.cat([latent_columns, prompt_mask], dim=1)
         return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
 
     def _generation_prefix(
@@ -858,10 +862,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         batch_size: int,
         max_cache_length: int,
     ) -> Any:
-        # z's key/value position takes one slot of a fixed-size (static) cache ahead of the decoder's tokens.
-        extra = 1 if self.config.injects_memory else 0
+        # z's key/value positions take slots of a fixed-size (static) cache ahead of the decoder's tokens.
         return super()._prepare_cache_for_generation(
-            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length + extra
+            generation_config,
+            model_kwargs,
+            generation_mode,
+            batch_size,
+            max_cache_length + self.config.num_latent_positions,
         )
 
     def prepare_inputs_for_generation(
@@ -875,10 +882,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if self.config.injects_memory and cache is not None and latent is not None:
             if int(cache.get_seq_length()) == 0:
                 # z goes into the cache before the first step's mask is built, so that mask (4D for static caches)
-                # and the positions count z's key/value position, as the cache holds it.
+                # and the positions count z's key/value positions, as the cache holds them.
                 self._latent_cache(latent, cache, store=True)
             # The cache holds z and the decoder tokens run so far; the rest of `input_ids` is this step's input.
-            next_sequence_length = input_ids.shape[1] - (int(cache.get_seq_length()) - 1)
+            cached_tokens = int(cache.get_seq_length()) - self.config.latent_memory_positions
+            next_sequence_length = input_ids.shape[1] - cached_tokens
         inputs = super().prepare_inputs_for_generation(
             input_ids, next_sequence_length=next_sequence_length, cache=cache, latent=latent, **kwargs
         )
@@ -890,12 +898,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 
 class LatentPrefixLayer(DynamicLayer):
     """
-    One decoder layer's cache entry holding only z's key/value position: `update` returns it joined to the keys and
+    One decoder layer's cache entry holding only z's key/value positions: `update` returns it joined to the keys and
     values of the call and stores nothing. Calling a layer twice with the same inputs (activation checkpointing's
     re-run in the backward pass) therefore sees the same keys and values both times.
 
     Args:
-        key, value (`torch.Tensor` of shape `(batch_size, num_kv_heads, 1, head_dim)`): z's projections.
+        key, value (`torch.Tensor` of shape `(batch_size, num_kv_heads, latent_memory_positions, head_dim)`): z's
+            projections.
     """
 
     def __init__(self, key: torch.Tensor, value: torch.Tensor):
@@ -907,18 +916,20 @@ class LatentPrefixLayer(DynamicLayer):
         return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
-def _with_latent_column(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | None:
-    """A 2D decoder mask covering every key position, z's included (the first). Callers give the mask over the
-    decoder's tokens (cached and new), as `forward` documents; `generate` gives it with z's column already in, so that
-    the 4D masks it builds for static caches line up with the cache. 4D masks are built whole and pass unchanged."""
+def _with_latent_columns(mask: torch.Tensor | None, key_length: int, positions: int) -> torch.Tensor | None:
+    """A 2D decoder mask covering every key position, z's `positions` included (the first). Callers give the mask over
+    the decoder's tokens (cached and new), as `forward` documents; `generate` gives it with z's columns already in, so
+    that the 4D masks it builds for static caches line up with the cache. 4D masks are built whole and pass
+    unchanged."""
     if mask is None or mask.ndim != 2 or mask.shape[1] == key_length:
         return mask
-    if mask.shape[1] != key_length - 1:
+    if mask.shape[1] != key_length - positions:
         raise ValueError(
-            f"decoder_attention_mask covers {mask.shape[1]} positions, but the decoder attends to {key_length - 1} "
-            "tokens (cached and new) plus z's position: give one mask column per decoder token."
+            f"decoder_attention_mask covers {mask.shape[1]} positions, but the decoder attends to "
+            f"{key_length - positions} tokens (cached and new) plus z's {positions}: give one mask column per decoder "
+            "token."
         )
-    return torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+    return torch.cat([mask.new_ones(mask.shape[0], positions), mask], dim=1)
 
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:

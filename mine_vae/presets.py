@@ -356,7 +356,7 @@ def build_pretrained(
         encoder_tokenizer,
         decoder_tokenizer,
         max_encoder_length=_within(max_length + 2, model.config.encoder, 0),
-        max_decoder_length=_within(max_length + 1, model.config.decoder, 1 if model.config.injects_memory else 0),
+        max_decoder_length=_within(max_length + 1, model.config.decoder, model.config.num_latent_positions),
     )
     return model, processor
 

@@ -202,12 +202,12 @@ class MineVaeProcessor(ProcessorMixin):
                 )
         for side, length, prefix in (
             ("encoder", self.max_encoder_length, 0),
-            ("decoder", self.max_decoder_length, 1 if model.config.injects_memory else 0),
+            ("decoder", self.max_decoder_length, model.config.num_latent_positions),
         ):
             limit = getattr(getattr(model.config, side), "max_position_embeddings", None)
             if limit is not None and length + prefix > limit:
                 raise ValueError(
-                    f"max_{side}_length={length} (+{prefix} latent position) exceeds the {side}'s {limit} positions; "
+                    f"max_{side}_length={length} (+{prefix} latent positions) exceeds the {side}'s {limit} positions; "
                     f"build the processor with max_{side}_length={limit - prefix}."
                 )
         eos = self.decoder_tokenizer.eos_token_id

@@ -32,6 +32,7 @@ def test_round_trip_through_json(tmp_path):
         ("latent_size", 2.5, "positive integer"),
         ("pooling", "max", "pooler"),
         ("latent_injection", "cross", "memory"),
+        ("latent_memory_positions", 0, "positive integer"),
         ("xi", "mine", "positive number"),
         ("xi", 0.0, "positive number"),
         ("kl_weight", -1.0, ">= 0"),

@@ -14,10 +14,14 @@ def encoder_inputs():
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
-@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+# How z enters the decoder: (latent_injection, latent_memory_positions).
+INJECTIONS = [("memory", 1), ("embedding", 1), ("both", 1), ("memory", 3), ("both", 2)]
+
+
+@pytest.mark.parametrize("injection,positions", INJECTIONS)
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_cached_greedy_decoding_equals_uncached(kind, injection):
-    model = tiny.model(kind, latent_injection=injection).eval()
+def test_cached_greedy_decoding_equals_uncached(kind, injection, positions):
+    model = tiny.model(kind, latent_injection=injection, latent_memory_positions=positions).eval()
     z = model.sample_prior(4, generator=torch.Generator().manual_seed(0)) * 3
     cached = model.generate(latent=z, max_new_tokens=12, do_sample=False, min_new_tokens=12)
     uncached = model.generate(latent=z, max_new_tokens=12, do_sample=False, min_new_tokens=12, use_cache=False)
@@ -25,8 +29,11 @@ def test_cached_greedy_decoding_equals_uncached(kind, injection):
     assert torch.equal(cached, uncached)
 
 
-def test_greedy_generation_follows_forward_argmax(model):
+@pytest.mark.parametrize("positions", [1, 3])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_greedy_generation_follows_forward_argmax(kind, positions):
     """Each generated token is the argmax of a full forward pass over the prefix: the cache changes nothing."""
+    model = tiny.model(kind, latent_memory_positions=positions).eval()
     z = model.sample_prior(2, generator=torch.Generator().manual_seed(1)) * 3
     tokens = model.generate(latent=z, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     logits = model(latent=z, decoder_input_ids=tokens[:, :-1]).logits
@@ -92,11 +99,11 @@ def test_without_inputs_each_sequence_is_decoded_from_its_own_prior_draw(model):
     assert torch.equal(continued[:, :3], prefix.repeat_interleave(2, dim=0))
 
 
-@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("injection,positions", INJECTIONS)
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_static_cache_decodes_as_the_dynamic_cache(kind, injection, encoder_inputs):
-    """z's key/value position takes the static cache's first slot; masks and positions count it."""
-    model = tiny.model(kind, latent_injection=injection).eval()
+def test_static_cache_decodes_as_the_dynamic_cache(kind, injection, positions, encoder_inputs):
+    """z's key/value positions take the static cache's first slots; masks and positions count them."""
+    model = tiny.model(kind, latent_injection=injection, latent_memory_positions=positions).eval()
     for options in ({}, {"num_beams": 3}):
         dynamic = model.generate(**encoder_inputs, max_new_tokens=6, min_new_tokens=6, **options)
         static = model.generate(
@@ -105,11 +112,11 @@ def test_static_cache_decodes_as_the_dynamic_cache(kind, injection, encoder_inpu
         assert torch.equal(static, dynamic)
 
 
-@pytest.mark.parametrize("injection", ["memory", "embedding", "both"])
+@pytest.mark.parametrize("injection,positions", INJECTIONS)
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_decoder_prefix_and_cache_continue_the_decoding(kind, injection):
+def test_decoder_prefix_and_cache_continue_the_decoding(kind, injection, positions):
     """A decoder prefix is continued under z, from scratch or from the cache that decoded it."""
-    model = tiny.model(kind, latent_injection=injection).eval()
+    model = tiny.model(kind, latent_injection=injection, latent_memory_positions=positions).eval()
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(0)) * 3
     full = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8)
     prefix = full[:, :4]

@@ -81,6 +81,25 @@ def test_each_injection_alone_carries_z(injection, batch):
     )
 
 
+@pytest.mark.parametrize("kind", DECODERS)
+def test_each_latent_memory_position_is_a_key_of_every_layer(kind, batch):
+    """With latent_memory_positions=P every layer attends to P keys of z's ahead of the tokens, each its own."""
+    model = tiny.model(kind, latent_injection="memory", latent_memory_positions=3).eval()
+    z = torch.randn(batch["labels"].shape[0], 8)
+    ids = batch["decoder_input_ids"]
+    out = model(latent=z, decoder_input_ids=ids, output_attentions=True)
+    assert all(layer.shape[-1] == 3 + ids.shape[1] for layer in out.attentions)
+    # The positions have their own projections: giving the last position the first one's key and value changes what
+    # the decoder reads.
+    num_kv_heads, positions, head_dim = model._kv_shape
+    with torch.no_grad():
+        for projection in (model.latent_to_key, model.latent_to_value):
+            weight = projection.weight.view(-1, num_kv_heads, positions, head_dim, 8)
+            bias = projection.bias.view(-1, num_kv_heads, positions, head_dim)
+            weight[:, :, 2], bias[:, :, 2] = weight[:, :, 0].clone(), bias[:, :, 0].clone()
+    assert not torch.allclose(model(latent=z, decoder_input_ids=ids).logits, out.logits)
+
+
 def test_labels_alone_build_decoder_inputs(batch):
     model = tiny.model().eval()
     out_given = model(**batch)

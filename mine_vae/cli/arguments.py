@@ -37,6 +37,9 @@ class ModelArguments:
     latent_injection: str | None = field(
         default=None, metadata={"help": "How z reaches the decoder: memory, embedding or both."}
     )
+    latent_memory_positions: int | None = field(
+        default=None, metadata={"help": "Key/value positions z takes in every decoder layer (memory injection)."}
+    )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
     critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
     xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})
@@ -192,9 +195,7 @@ class DecodingArguments:
             f"--temperature must be a number > 0, got {self.temperature} (for greedy decoding, leave out --do_sample).",
         )
         _require(self.top_k is None or self.top_k >= 0, f"--top_k must be 0 (off) or more, got {self.top_k}.")
-        _require(
-            self.top_p is None or 0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}; e.g. 0.9."
-        )
+        _require(self.top_p is None or 0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}; e.g. 0.9.")
         _require(self.num_beams >= 1, f"--num_beams must be at least 1 (1: no beam search), got {self.num_beams}.")
         _require(
             math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
