@@ -208,10 +208,14 @@ PRESETS: dict[str, Preset] = {
         model={
             "latent_size": 64,
             "pooling": "mean",
-            # One key/value position per decoder layer. z's gradient reaches the heads through every layer either way
-            # (the injection starts at layer 0); adding z to the input embeddings as well ("both", at 5e-3) made the
-            # frozen decoder's reconstructions worse after 3.5 minutes.
+            # z as key/value positions in every decoder layer. z's gradient reaches the heads through every layer
+            # either way (the injection starts at layer 0); adding z to the input embeddings as well ("both", at 5e-3)
+            # made the frozen decoder's reconstructions worse after 3.5 minutes.
             "latent_injection": "memory",
+            # Eight positions instead of one, at the same speed: IW-NLL 164.5 instead of 190.0 nats and KL 72 instead
+            # of 97 after the same 700 steps (the frozen decoder reads more of z per layer); reconstruction BLEU did
+            # not move (6.1).
+            "latent_memory_positions": 8,
             "critic_hidden_size": 256,
             "xi": "dv",  # as in `small`: the NWJ bound's e^f diverged in long runs
             "kl_weight": 1.0,
