@@ -342,12 +342,16 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
     layers = decoder.get("n_layer", decoder.get("num_hidden_layers"))
     width = decoder.get("n_embd", decoder.get("hidden_size"))
     dropout = decoder.get("resid_pdrop", decoder.get("attention_dropout", 0.0))
+    injection = arch["latent_injection"]
+    positions = arch.get("latent_memory_positions", 1)  # recorded since key/value positions became a setting
+    if injection in ("memory", "both"):
+        injection += f", {positions} key/value position{'s' if positions > 1 else ''} per layer"
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
         f"{layers}×{width} decoder (dropout {dropout}), vocabulary "
         f"{decoder.get('vocab_size')}, latent {arch['latent_size']} ({arch['pooling']} pooling, injected as "
-        f"{arch['latent_injection']}), critic {arch['critic_num_layers']}×{arch['critic_hidden_size']}; "
+        f"{injection}), critic {arch['critic_num_layers']}×{arch['critic_hidden_size']}; "
         f"{arch['parameters']:,} parameters.\n"
     )
 
