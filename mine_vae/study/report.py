@@ -344,8 +344,8 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
     dropout = decoder.get("resid_pdrop", decoder.get("attention_dropout", 0.0))
     injection = arch["latent_injection"]
     positions = arch.get("latent_memory_positions", 1)  # recorded since key/value positions became a setting
-    if injection in ("memory", "both"):
-        injection += f", {positions} key/value position{'s' if positions > 1 else ''} per layer"
+    if injection in ("memory", "both") and positions > 1:  # one position: the line reads as it always has
+        injection += f", {positions} key/value positions per layer"
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
