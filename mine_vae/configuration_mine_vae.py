@@ -58,6 +58,11 @@ class MineVaeConfig(PreTrainedConfig):
             position has its own slice of the key and value projections). A frozen decoder reads z only through
             them: with one position each layer can add one value vector, with several it can attend to different
             parts of z for different words.
+        latent_vocab_bias (`bool`, defaults to `False`):
+            Whether z also adds a bias over the decoder's vocabulary to every next-token distribution (one linear map
+            from z to one logit per token, starting at zero, so that the decoder starts as it was). The key/value
+            positions tell a frozen decoder what the sentence is about; this path tells it which words to use, which
+            the frozen attention layers are slow to learn from a handful of new positions.
         critic_hidden_size (`int`, defaults to 256):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
@@ -108,6 +113,7 @@ class MineVaeConfig(PreTrainedConfig):
     pooling: str = "mean"
     latent_injection: str = "both"
     latent_memory_positions: int = 1
+    latent_vocab_bias: bool = False
     critic_hidden_size: int = 256
     critic_num_layers: int = 2
     # DV rather than the fixed-ξ (NWJ) bound: NWJ's e^f of marginal pairs exploded in long runs and with strong critics.
@@ -153,6 +159,7 @@ class MineVaeConfig(PreTrainedConfig):
             self.latent_memory_positions,
             "a positive integer",
         )
+        _require(isinstance(self.latent_vocab_bias, bool), "latent_vocab_bias", self.latent_vocab_bias, "true or false")
         _require(
             _is_int(self.critic_hidden_size) and self.critic_hidden_size > 0,
             "critic_hidden_size",

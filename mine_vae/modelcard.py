@@ -75,6 +75,7 @@ MINE_VAE_ARGUMENTS: tuple[str, ...] = tuple(
 SETTING_MEANINGS = {
     "latent_size": "dimension of z",
     "pooling": "how the encoder states become the posterior's input",
+    "latent_vocab_bias": "whether z also adds a bias over the vocabulary to every next-token distribution",
     "critic_hidden_size": "width of the critic f(x, z)'s hidden layers",
     "critic_num_layers": "hidden layers of the critic f(x, z)",
     "ema_decay": 'decay of the moving average of E_marginal[e^f] (used with xi = "ema")',

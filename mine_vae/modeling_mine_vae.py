@@ -183,6 +183,9 @@ class MineVaePreTrainedModel(PreTrainedModel):
         if module is getattr(self, "posterior", None) and module.bias is not None:
             with torch.no_grad():  # the log-variance half: see `MineVaeConfig.posterior_logvar_init`
                 module.bias[self.config.latent_size :].fill_(self.config.posterior_logvar_init)
+        if module is getattr(self, "latent_to_vocab", None):
+            module.weight.zero_()  # the decoder starts as it was: see `MineVaeConfig.latent_vocab_bias`
+            module.bias.zero_()
         if isinstance(module, MineCritic):
             module.log_ema.zero_()
             module.ema_updates.zero_()
@@ -235,6 +238,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
         if config.injects_embedding:
             self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
+        if config.latent_vocab_bias:
+            vocab_size = self.decoder.get_output_embeddings().weight.shape[0]
+            self.latent_to_vocab = nn.Linear(config.latent_size, vocab_size)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
             latent_size=config.latent_size,
@@ -490,7 +496,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if self.config.injects_embedding:
             shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
             embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)
-        return self.decoder(
+        outputs = self.decoder(
             inputs_embeds=embeddings,
             attention_mask=decoder_attention_mask,
             cache=cache,
@@ -498,6 +504,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             return_dict=True,
             **decoder_kwargs,
         )
+        if self.config.latent_vocab_bias:
+            bias = self.latent_to_vocab(latent.to(self.latent_to_vocab.weight.dtype))
+            outputs.logits = outputs.logits + bias.to(outputs.logits.dtype).unsqueeze(1)
+        return outputs
 
     def log_likelihood(
         self,

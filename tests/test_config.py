@@ -33,6 +33,7 @@ def test_round_trip_through_json(tmp_path):
         ("pooling", "max", "pooler"),
         ("latent_injection", "cross", "memory"),
         ("latent_memory_positions", 0, "positive integer"),
+        ("latent_vocab_bias", "yes", "true or false"),
         ("xi", "mine", "positive number"),
         ("xi", 0.0, "positive number"),
         ("kl_weight", -1.0, ">= 0"),

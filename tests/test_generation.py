@@ -41,6 +41,23 @@ def test_greedy_generation_follows_forward_argmax(kind, positions):
     assert torch.equal(logits.argmax(-1), tokens[:, 1:])
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_latent_vocab_bias_decodes_alike_with_and_without_cache_and_follows_forward(kind):
+    model = tiny.model(kind, latent_memory_positions=2, latent_vocab_bias=True).eval()
+    with torch.no_grad():
+        model.latent_to_vocab.weight.normal_(std=3.0)  # strong enough to change the greedy tokens
+    z = model.sample_prior(3, generator=torch.Generator().manual_seed(2)) * 3
+    cached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    uncached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    logits = model(latent=z, decoder_input_ids=cached[:, :-1]).logits
+    logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
+    assert torch.equal(logits.argmax(-1), cached[:, 1:])
+    with torch.no_grad():
+        model.latent_to_vocab.weight.zero_()
+    assert not torch.equal(model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)
+
+
 def test_generation_starts_with_decoder_start_token(model):
     tokens = model.generate(latent=model.sample_prior(2), max_new_tokens=3)
     assert (tokens[:, 0] == model.config.decoder_start_token_id).all()

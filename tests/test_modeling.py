@@ -100,6 +100,37 @@ def test_each_latent_memory_position_is_a_key_of_every_layer(kind, batch):
     assert not torch.allclose(model(latent=z, decoder_input_ids=ids).logits, out.logits)
 
 
+@pytest.mark.parametrize("kind", DECODERS)
+def test_latent_vocab_bias_starts_at_zero_and_adds_a_z_made_bias_to_every_position(kind, batch):
+    """latent_vocab_bias adds W z + b to the logits of every position: zero at first (the decoder reads as without
+    it), then the same z-made vector at every position."""
+    plain = tiny.model(kind, seed=0).eval()
+    biased = tiny.model(kind, seed=0, latent_vocab_bias=True).eval()
+    biased.load_state_dict(plain.state_dict(), strict=False)  # all but latent_to_vocab, which starts at zero
+    z = torch.randn(batch["labels"].shape[0], 8)
+    ids = batch["decoder_input_ids"]
+    without = plain(latent=z, decoder_input_ids=ids).logits
+    torch.testing.assert_close(biased(latent=z, decoder_input_ids=ids).logits, without)
+    with torch.no_grad():
+        biased.latent_to_vocab.weight.normal_()
+        biased.latent_to_vocab.bias.normal_()
+        expected = biased.latent_to_vocab(z).unsqueeze(1).expand_as(without)
+    torch.testing.assert_close(biased(latent=z, decoder_input_ids=ids).logits - without, expected)
+
+
+def test_latent_vocab_bias_trains_and_survives_save_load(batch, tmp_path):
+    model = tiny.model(latent_vocab_bias=True)
+    model(**batch).loss.backward()
+    assert model.latent_to_vocab.weight.grad.abs().sum() > 0  # the reconstruction loss reaches it
+    assert "latent_to_vocab" in model.head_names  # so it trains with a frozen decoder
+    with torch.no_grad():
+        model.latent_to_vocab.weight.normal_()
+    model.save_pretrained(tmp_path)
+    reloaded = MineVaeModel.from_pretrained(tmp_path)
+    assert reloaded.config.latent_vocab_bias is True
+    torch.testing.assert_close(reloaded.latent_to_vocab.weight, model.latent_to_vocab.weight)
+
+
 def test_labels_alone_build_decoder_inputs(batch):
     model = tiny.model().eval()
     out_given = model(**batch)

@@ -40,6 +40,9 @@ class ModelArguments:
     latent_memory_positions: int | None = field(
         default=None, metadata={"help": "Key/value positions z takes in every decoder layer (memory injection)."}
     )
+    latent_vocab_bias: bool | None = field(
+        default=None, metadata={"help": "true: z also adds a bias over the vocabulary to every next-token logit."}
+    )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
     critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
     xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})

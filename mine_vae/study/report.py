@@ -346,6 +346,8 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
     positions = arch.get("latent_memory_positions", 1)  # recorded since key/value positions became a setting
     if injection in ("memory", "both") and positions > 1:  # one position: the line reads as it always has
         injection += f", {positions} key/value positions per layer"
+    if arch.get("latent_vocab_bias"):  # recorded since the vocabulary bias became a setting
+        injection += ", plus a bias over the vocabulary"
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
