@@ -350,7 +350,26 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         causal LM's own `resize_token_embeddings` would."""
         embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
+        if self.config.latent_vocab_bias:
+            self._resize_vocab_bias(self.decoder.get_output_embeddings().weight.shape[0])
         return embeddings
+
+    def _resize_vocab_bias(self, num_tokens: int) -> None:
+        """Give z's vocabulary bias one row per token again: kept rows keep their values, new tokens start at zero
+        (as the whole bias does)."""
+        old = self.latent_to_vocab
+        if old.out_features == num_tokens:
+            return
+        new = nn.Linear(old.in_features, num_tokens, device=old.weight.device, dtype=old.weight.dtype)
+        kept = min(num_tokens, old.out_features)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.bias.zero_()
+            new.weight[:kept] = old.weight[:kept]
+            new.bias[:kept] = old.bias[:kept]
+        new.weight.requires_grad_(old.weight.requires_grad)
+        new.bias.requires_grad_(old.bias.requires_grad)
+        self.latent_to_vocab = new
 
     # ----------------------------------------------------------------------------------------------------------------
     # The VAE's parts

@@ -131,6 +131,21 @@ def test_latent_vocab_bias_trains_and_survives_save_load(batch, tmp_path):
     torch.testing.assert_close(reloaded.latent_to_vocab.weight, model.latent_to_vocab.weight)
 
 
+def test_resizing_the_vocabulary_resizes_the_vocab_bias(batch):
+    """New tokens get a zero row of z's vocabulary bias; the rows of the old tokens keep their values."""
+    model = tiny.model(latent_vocab_bias=True).eval()
+    with torch.no_grad():
+        model.latent_to_vocab.weight.normal_()
+    old_weight = model.latent_to_vocab.weight.clone()
+    vocab = old_weight.shape[0]
+    model.resize_token_embeddings(vocab + 3)
+    assert model.latent_to_vocab.weight.shape[0] == vocab + 3
+    torch.testing.assert_close(model.latent_to_vocab.weight[:vocab], old_weight)
+    assert not model.latent_to_vocab.weight[vocab:].any()
+    z = torch.randn(batch["labels"].shape[0], 8)
+    assert model(latent=z, decoder_input_ids=batch["decoder_input_ids"]).logits.shape[-1] == vocab + 3
+
+
 def test_labels_alone_build_decoder_inputs(batch):
     model = tiny.model().eval()
     out_given = model(**batch)
