@@ -1,6 +1,6 @@
 """How much of a trained model's reconstruction depends on the sentence's own z, measured side by side in one run.
 
-For the first N validation sentences of the embedded Penn Treebank that fit the processor's lengths, prints the
+For the first N validation sentences of the embedded Penn Treebank that fit (as `mine-vae train` keeps them), prints the
 decoder's negative log-likelihood (nats per sentence, teacher-forced) three ways:
 
 1. the decoder alone, without z (what the pretrained decoder knows before training);
@@ -24,6 +24,7 @@ import json
 import torch
 
 from mine_vae import MineVaeModel, MineVaeProcessor
+from mine_vae.cli.loading import tokenize_splits
 from mine_vae.data import load_corpus
 
 
@@ -46,15 +47,11 @@ def main() -> None:
 
     model = MineVaeModel.from_pretrained(args.model).eval()
     processor = MineVaeProcessor.from_pretrained(args.model)
-    texts = [text for text in load_corpus()["validation"]["text"] if text.strip()]
-    features = []
-    for start in range(0, len(texts), 1000):  # tokenise only as far as needed
-        encoded = processor.encode_texts(texts[start : start + 1000], truncate=False)
-        rows = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
-        features += [row for row in rows if len(row["decoder_token_ids"]) <= processor.max_decoder_length]
-        if len(features) >= args.sentences:
-            break
-    features = features[: args.sentences]
+    # The sentences the main job evaluates on: the validation split tokenised and filtered as `mine-vae train` does.
+    limit = processor.max_decoder_length - 1
+    tokenized, _ = tokenize_splits({"validation": load_corpus()["validation"]}, processor, limit, overlength="drop")
+    rows = tokenized["validation"].select(range(min(args.sentences, len(tokenized["validation"]))))
+    features = [{"input_ids": row["input_ids"], "decoder_token_ids": row["decoder_token_ids"]} for row in rows]
 
     totals = {"decoder alone": 0.0, "another sentence's z": 0.0, "its own z": 0.0}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):

@@ -206,6 +206,7 @@ def _architecture(model: MineVaeModel, processor: MineVaeProcessor | None) -> st
     config = model.config
     total = _num_parameters(model)
     encoder, decoder = _num_parameters(model.encoder), _num_parameters(model.decoder)
+    heads = "Posterior, latent injection, " + ("vocabulary bias, " if config.latent_vocab_bias else "") + "critic"
     rows = [
         _row("Part", "Built from", "Class", "Size"),
         _row("---", "---", "---", "---"),
@@ -215,7 +216,7 @@ def _architecture(model: MineVaeModel, processor: MineVaeProcessor | None) -> st
         _row(
             "Decoder p(x|z)", _source(model, "decoder"), type(model.decoder).__name__, _shape(config.decoder, decoder)
         ),
-        _row("Posterior, latent injection, critic", "new", "", f"{_millions(total - encoder - decoder)} parameters"),
+        _row(heads, "new", "", f"{_millions(total - encoder - decoder)} parameters"),
         _row("Total", "", type(model).__name__, f"{_millions(total)} parameters"),
     ]
     positions = config.latent_memory_positions

@@ -239,7 +239,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if config.injects_embedding:
             self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
         if config.latent_vocab_bias:
-            vocab_size = self.decoder.get_output_embeddings().weight.shape[0]
+            # out_features, not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows
+            vocab_size = self.decoder.get_output_embeddings().out_features
             self.latent_to_vocab = nn.Linear(config.latent_size, vocab_size)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
@@ -351,7 +352,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
         if self.config.latent_vocab_bias:
-            self._resize_vocab_bias(self.decoder.get_output_embeddings().weight.shape[0])
+            self._resize_vocab_bias(self.decoder.get_output_embeddings().out_features)
         return embeddings
 
     def _resize_vocab_bias(self, num_tokens: int) -> None:

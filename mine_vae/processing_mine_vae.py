@@ -198,7 +198,7 @@ class MineVaeProcessor(ProcessorMixin):
                 raise ValueError(
                     f"The {side} tokenizer has {len(tokenizer)} tokens but the {side}'s embedding has {rows} rows: "
                     f"use the tokenizer the {side} was trained with, or grow the embedding with "
-                    f"`model.{side}.resize_token_embeddings(len(tokenizer))`."
+                    f"`{'model.encoder' if side == 'encoder' else 'model'}.resize_token_embeddings(len(tokenizer))`."
                 )
         for side, length, prefix in (
             ("encoder", self.max_encoder_length, 0),

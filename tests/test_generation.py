@@ -53,6 +53,8 @@ def test_latent_vocab_bias_decodes_alike_with_and_without_cache_and_follows_forw
     logits = model(latent=z, decoder_input_ids=cached[:, :-1]).logits
     logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
     assert torch.equal(logits.argmax(-1), cached[:, 1:])
+    beams = model.generate(latent=z, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 6  # each z's rows are expanded with it, bias included
     with torch.no_grad():
         model.latent_to_vocab.weight.zero_()
     assert not torch.equal(model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)

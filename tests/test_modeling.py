@@ -125,10 +125,12 @@ def test_latent_vocab_bias_trains_and_survives_save_load(batch, tmp_path):
     assert "latent_to_vocab" in model.head_names  # so it trains with a frozen decoder
     with torch.no_grad():
         model.latent_to_vocab.weight.normal_()
+        model.latent_to_vocab.bias.normal_()
     model.save_pretrained(tmp_path)
     reloaded = MineVaeModel.from_pretrained(tmp_path)
     assert reloaded.config.latent_vocab_bias is True
     torch.testing.assert_close(reloaded.latent_to_vocab.weight, model.latent_to_vocab.weight)
+    torch.testing.assert_close(reloaded.latent_to_vocab.bias, model.latent_to_vocab.bias)
 
 
 def test_resizing_the_vocabulary_resizes_the_vocab_bias(batch):
@@ -136,14 +138,18 @@ def test_resizing_the_vocabulary_resizes_the_vocab_bias(batch):
     model = tiny.model(latent_vocab_bias=True).eval()
     with torch.no_grad():
         model.latent_to_vocab.weight.normal_()
-    old_weight = model.latent_to_vocab.weight.clone()
+        model.latent_to_vocab.bias.normal_()
+    old_weight, old_bias = model.latent_to_vocab.weight.clone(), model.latent_to_vocab.bias.clone()
     vocab = old_weight.shape[0]
     model.resize_token_embeddings(vocab + 3)
     assert model.latent_to_vocab.weight.shape[0] == vocab + 3
     torch.testing.assert_close(model.latent_to_vocab.weight[:vocab], old_weight)
-    assert not model.latent_to_vocab.weight[vocab:].any()
+    torch.testing.assert_close(model.latent_to_vocab.bias[:vocab], old_bias)
+    assert not model.latent_to_vocab.weight[vocab:].any() and not model.latent_to_vocab.bias[vocab:].any()
     z = torch.randn(batch["labels"].shape[0], 8)
     assert model(latent=z, decoder_input_ids=batch["decoder_input_ids"]).logits.shape[-1] == vocab + 3
+    model.resize_token_embeddings(vocab - 2)  # shrinking keeps the first rows
+    torch.testing.assert_close(model.latent_to_vocab.weight, old_weight[: vocab - 2])
 
 
 def test_labels_alone_build_decoder_inputs(batch):

@@ -266,3 +266,21 @@ def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_witho
     assert optimus["freeze_decoder"] and optimus["bf16"] and optimus["max_steps"] == budget.steps
     warm = training_kwargs("minilm-smollm2", resolve_method("ae-warm"), budget, 0, tmp_path)
     assert (warm["kl_cycles"], warm["kl_zero_ratio"]) == (1, 0.5)
+
+
+def test_report_model_line_names_positions_and_the_vocabulary_bias_only_when_set():
+    """Runs recorded before either setting existed (or with its default) keep the model line they always had."""
+    from mine_vae.study.report import _architecture_text
+
+    arch = {
+        "encoder": {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 8, "hidden_dropout_prob": 0.1},
+        "decoder": {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "vocab_size": 40},
+        **{"latent_size": 8, "pooling": "mean", "latent_injection": "memory", "parameters": 1000},
+        **{"critic_num_layers": 2, "critic_hidden_size": 16},
+    }
+    assert "(mean pooling, injected as memory), critic" in _architecture_text(arch, "tiny")
+    settings = {"latent_memory_positions": 1, "latent_vocab_bias": False}
+    assert "(mean pooling, injected as memory), critic" in _architecture_text({**arch, **settings}, "tiny")
+    settings = {"latent_memory_positions": 8, "latent_vocab_bias": True}
+    line = _architecture_text({**arch, **settings}, "tiny")
+    assert "injected as memory, 8 key/value positions per layer, plus a bias over the vocabulary), critic" in line
