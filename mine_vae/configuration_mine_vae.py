@@ -60,9 +60,8 @@ class MineVaeConfig(PreTrainedConfig):
             parts of z for different words.
         latent_vocab_bias (`bool`, defaults to `False`):
             Whether z also adds a bias over the decoder's vocabulary to every next-token distribution (one linear map
-            from z to one logit per token, starting at zero, so that the decoder starts as it was). The key/value
-            positions tell a frozen decoder what the sentence is about; this path tells it which words to use, which
-            the frozen attention layers are slow to learn from a handful of new positions.
+            from z to one logit per token, starting at zero, so that the decoder starts as it was): a path from z to
+            the words that does not go through a frozen decoder's attention layers.
         critic_hidden_size (`int`, defaults to 256):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
