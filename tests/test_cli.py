@@ -21,7 +21,7 @@ import tiny
 import torch
 
 from mine_vae import MineVaeModel, MineVaeProcessor
-from mine_vae.cli import COMMANDS, format_table, main
+from mine_vae.cli import COMMANDS, _ensure_commands, format_table, main
 from mine_vae.cli.parsing import parse_command
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 
@@ -29,6 +29,12 @@ TINY = ["--preset", "tiny"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def parse_train(argv: list[str]) -> dict[str, object]:
+    """`mine-vae train ARGV`'s parsed dataclasses by class name (the commands register on first use)."""
+    _ensure_commands()
+    return {type(value).__name__: value for value in parse_command(COMMANDS["train"], argv)}
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -378,10 +384,10 @@ def test_the_critics_depth_moving_average_and_free_bits_are_model_flags(tmp_path
 def test_free_bits_are_a_model_setting_with_the_presets_default():
     """Free bits belong to MineVaeConfig (they change the objective, like β and λ): a preset's value, a flag and a
     config file's setting all reach the config; the training arguments have no such field."""
-    parsed = {type(value).__name__: value for value in parse_command(COMMANDS["train"], ["--preset", "small"])}
+    parsed = parse_train(["--preset", "small"])
     assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.25
     assert not hasattr(parsed["MineVaeTrainingArguments"], "free_bits")
-    parsed = {type(value).__name__: value for value in parse_command(COMMANDS["train"], [*TINY, "--free_bits", "0.3"])}
+    parsed = parse_train([*TINY, "--free_bits", "0.3"])
     assert parsed["ModelArguments"].config_kwargs()["free_bits"] == 0.3
 
 
@@ -402,3 +408,18 @@ def test_every_model_setting_of_the_config_is_a_train_flag():
     added = {spec.name for spec in fields(MineVaeConfig)} - generic
     flags = {spec.name for spec in fields(ModelArguments)}
     assert added and added <= flags, sorted(added - flags)
+
+
+def test_an_optional_boolean_setting_is_a_bare_switch_or_takes_a_value():
+    """`--latent_vocab_bias` alone turns it on, as `--NAME` does for plain booleans; `false` still turns it off over
+    the preset's true, and leaving it out keeps the preset's."""
+
+    def bias(*argv: str) -> bool | None:
+        return parse_train([*TINY, *argv])["ModelArguments"].config_kwargs().get("latent_vocab_bias")
+
+    assert bias("--latent_vocab_bias") is True
+    assert bias("--latent_vocab_bias", "--free_bits", "0.3") is True
+    assert bias("--latent_vocab_bias", "false") is False
+    assert bias("--latent_vocab_bias", "no") is False
+    assert bias() is None
+    assert parse_train([])["ModelArguments"].config_kwargs()["latent_vocab_bias"] is True

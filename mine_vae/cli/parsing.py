@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from ..presets import DEFAULT_PRESET, Preset, get_preset
 from .commands import COMMANDS, PROG, CliError, Command
@@ -42,11 +43,24 @@ def _make_parser(command: Command) -> _Parser:
     parser._optionals.title = (
         "training arguments (MineVaeTrainingArguments) and help" if has_training_arguments else "help"
     )
+    _bare_switches(parser)
     if command.positionals is not None:
         command.positionals(parser)
     elif command.positional_config:
         parser.add_argument("config_file", nargs="?", default=None, help="JSON or YAML file of flag values.")
     return parser
+
+
+def _bare_switches(parser: argparse.ArgumentParser) -> None:
+    """Let `--NAME` alone mean true for a `bool | None` setting too, as it does for a plain `bool`.
+
+    HfArgumentParser gives an optional boolean (None: the preset's or the config's value) a required true/false value;
+    a preset's settings are all optional, so without this `--latent_vocab_bias` would need `true` after it.
+    """
+    for action in parser._actions:
+        if action.type is string_to_bool and action.nargs is None:
+            action.nargs = "?"
+            action.const = True
 
 
 def parse_command(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
