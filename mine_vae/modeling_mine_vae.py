@@ -24,6 +24,7 @@ from transformers import (
     DynamicCache,
     GenerationConfig,
     GenerationMixin,
+    PreTrainedConfig,
     PreTrainedModel,
 )
 from transformers.cache_utils import Cache, DynamicLayer
@@ -157,9 +158,19 @@ class MineVaePreTrainedModel(PreTrainedModel):
         mismatched = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
         # A caller who asks for the loading info (or builds from a config with its own state_dict) judges it.
         if mismatched and not wants_info and pretrained_model_name_or_path is not None:
+            counts = f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s)"
+            # Settings passed here that change the model's shape (latent_vocab_bias=True on a model saved without
+            # it) explain the mismatch better than a badly saved folder does.
+            own = cls.config_class.__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
+            changed = sorted(key for key in kwargs if key in own)
+            if changed:
+                raise ValueError(
+                    f"The weights in {pretrained_model_name_or_path} do not fit the config as changed by "
+                    f"{', '.join(changed)}: {counts}, e.g. {mismatched[:3]}. Load without those arguments, or pass "
+                    "output_loading_info=True to accept the new weights at their initial values."
+                )
             raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit its config: "
-                f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s), e.g. "
+                f"The weights in {pretrained_model_name_or_path} do not fit its config: {counts}, e.g. "
                 f"{mismatched[:3]}. Save the model again with MineVaeModel.save_pretrained (an adapter folder loads "
                 "with peft's PeftModel.from_pretrained(base_model, folder))."
             )

@@ -356,3 +356,20 @@ def test_posterior_logvar_init_starts_the_posterior_narrow_and_survives_save_loa
 def test_posterior_logvar_init_must_be_finite():
     with pytest.raises(ValueError, match="posterior_logvar_init"):
         tiny.model(posterior_logvar_init=float("nan"))
+
+
+def test_adding_the_vocab_bias_to_a_saved_model_is_refused_by_name_or_accepted_at_zero(batch, tmp_path):
+    """`from_pretrained(folder, latent_vocab_bias=True)` on a model saved without the bias names the argument that
+    changed the shape; with `output_loading_info=True` the new head loads at its initial zero, so the model reads as
+    it was saved."""
+    model = tiny.model().eval()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"as changed by latent_vocab_bias: 2 missing .* output_loading_info=True"):
+        MineVaeModel.from_pretrained(tmp_path, latent_vocab_bias=True)
+    biased, info = MineVaeModel.from_pretrained(tmp_path, latent_vocab_bias=True, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["latent_to_vocab.bias", "latent_to_vocab.weight"]
+    assert not biased.latent_to_vocab.weight.any() and not biased.latent_to_vocab.bias.any()
+    z = torch.randn(batch["input_ids"].shape[0], model.config.latent_size)
+    ids = batch["decoder_input_ids"]
+    torch.testing.assert_close(biased.eval()(latent=z, decoder_input_ids=ids).logits,
+                               model(latent=z, decoder_input_ids=ids).logits)  # fmt: skip
