@@ -360,6 +360,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         """Resize the decoder's vocabulary (input embeddings and LM head together, ties kept, `config.decoder.
         vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
         causal LM's own `resize_token_embeddings` would."""
+        if self.config.latent_vocab_bias and not isinstance(self.latent_to_vocab, nn.Linear):
+            # peft's wrapper (the heads are its modules_to_save): a resized Linear would drop out of the adapter.
+            # Refused before the decoder changes, so that the model is left as it was.
+            raise ValueError(
+                "z's vocabulary bias is wrapped by peft, which a resized copy would drop out of; call "
+                "resize_token_embeddings on the MineVaeModel before get_peft_model."
+            )
         embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
         if self.config.latent_vocab_bias:

@@ -144,3 +144,19 @@ def test_asking_for_the_loading_info_reports_mismatched_weights_instead_of_raisi
     _, info = MineVaeModel.from_pretrained(tmp_path, output_loading_info=True)
     assert any(key.startswith("latent_to_embedding") for key in info["missing_keys"])
     assert any(key.startswith("latent_to_key") for key in info["unexpected_keys"])
+
+
+def test_resizing_a_peft_wrapped_vocab_bias_is_refused_and_works_before_wrapping():
+    """The vocabulary bias is one of the heads peft saves with the adapter: resizing it under the wrapper would swap
+    in a plain Linear the adapter no longer saves, so it is refused; resizing first, then wrapping, keeps both."""
+    vae = tiny.model("llama", latent_vocab_bias=True)
+    size = vae.latent_to_vocab.out_features
+    model = train_heads_with_adapters(get_peft_model(vae, LoraConfig(target_modules=TARGETS["llama"], r=4)))
+    with pytest.raises(ValueError, match="resize_token_embeddings on the MineVaeModel before get_peft_model"):
+        model.resize_token_embeddings(size + 8)
+    assert peft_base_vae(model).get_output_embeddings().out_features == size  # refused before anything changed
+    vae = tiny.model("llama", latent_vocab_bias=True)
+    vae.resize_token_embeddings(size + 8)
+    model = train_heads_with_adapters(get_peft_model(vae, LoraConfig(target_modules=TARGETS["llama"], r=4)))
+    assert peft_base_vae(model).latent_to_vocab.modules_to_save["default"].out_features == size + 8
+    assert any("latent_to_vocab.modules_to_save" in name for name, p in model.named_parameters() if p.requires_grad)
