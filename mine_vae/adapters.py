@@ -8,9 +8,13 @@ folder)` restores the whole trained model. `MineVaeTrainer` calls it on every mo
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .modeling_mine_vae import MineVaeModel
 
@@ -68,4 +72,96 @@ def _active_adapters(model: Any) -> list[str]:
     return [active] if isinstance(active, str) else list(active)
 
 
-__all__ = ["is_peft_model", "peft_base_vae", "train_heads_with_adapters"]
+# The attention blocks of the decoder families (GPT-2's `attn`, Llama's and most others' `self_attn`): their projections
+# are what LoRA adapts by default, the choice of the LoRA paper and of Optimus-style fine-tuning on a budget.
+ATTENTION_BLOCKS = ("attn", "self_attn", "attention")
+
+
+def decoder_lora_targets(model: MineVaeModel, module_names: Sequence[str] | None = None) -> list[str]:
+    """
+    The full names of the decoder's modules that LoRA adapts: those whose own name is in `module_names`, or (None)
+    every linear projection of the decoder's attention blocks. The encoder and the heads are never matched.
+
+    Raises:
+        ValueError: when nothing in the decoder matches (naming the decoder's linear layers to choose from).
+    """
+    linear = (nn.Linear, Conv1D)
+    found, names = [], set()
+    for name, module in model.decoder.named_modules():
+        if not isinstance(module, linear):
+            continue
+        parts = name.split(".")
+        names.add(parts[-1])
+        if (parts[-1] in module_names) if module_names else (len(parts) > 1 and parts[-2] in ATTENTION_BLOCKS):
+            found.append(f"decoder.{name}")
+    if not found:
+        wanted = f"modules named {', '.join(module_names)}" if module_names else "attention projections"
+        raise ValueError(
+            f"The decoder has no {wanted} for LoRA; choose among its linear layers: {', '.join(sorted(names))}."
+        )
+    return found
+
+
+def add_decoder_lora(
+    model: MineVaeModel,
+    r: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    module_names: Sequence[str] | None = None,
+) -> nn.Module:
+    """
+    Wrap a MINE-VAE in peft LoRA adapters of rank `r` on its decoder (`decoder_lora_targets`), with its heads and
+    critic trainable and saved with the adapter (`train_heads_with_adapters`). Every other weight is frozen.
+
+    Args:
+        model: the `MineVaeModel` to adapt.
+        r: the adapters' rank.
+        alpha: LoRA's scale numerator (the update is scaled by alpha / r); None: 2r.
+        dropout: dropout on the adapters' input.
+        module_names: names of the decoder's modules to adapt; None: its attention projections.
+
+    Returns:
+        the `PeftModel`; `merged_vae` turns it back into a plain `MineVaeModel`.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = decoder_lora_targets(model, module_names)
+    lora_config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        # GPT-2's Conv1D stores its weight transposed (in x out), which LoRA must know to merge.
+        fan_in_fan_out=isinstance(model.get_submodule(targets[0]), Conv1D),
+    )
+    with peft_deprecations_silenced():
+        return train_heads_with_adapters(get_peft_model(model, lora_config))
+
+
+@contextlib.contextmanager
+def peft_deprecations_silenced() -> Iterator[None]:
+    """peft asks the model for `is_gradient_checkpointing`, which transformers deprecates with a FutureWarning the
+    user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def merged_vae(model: nn.Module) -> nn.Module:
+    """A peft-wrapped MINE-VAE as a plain `MineVaeModel`: LoRA updates merged into the decoder's weights and the
+    trained heads in their places, so that it saves, loads and generates without peft. Anything else is returned
+    unchanged."""
+    if peft_base_vae(model) is None:
+        return model
+    return model.merge_and_unload()
+
+
+__all__ = [
+    "add_decoder_lora",
+    "decoder_lora_targets",
+    "is_peft_model",
+    "merged_vae",
+    "peft_base_vae",
+    "peft_deprecations_silenced",
+    "train_heads_with_adapters",
+]

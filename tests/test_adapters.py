@@ -160,3 +160,36 @@ def test_resizing_a_peft_wrapped_vocab_bias_is_refused_and_works_before_wrapping
     model = train_heads_with_adapters(get_peft_model(vae, LoraConfig(target_modules=TARGETS["llama"], r=4)))
     assert peft_base_vae(model).latent_to_vocab.modules_to_save["default"].out_features == size + 8
     assert any("latent_to_vocab.modules_to_save" in name for name, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_lora_adapts_the_decoders_attention_only_and_merges_into_the_same_model(kind, batch):
+    """add_decoder_lora targets every attention projection of the decoder (never the encoder's, never its MLP) and
+    leaves the heads trainable; merged_vae folds the trained adapters into a plain MineVaeModel that computes what
+    the adapted model computed."""
+    from mine_vae.adapters import add_decoder_lora, decoder_lora_targets, merged_vae
+
+    targets = decoder_lora_targets(tiny.model(kind))
+    layers = tiny.model(kind).config.decoder.num_hidden_layers
+    assert len(targets) == layers * (2 if kind == "gpt2" else 4)
+    assert all(t.startswith("decoder.") and (".attn." in t or ".self_attn." in t) for t in targets)
+    assert decoder_lora_targets(tiny.model(kind), ["c_fc" if kind == "gpt2" else "up_proj"])[0].endswith(
+        "c_fc" if kind == "gpt2" else "up_proj"
+    )
+    model = add_decoder_lora(tiny.model(kind, mi_weight=1.0), r=2, alpha=8)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in name for name in trainable) and not any(".encoder." in n and "lora" in n for n in trainable)
+    assert all(any(f".{head}.modules_to_save." in n for n in trainable) for head in peft_base_vae(model).head_names)
+    with torch.no_grad():  # as if trained: LoRA's B starts at zero, which would make the merge trivially equal
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    adapted = model(**batch)
+    merged = merged_vae(model)
+    assert type(merged) is MineVaeModel and not any("lora_" in name for name, _ in merged.named_parameters())
+    again = merged(**batch)
+    torch.testing.assert_close(again.logits, adapted.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again.mi_lower_bound, adapted.mi_lower_bound)
+    with pytest.raises(ValueError, match="no modules named nope for LoRA; choose among its linear layers"):
+        decoder_lora_targets(tiny.model(kind), ["nope"])

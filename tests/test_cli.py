@@ -182,6 +182,71 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(corpus, tmp_path, monkeyp
     assert "Metrics on validation" in out and "Samples from the prior" in out and "Interpolation" in out
 
 
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_lora_run_saves_a_merged_plain_model_and_resumes_exactly_from_its_adapter_checkpoint(
+    corpus, tmp_path, monkeypatch
+):
+    """--lora_r trains adapters on the decoder's attention (its other weights and the encoder's stay as built) and
+    saves them merged: a plain MINE-VAE folder. Its checkpoints hold the adapters alone, and a Ctrl-C and --resume
+    ends bit for bit where an uninterrupted run ends."""
+    flags = ["train", *TINY, *tiny.cli_data_flags(corpus), "--lora_r", "2", "--save_steps", "100", "--num_samples", "1"]
+    code, out, err = run([*flags, "--output_dir", str(tmp_path / "straight")])
+    assert code == 0, err
+    assert "in LoRA adapters on the decoder" in err and "Reconstructions" in out
+
+    original = MineVaeTrainer.training_step
+
+    def interrupted_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(MineVaeTrainer, "training_step", interrupted_at_step_3)
+    assert run([*flags, "--output_dir", str(resumed)])[0] == 130
+    monkeypatch.setattr(MineVaeTrainer, "training_step", original)
+    checkpoint = resumed / "checkpoint-3"
+    assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()
+    code, _, err = run([*flags, "--output_dir", str(resumed), "--resume"])
+    assert code == 0, err
+
+    built = tmp_path / "as-built"  # no step changes anything at learning rate 0: the weights as the flags build them
+    assert run([*flags, "--output_dir", str(built), "--learning_rate", "0", "--max_steps", "1"])[0] == 0
+    straight, after_resume, initial = (_weights(tmp_path / name) for name in ("straight", "resumed", "as-built"))
+    assert straight.keys() == after_resume.keys() == initial.keys()
+    assert not any("lora_" in key or "base_layer" in key or "modules_to_save" in key for key in straight)
+    assert not (tmp_path / "straight" / "adapter_config.json").exists()
+    for key in straight:
+        torch.testing.assert_close(after_resume[key], straight[key], rtol=0, atol=0, msg=key)
+    changed = {key for key in straight if not torch.equal(straight[key], initial[key])}
+    assert any(".attn.c_attn." in key for key in changed)  # the adapters' updates, merged in
+    assert any(key.startswith("posterior") for key in changed)  # the heads train with the adapters
+    frozen = [key for key in changed if key.startswith("encoder.") or (key.startswith("decoder.") and ".mlp." in key)]
+    assert not frozen, frozen
+    MineVaeModel.from_pretrained(tmp_path / "straight")  # strict: every key fits a plain MINE-VAE
+
+
+def test_lora_flags_that_cannot_work_are_one_line_errors(corpus, tmp_path):
+    flags = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(tmp_path / "run")]
+    code, _, err = run([*flags, "--lora_r", "2", "--lora_target_modules", "q_proj,nope"])
+    assert_one_line_error(code, err, "no modules named q_proj, nope for LoRA", "c_attn")
+    code, _, err = run([*flags, "--lora_r", "-1"])
+    assert_one_line_error(code, err, "--lora_r must be at least 0")
+    code, _, err = run([*flags, "--lora_r", "2", "--lora_dropout", "1"])
+    assert_one_line_error(code, err, "--lora_dropout must be in [0, 1)")
+    code, _, err = run([*flags, "--lora_r", "2", "--push_to_hub", "--hub_model_id", "me/vae"])
+    assert_one_line_error(code, err, "pushes the adapters, not the merged model", "mine-vae push OUTPUT_DIR")
+    assert run([*flags, "--max_steps", "2", "--save_steps", "2"])[0] == 0  # a run without adapters
+    code, _, err = run([*flags, "--max_steps", "4", "--lora_r", "2", "--resume_from_checkpoint",
+                        str(tmp_path / "run" / "checkpoint-2")])  # fmt: skip
+    assert_one_line_error(code, err, "a checkpoint of a run without LoRA adapters", "without --lora_r")
+
+
 def test_config_file_and_overwrite(trained, corpus, tmp_path):
     output_dir = tmp_path / "copy"
     shutil.copytree(trained[0], output_dir)

@@ -23,6 +23,7 @@ from .arguments import (
     GenerateArguments,
     InterpolateArguments,
     LoadArguments,
+    LoraArguments,
     ModelArguments,
     TrainRunArguments,
     training_arguments_class,
@@ -72,12 +73,13 @@ def _register_builtin_commands() -> None:
   mine-vae train --train_file train.txt --validation_file valid.txt --max_steps 3000
   mine-vae train --train_file data.csv --text_column sentence --latent_size 64 --mi_weight 2
   mine-vae train --preset small                    # from scratch, word-level, no asset packages (~15 min, CPU)
+  mine-vae train --lora_r 8                        # LoRA adapters on the decoder's attention (merged when saved)
   mine-vae train run.yaml                          # flags from a YAML/JSON file (flags on the line win)
   mine-vae train --resume                          # continue after Ctrl-C or a crash
   mine-vae train --overwrite                       # replace the model already in --output_dir
 
 Ctrl-C saves a checkpoint at the end of the current step; --resume continues from it.""",
-            dataclasses=(training_arguments_class(), ModelArguments, DataArguments, TrainRunArguments),
+            dataclasses=(training_arguments_class(), ModelArguments, DataArguments, TrainRunArguments, LoraArguments),
             run=run_train,
             preset_defaults=True,
             positional_config=True,

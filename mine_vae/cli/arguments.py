@@ -131,6 +131,39 @@ class TrainRunArguments:
 
 
 @dataclass
+class LoraArguments:
+    """LoRA adapters on the decoder (`train`)."""
+
+    _argument_group_name = "lora"
+
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "Rank of LoRA adapters on the decoder's attention projections (0: none). The encoder's and "
+            "decoder's own weights stay frozen, the adapters train with z's heads and the critic, checkpoints hold "
+            "the adapters, and the saved model has them merged in (a plain MINE-VAE). Needs peft: pip install -e "
+            "'.[adapters]'."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA's scale: the update is multiplied by alpha / r (default: 2r)."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated names of the decoder's linear layers to adapt, e.g. q_proj,v_proj (default: every "
+            "projection of its attention)."
+        },
+    )
+
+    def module_names(self) -> list[str] | None:
+        if self.lora_target_modules is None:
+            return None
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()] or None
+
+
+@dataclass
 class LoadArguments:
     """Which trained model to use (`evaluate`, `generate`, `interpolate`)."""
 

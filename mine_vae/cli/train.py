@@ -16,15 +16,17 @@ from typing import Any
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from ..adapters import merged_vae
 from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
-from .arguments import DataArguments, ModelArguments, TrainRunArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
     INPUT_ERRORS,
     CliError,
     inform,
     json_default,
+    one_line,
     quiet_library_logs,
     set_threads,
     user_errors,
@@ -44,6 +46,8 @@ from .output import (
     trainer_checkpoints,
 )
 from .train_report import data_summary, final_report, model_summary, print_report
+
+ADAPTER_CONFIG = "adapter_config.json"  # what a checkpoint of a LoRA run holds in place of config.json (peft's name)
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -156,12 +160,86 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
 
 
 def _build_model(
-    preset: Preset, model_args: ModelArguments, data: DataArguments, train_texts: Sequence[str], checkpoint: str | None
+    preset: Preset,
+    model_args: ModelArguments,
+    data: DataArguments,
+    lora: LoraArguments,
+    train_texts: Sequence[str],
+    checkpoint: str | None,
 ) -> tuple[Any, Any]:
     """The model and processor to train: from the checkpoint when resuming (its architecture and tokenizers win over
-    flags), else a pretrained pair (--encoder/--decoder or the preset's), else the preset's from-scratch model."""
-    if checkpoint is not None:
+    flags), else a pretrained pair (--encoder/--decoder or the preset's), else the preset's from-scratch model; with
+    --lora_r, wrapped in LoRA adapters on the decoder. A checkpoint of a LoRA run holds only the adapters (and the
+    heads): its base model is built from the flags again, as the run began, and the adapters are loaded onto it."""
+    if checkpoint is not None and not _is_adapter_checkpoint(checkpoint):
+        if lora.lora_r:
+            raise CliError(
+                f"{checkpoint} is a checkpoint of a run without LoRA adapters; resume it without --lora_r, or start a "
+                "new run with them."
+            )
         return load_checked(checkpoint, checkpoint)
+    model, processor = _build_new_model(preset, model_args, data, train_texts)
+    if checkpoint is not None:
+        return _load_adapter_checkpoint(model, checkpoint), _load_processor(checkpoint)
+    if lora.lora_r:
+        return _add_lora(model, lora), processor
+    return model, processor
+
+
+def _is_adapter_checkpoint(checkpoint: str) -> bool:
+    return (Path(checkpoint) / ADAPTER_CONFIG).is_file()
+
+
+def _require_peft(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise CliError(f"{what} needs peft, which is not installed: pip install -e '.[adapters]'.")
+
+
+def _add_lora(model: Any, lora: LoraArguments) -> Any:
+    if lora.lora_r < 0:
+        raise CliError(f"--lora_r must be at least 0 (0: no adapters), got {lora.lora_r}.")
+    if lora.lora_alpha is not None and not lora.lora_alpha > 0:
+        raise CliError(f"--lora_alpha must be above 0, got {lora.lora_alpha}.")
+    if not 0 <= lora.lora_dropout < 1:
+        raise CliError(f"--lora_dropout must be in [0, 1), got {lora.lora_dropout}.")
+    _require_peft("--lora_r")
+    from ..adapters import add_decoder_lora
+
+    with user_errors(ValueError):
+        return add_decoder_lora(model, lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.module_names())
+
+
+def _load_adapter_checkpoint(model: Any, checkpoint: str) -> Any:
+    """The model built from the flags with the checkpoint's adapters and heads on it (the Trainer then restores the
+    optimizer, scheduler and random state as for any checkpoint)."""
+    _require_peft(f"resuming from {checkpoint}, which holds LoRA adapters,")
+    from peft import PeftModel
+
+    from ..adapters import peft_deprecations_silenced, train_heads_with_adapters
+
+    try:
+        with peft_deprecations_silenced():
+            wrapped = PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as error:  # e.g. a size mismatch: other flags than the run began with
+        raise CliError(
+            f"the adapters in {checkpoint} do not fit the model these flags build ({one_line(str(error))[:200]}); "
+            "resume with the model flags the run started with."
+        ) from error
+    return train_heads_with_adapters(wrapped)
+
+
+def _load_processor(checkpoint: str) -> Any:
+    from ..processing_mine_vae import MineVaeProcessor
+
+    with user_errors(*INPUT_ERRORS):
+        return MineVaeProcessor.from_pretrained(checkpoint)
+
+
+def _build_new_model(
+    preset: Preset, model_args: ModelArguments, data: DataArguments, train_texts: Sequence[str]
+) -> tuple[Any, Any]:
     with user_errors(*INPUT_ERRORS):
         config_kwargs = model_args.config_kwargs()
         if model_args.encoder or model_args.decoder or not preset.from_scratch:
@@ -220,7 +298,12 @@ class _QuietProgress(ProgressCallback):
 
 
 def run_train(
-    training_args: Any, model_args: ModelArguments, data: DataArguments, run: TrainRunArguments, extra: Any
+    training_args: Any,
+    model_args: ModelArguments,
+    data: DataArguments,
+    run: TrainRunArguments,
+    lora: LoraArguments,
+    extra: Any,
 ) -> int:
     quiet_library_logs(show_progress=not training_args.disable_tqdm)
     set_threads(run.num_threads)
@@ -229,6 +312,12 @@ def run_train(
     if run.resume and run.overwrite:
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
     _check_training_values(training_args)
+    if lora.lora_r and training_args.push_to_hub:
+        # The Trainer would push the adapters alone (at every save and at the end), not the merged model.
+        raise CliError(
+            "--push_to_hub pushes the adapters, not the merged model, with --lora_r; train without it, then push the "
+            "saved model with `mine-vae push OUTPUT_DIR REPO_ID`."
+        )
     checkpoint = _resume_checkpoint(training_args, run)
     replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
     check_writable(output_dir, "--output_dir")
@@ -237,7 +326,7 @@ def run_train(
     set_seed(training_args.seed)
     corpus, eval_name = _split_for_eval(corpus_from_arguments(data), data, training_args.seed)
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
-    model, processor = _build_model(preset, model_args, data, corpus["train"]["text"], checkpoint)
+    model, processor = _build_model(preset, model_args, data, lora, corpus["train"]["text"], checkpoint)
     max_length = data.max_length or processor.max_decoder_length - 1
     tokenized, counts = tokenize_splits(
         subset_splits(corpus, ["train", eval_name]), processor, max_length, data.overlength
@@ -276,6 +365,9 @@ def run_train(
                 f"{newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
             )
             return EXIT_INTERRUPTED
+        # LoRA's adapters merge into the decoder's weights: the saved model is a plain MINE-VAE that loads, generates
+        # and is evaluated below without peft (checkpoints keep the adapters alone, which is what resuming needs).
+        model = trainer.model = merged_vae(trainer.model)
         with _write_errors(run_dir):
             trainer.save_model(str(run_dir))
             trainer.save_state()

@@ -40,11 +40,13 @@ def model_summary(model: Any, preset_name: str) -> str:
         return f"{config.model_type} {layers}x{hidden}"
 
     parameters = sum(p.numel() for p in model.parameters())
+    adapters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     config = model.config
     return (
         f"Model ({preset_name}): encoder {describe(config.encoder)}, decoder {describe(config.decoder)}, latent "
         f"{config.latent_size}, xi={config.xi}, peak beta={config.kl_weight}, peak lambda={config.mi_weight}; "
-        f"{parameters:,} parameters; {torch.get_num_threads()} CPU thread(s) (--num_threads)."
+        f"{parameters:,} parameters" + (f" ({adapters:,} in LoRA adapters on the decoder)" if adapters else "") + "; "
+        f"{torch.get_num_threads()} CPU thread(s) (--num_threads)."
     )
 
 
