@@ -197,14 +197,26 @@ def _require_peft(what: str) -> None:
         raise CliError(f"{what} needs peft, which is not installed: pip install -e '.[adapters]'.")
 
 
-def _add_lora(model: Any, lora: LoraArguments) -> Any:
+def _check_lora(lora: LoraArguments, training_args: Any, checkpoint: str | None) -> None:
+    """The LoRA flags, checked before the data and the model are loaded."""
     if lora.lora_r < 0:
         raise CliError(f"--lora_r must be at least 0 (0: no adapters), got {lora.lora_r}.")
     if lora.lora_alpha is not None and not lora.lora_alpha > 0:
         raise CliError(f"--lora_alpha must be above 0, got {lora.lora_alpha}.")
     if not 0 <= lora.lora_dropout < 1:
         raise CliError(f"--lora_dropout must be in [0, 1), got {lora.lora_dropout}.")
-    _require_peft("--lora_r")
+    adapters = bool(lora.lora_r) or (checkpoint is not None and _is_adapter_checkpoint(checkpoint))
+    if adapters:
+        _require_peft("--lora_r" if lora.lora_r else f"resuming from {checkpoint}, which holds LoRA adapters,")
+    if adapters and training_args.push_to_hub:
+        # The Trainer would push the adapters alone (at every save and at the end), not the merged model.
+        raise CliError(
+            "--push_to_hub pushes the adapters, not the merged model, with --lora_r; train without it, then push the "
+            "saved model with `mine-vae push OUTPUT_DIR REPO_ID`."
+        )
+
+
+def _add_lora(model: Any, lora: LoraArguments) -> Any:
     from ..adapters import add_decoder_lora
 
     with user_errors(ValueError):
@@ -214,7 +226,6 @@ def _add_lora(model: Any, lora: LoraArguments) -> Any:
 def _load_adapter_checkpoint(model: Any, checkpoint: str) -> Any:
     """The model built from the flags with the checkpoint's adapters and heads on it (the Trainer then restores the
     optimizer, scheduler and random state as for any checkpoint)."""
-    _require_peft(f"resuming from {checkpoint}, which holds LoRA adapters,")
     from peft import PeftModel
 
     from ..adapters import peft_deprecations_silenced, train_heads_with_adapters
@@ -312,13 +323,8 @@ def run_train(
     if run.resume and run.overwrite:
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
     _check_training_values(training_args)
-    if lora.lora_r and training_args.push_to_hub:
-        # The Trainer would push the adapters alone (at every save and at the end), not the merged model.
-        raise CliError(
-            "--push_to_hub pushes the adapters, not the merged model, with --lora_r; train without it, then push the "
-            "saved model with `mine-vae push OUTPUT_DIR REPO_ID`."
-        )
     checkpoint = _resume_checkpoint(training_args, run)
+    _check_lora(lora, training_args, checkpoint)
     replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
     check_writable(output_dir, "--output_dir")
 
