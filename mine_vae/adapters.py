@@ -9,11 +9,16 @@ folder)` restores the whole trained model. `MineVaeTrainer` calls it on every mo
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .modeling_mine_vae import MineVaeModel
@@ -72,6 +77,57 @@ def _active_adapters(model: Any) -> list[str]:
     return [active] if isinstance(active, str) else list(active)
 
 
+LORA_BASE_JSON = "lora_base.json"  # in a checkpoint of a peft-wrapped VAE: what its adapters were trained on
+
+
+def base_record(model: nn.Module) -> dict[str, Any]:
+    """
+    What a checkpoint of a peft-wrapped MINE-VAE records about the model under its adapters, which it does not hold:
+    the config's own settings (β, λ, ξ, the heads' shapes, ...) and a SHA-256 of every weight the adapters leave
+    fixed (the base layers, and the heads' copies as they were built). A base rebuilt for a resume must match both.
+    """
+    vae = peft_base_vae(model)
+    if vae is None:
+        raise ValueError("base_record needs a peft-wrapped MineVaeModel.")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        if "lora_" in name or ".modules_to_save." in name:  # what trains (and what the checkpoint holds)
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    # The config's own settings; the sub-configs are left to the weights' hash (their paths differ between machines).
+    own = type(vae.config).__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
+    own -= {"encoder", "decoder", "use_cache"}
+    settings = {key: value for key, value in vae.config.to_dict().items() if key in own}
+    settings = json.loads(json.dumps(settings))  # as it reads back from the JSON file
+    return {"config": settings, "base_sha256": digest.hexdigest()}
+
+
+def write_base_record(model: nn.Module, folder: str) -> None:
+    """Write `base_record(model)` to `folder/lora_base.json` (JSON, like everything training writes)."""
+    with open(os.path.join(folder, LORA_BASE_JSON), "w", encoding="utf-8") as f:
+        json.dump(base_record(model), f, indent=2, sort_keys=True)
+
+
+def base_mismatch(model: nn.Module, folder: str) -> str | None:
+    """What differs between the peft-wrapped `model`'s base and the one whose record `folder` holds; None when they
+    match, or when `folder` holds no record (a checkpoint written by another trainer)."""
+    path = os.path.join(folder, LORA_BASE_JSON)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    now = base_record(model)
+    keys = sorted(saved["config"].keys() | now["config"].keys())
+    changed = [f"{key} {saved['config'].get(key)!r} -> {now['config'].get(key)!r}" for key in keys
+               if saved["config"].get(key) != now["config"].get(key)]  # fmt: skip
+    if changed:
+        return f"its settings differ from the run's ({'; '.join(changed)})"
+    if saved["base_sha256"] != now["base_sha256"]:
+        return "its weights differ from the run's base (another seed, corpus, tokenizer or pretrained model)"
+    return None
+
+
 # The attention blocks of the decoder families (GPT-2's `attn`, Llama's and most others' `self_attn`): their projections
 # are what LoRA adapts by default, the choice of the LoRA paper and of Optimus-style fine-tuning on a budget.
 ATTENTION_BLOCKS = ("attn", "self_attn", "attention")
@@ -80,22 +136,26 @@ ATTENTION_BLOCKS = ("attn", "self_attn", "attention")
 def decoder_lora_targets(model: MineVaeModel, module_names: Sequence[str] | None = None) -> list[str]:
     """
     The full names of the decoder's modules that LoRA adapts: those whose own name is in `module_names`, or (None)
-    every linear projection of the decoder's attention blocks. The encoder and the heads are never matched.
+    every linear projection of the decoder's attention blocks. The encoder and the heads are never matched, nor is an
+    LM head tied to the input embeddings (merging an update into it would change the embeddings too).
 
     Raises:
-        ValueError: when nothing in the decoder matches (naming the decoder's linear layers to choose from).
+        ValueError: when a name in `module_names` matches nothing, or nothing matches at all (naming the decoder's
+            linear layers to choose from).
     """
     linear = (nn.Linear, Conv1D)
+    embedding = model.decoder.get_input_embeddings().weight
     found, names = [], set()
     for name, module in model.decoder.named_modules():
-        if not isinstance(module, linear):
+        if not isinstance(module, linear) or module.weight is embedding:
             continue
         parts = name.split(".")
         names.add(parts[-1])
         if (parts[-1] in module_names) if module_names else (len(parts) > 1 and parts[-2] in ATTENTION_BLOCKS):
             found.append(f"decoder.{name}")
-    if not found:
-        wanted = f"modules named {', '.join(module_names)}" if module_names else "attention projections"
+    unknown = [name for name in module_names or () if name not in names]
+    if unknown or not found:
+        wanted = f"modules named {', '.join(unknown)}" if unknown else "attention projections"
         raise ValueError(
             f"The decoder has no {wanted} for LoRA; choose among its linear layers: {', '.join(sorted(names))}."
         )
@@ -157,11 +217,15 @@ def merged_vae(model: nn.Module) -> nn.Module:
 
 
 __all__ = [
+    "LORA_BASE_JSON",
     "add_decoder_lora",
+    "base_mismatch",
+    "base_record",
     "decoder_lora_targets",
     "is_peft_model",
     "merged_vae",
     "peft_base_vae",
     "peft_deprecations_silenced",
     "train_heads_with_adapters",
+    "write_base_record",
 ]

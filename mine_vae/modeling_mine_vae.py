@@ -118,6 +118,28 @@ class MineVaeOutput(ModelOutput):
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def _only_heads(keys: list[str], model: nn.Module) -> bool:
+    """Whether every key names a weight of one of the heads this model adds (not of the encoder or decoder)."""
+    return bool(keys) and all(key.split(".")[0] in model.head_names for key in keys)
+
+
+def _settings_changed_by(kwargs: dict[str, Any], config_class: type, path: str | os.PathLike) -> list[str]:
+    """The MineVaeConfig settings among `from_pretrained`'s `kwargs` whose value differs from the saved config's
+    (`config.json` read again; a setting it leaves out has its default there)."""
+    own = config_class.__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
+    passed = [key for key in kwargs if key in own]
+    if not passed:
+        return []
+    hub = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+    where = {key: kwargs[key] for key in hub if key in kwargs}
+    try:
+        saved, _ = config_class.get_config_dict(path, **where)
+    except (OSError, ValueError):
+        return []
+    defaults = config_class.__dataclass_fields__
+    return sorted(key for key in passed if saved.get(key, defaults[key].default) != kwargs[key])
+
+
 class MineVaePreTrainedModel(PreTrainedModel):
     config: MineVaeConfig
     config_class = MineVaeConfig
@@ -159,10 +181,11 @@ class MineVaePreTrainedModel(PreTrainedModel):
         # A caller who asks for the loading info (or builds from a config with its own state_dict) judges it.
         if mismatched and not wants_info and pretrained_model_name_or_path is not None:
             counts = f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s)"
-            # Settings passed here that change the model's shape (latent_vocab_bias=True on a model saved without
-            # it) explain the mismatch better than a badly saved folder does.
-            own = cls.config_class.__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
-            changed = sorted(key for key in kwargs if key in own)
+            # A setting passed here that adds or reshapes a head (latent_vocab_bias=True on a model saved without
+            # it) explains a mismatch confined to the heads better than a badly saved folder does.
+            changed = []
+            if _only_heads(mismatched, model):
+                changed = _settings_changed_by(kwargs, cls.config_class, pretrained_model_name_or_path)
             if changed:
                 raise ValueError(
                     f"The weights in {pretrained_model_name_or_path} do not fit the config as changed by "

@@ -36,7 +36,7 @@ from transformers.utils import (
     logging,
 )
 
-from .adapters import peft_base_vae, train_heads_with_adapters
+from .adapters import base_mismatch, peft_base_vae, train_heads_with_adapters, write_base_record
 from .evaluation import count_words, evaluate_vae
 from .hub import write_trainer_model_card
 from .modeling_mine_vae import MineVaeModel, MineVaePosterior
@@ -473,6 +473,8 @@ class MineVaeTrainer(Trainer):
         folder = output_dir if output_dir is not None else self.args.output_dir
         with open(os.path.join(folder, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
+        if peft_base_vae(self.model) is not None:  # an adapter folder lacks the base: record which one it fits
+            write_base_record(self.model, folder)
         pickled = os.path.join(folder, LEGACY_TRAINING_ARGS)
         if os.path.isfile(pickled):
             os.remove(pickled)
@@ -488,6 +490,13 @@ class MineVaeTrainer(Trainer):
                 f"{resume_from_checkpoint} is not a complete checkpoint (an interrupted save?); "
                 f"resume from {newest or 'an earlier checkpoint'} instead."
             )
+        if isinstance(resume_from_checkpoint, str) and peft_base_vae(self.model) is not None:
+            mismatch = base_mismatch(self.model, resume_from_checkpoint)
+            if mismatch:
+                raise ValueError(
+                    f"The adapters in {resume_from_checkpoint} were trained on another base model: {mismatch}. "
+                    "Build the model as the run did."
+                )
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.args.push_to_hub:  # the Trainer pushes only at saves (hub_strategy); push the final model and card
             self.push_to_hub(commit_message="End of training")

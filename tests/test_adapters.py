@@ -192,4 +192,41 @@ def test_decoder_lora_adapts_the_decoders_attention_only_and_merges_into_the_sam
     torch.testing.assert_close(again.logits, adapted.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again.mi_lower_bound, adapted.mi_lower_bound)
     with pytest.raises(ValueError, match="no modules named nope for LoRA; choose among its linear layers"):
-        decoder_lora_targets(tiny.model(kind), ["nope"])
+        decoder_lora_targets(tiny.model(kind), ["c_attn" if kind == "gpt2" else "q_proj", "nope"])  # one typo
+    if tiny.model(kind).config.decoder.tie_word_embeddings:  # GPT-2's LM head is its input embedding matrix
+        with pytest.raises(ValueError, match="no modules named lm_head"):
+            decoder_lora_targets(tiny.model(kind), ["lm_head"])
+    else:
+        assert decoder_lora_targets(tiny.model(kind), ["lm_head"]) == ["decoder.lm_head"]
+
+
+def test_resuming_adapters_onto_another_base_is_refused(tmp_path):
+    """An adapter checkpoint does not hold the base model: MineVaeTrainer records which base it fits (lora_base.json)
+    and refuses to resume the adapters onto a base with other weights or other settings."""
+    import datasets
+
+    from mine_vae import MineVaeTrainer
+    from mine_vae.adapters import LORA_BASE_JSON, add_decoder_lora
+
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
+    args = tiny.training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, critic_warmup_steps=0)
+    MineVaeTrainer(
+        model=add_decoder_lora(tiny.model("llama", seed=0), r=2), args=args, processing_class=tiny.processor(),
+        train_dataset=data,
+    ).train()  # fmt: skip
+    checkpoint = str(tmp_path / "checkpoint-2")
+    assert (tmp_path / "checkpoint-2" / LORA_BASE_JSON).is_file()
+    args = tiny.training_args(tmp_path, max_steps=4, critic_warmup_steps=0)
+    for other, what in ((tiny.model("llama", seed=1), "its weights differ"),
+                        (tiny.model("llama", seed=0, kl_weight=0.5), "kl_weight 1.0 -> 0.5")):  # fmt: skip
+        trainer = MineVaeTrainer(
+            model=add_decoder_lora(other, r=2), args=args, processing_class=tiny.processor(), train_dataset=data
+        )
+        with pytest.raises(ValueError, match=f"trained on another base model: .*{what}"):
+            trainer.train(resume_from_checkpoint=checkpoint)
+    trainer = MineVaeTrainer(
+        model=add_decoder_lora(tiny.model("llama", seed=0), r=2), args=args, processing_class=tiny.processor(),
+        train_dataset=data,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)  # the same base resumes
+    assert trainer.state.global_step == 4

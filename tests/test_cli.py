@@ -212,6 +212,11 @@ def test_lora_run_saves_a_merged_plain_model_and_resumes_exactly_from_its_adapte
     monkeypatch.setattr(MineVaeTrainer, "training_step", original)
     checkpoint = resumed / "checkpoint-3"
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()
+    # The base is rebuilt from the flags: other settings or other weights than the run's are refused.
+    code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--kl_weight", "0.5"])
+    assert_one_line_error(code, err, "not the one the adapters", "kl_weight 1.0 -> 0.5", "flags and data the run")
+    code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--seed", "7"])
+    assert_one_line_error(code, err, "its weights differ from the run's base")
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume"])
     assert code == 0, err
 
@@ -241,6 +246,8 @@ def test_lora_flags_that_cannot_work_are_one_line_errors(corpus, tmp_path):
     assert_one_line_error(code, err, "--lora_dropout must be in [0, 1)")
     code, _, err = run([*flags, "--lora_r", "2", "--push_to_hub", "--hub_model_id", "me/vae"])
     assert_one_line_error(code, err, "pushes the adapters, not the merged model", "mine-vae push OUTPUT_DIR")
+    code, _, err = run([*flags, "--lora_dropout", "0.1"])
+    assert_one_line_error(code, err, "shape LoRA adapters; add --lora_r R")
     assert run([*flags, "--max_steps", "2", "--save_steps", "2"])[0] == 0  # a run without adapters
     code, _, err = run([*flags, "--max_steps", "4", "--lora_r", "2", "--resume_from_checkpoint",
                         str(tmp_path / "run" / "checkpoint-2")])  # fmt: skip

@@ -373,3 +373,25 @@ def test_adding_the_vocab_bias_to_a_saved_model_is_refused_by_name_or_accepted_a
     ids = batch["decoder_input_ids"]
     torch.testing.assert_close(biased.eval()(latent=z, decoder_input_ids=ids).logits,
                                model(latent=z, decoder_input_ids=ids).logits)  # fmt: skip
+
+
+def test_a_setting_that_does_not_explain_the_mismatch_is_not_blamed_for_it(tmp_path):
+    """Only settings that differ from the saved ones, with a mismatch confined to the heads, are named: a damaged
+    folder loaded with use_cache=False, or with the value it was saved with, gets the re-save advice instead of
+    output_loading_info (which would keep a head at its initial values)."""
+    from safetensors.torch import load_file, save_file
+
+    def save_without(prefix: str) -> None:
+        weights = load_file(tmp_path / "model.safetensors")
+        kept = {key: value for key, value in weights.items() if not key.startswith(prefix)}
+        save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    tiny.model().save_pretrained(tmp_path)
+    save_without("decoder.")
+    for kwargs in ({"use_cache": False}, {"latent_vocab_bias": True}):  # no setting explains a missing decoder
+        with pytest.raises(ValueError, match="do not fit its config: .* Save the model again"):
+            MineVaeModel.from_pretrained(tmp_path, **kwargs)
+    tiny.model(latent_vocab_bias=True).save_pretrained(tmp_path)
+    save_without("latent_to_vocab.")
+    with pytest.raises(ValueError, match="do not fit its config: .* Save the model again"):
+        MineVaeModel.from_pretrained(tmp_path, latent_vocab_bias=True)  # as saved: the file is what is wrong

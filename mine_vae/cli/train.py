@@ -172,11 +172,6 @@ def _build_model(
     --lora_r, wrapped in LoRA adapters on the decoder. A checkpoint of a LoRA run holds only the adapters (and the
     heads): its base model is built from the flags again, as the run began, and the adapters are loaded onto it."""
     if checkpoint is not None and not _is_adapter_checkpoint(checkpoint):
-        if lora.lora_r:
-            raise CliError(
-                f"{checkpoint} is a checkpoint of a run without LoRA adapters; resume it without --lora_r, or start a "
-                "new run with them."
-            )
         return load_checked(checkpoint, checkpoint)
     model, processor = _build_new_model(preset, model_args, data, train_texts)
     if checkpoint is not None:
@@ -205,14 +200,29 @@ def _check_lora(lora: LoraArguments, training_args: Any, checkpoint: str | None)
         raise CliError(f"--lora_alpha must be above 0, got {lora.lora_alpha}.")
     if not 0 <= lora.lora_dropout < 1:
         raise CliError(f"--lora_dropout must be in [0, 1), got {lora.lora_dropout}.")
-    adapters = bool(lora.lora_r) or (checkpoint is not None and _is_adapter_checkpoint(checkpoint))
-    if adapters:
-        _require_peft("--lora_r" if lora.lora_r else f"resuming from {checkpoint}, which holds LoRA adapters,")
-    if adapters and training_args.push_to_hub:
+    resuming_adapters = checkpoint is not None and _is_adapter_checkpoint(checkpoint)
+    if checkpoint is not None and lora.lora_r and not resuming_adapters:
+        raise CliError(
+            f"{checkpoint} is a checkpoint of a run without LoRA adapters; resume it without --lora_r, or start a new "
+            "run with them."
+        )
+    side_flags = lora.lora_alpha is not None or lora.lora_dropout != 0 or lora.lora_target_modules is not None
+    if side_flags and not lora.lora_r and not resuming_adapters:
+        raise CliError("--lora_alpha, --lora_dropout and --lora_target_modules shape LoRA adapters; add --lora_r R.")
+    if not (lora.lora_r or resuming_adapters):
+        return
+    _require_peft("--lora_r" if lora.lora_r else f"resuming from {checkpoint}, which holds LoRA adapters,")
+    if training_args.push_to_hub:
         # The Trainer would push the adapters alone (at every save and at the end), not the merged model.
         raise CliError(
             "--push_to_hub pushes the adapters, not the merged model, with --lora_r; train without it, then push the "
             "saved model with `mine-vae push OUTPUT_DIR REPO_ID`."
+        )
+    if training_args.deepspeed or training_args.fsdp:
+        # The adapters are merged into the decoder at the end, which sharded parameters do not allow here.
+        raise CliError(
+            "--lora_r trains on one process here; drop --deepspeed/--fsdp, or wrap the model with peft in your own "
+            "script (docs/scaling.md)."
         )
 
 
@@ -227,17 +237,29 @@ def _load_adapter_checkpoint(model: Any, checkpoint: str) -> Any:
     """The model built from the flags with the checkpoint's adapters and heads on it (the Trainer then restores the
     optimizer, scheduler and random state as for any checkpoint)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    from ..adapters import peft_deprecations_silenced, train_heads_with_adapters
+    from ..adapters import base_mismatch, peft_deprecations_silenced, train_heads_with_adapters
 
     try:
         with peft_deprecations_silenced():
             wrapped = PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
+    except (SafetensorError, OSError) as error:
+        raise CliError(
+            f"the adapters in {checkpoint} cannot be read ({one_line(str(error))[:200]}); resume from an earlier "
+            "checkpoint with --resume_from_checkpoint."
+        ) from error
     except (RuntimeError, ValueError, KeyError) as error:  # e.g. a size mismatch: other flags than the run began with
         raise CliError(
             f"the adapters in {checkpoint} do not fit the model these flags build ({one_line(str(error))[:200]}); "
             "resume with the model flags the run started with."
         ) from error
+    mismatch = base_mismatch(wrapped, checkpoint)
+    if mismatch:
+        raise CliError(
+            f"the model these flags build is not the one the adapters in {checkpoint} were trained on: {mismatch}; "
+            "resume with the flags and data the run started with."
+        )
     return train_heads_with_adapters(wrapped)
 
 
