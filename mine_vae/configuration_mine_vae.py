@@ -66,6 +66,12 @@ class MineVaeConfig(PreTrainedConfig):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
             Number of hidden layers of the critic.
+        critic_score_bound (`float`, *optional*):
+            Bounds the critic's scores to (-c, c) with c tanh(f / c). A minibatch estimate of the bound is unbounded
+            above: once z tells the batch's sentences apart, the critic can raise joint scores and lower marginal
+            ones without limit, and the VAE step, which maximises λ times that estimate, follows it (a runaway that
+            reaches hundreds of nats while I(x; z) over a corpus of N sentences is at most log N). Bounded scores cap
+            the estimate at 2c and stop the gradient once the critic saturates. None: unbounded (the paper's critic).
         xi (`float` or `str`, defaults to `"dv"`):
             The ξ of the bound E_joint[f] - ξ E_marginal[e^f] + log ξ + 1. A positive number is used as is (1.0 is
             the NWJ bound); `"dv"` sets ξ = 1 / E_marginal[e^f] (Donsker-Varadhan, MINE); `"ema"` uses a moving
@@ -115,6 +121,7 @@ class MineVaeConfig(PreTrainedConfig):
     latent_vocab_bias: bool = False
     critic_hidden_size: int = 256
     critic_num_layers: int = 2
+    critic_score_bound: float | None = None
     # DV rather than the fixed-ξ (NWJ) bound: NWJ's e^f of marginal pairs exploded in long runs and with strong critics.
     xi: float | str = "dv"
     ema_decay: float = 0.99
@@ -170,6 +177,17 @@ class MineVaeConfig(PreTrainedConfig):
             "critic_num_layers",
             self.critic_num_layers,
             "a positive integer",
+        )
+        _require(
+            self.critic_score_bound is None
+            or (
+                _is_number(self.critic_score_bound)
+                and math.isfinite(self.critic_score_bound)
+                and self.critic_score_bound > 0
+            ),
+            "critic_score_bound",
+            self.critic_score_bound,
+            "a positive number or None",
         )
         _require(
             self.xi in XI_MODES or (_is_number(self.xi) and math.isfinite(self.xi) and self.xi > 0),

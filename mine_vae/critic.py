@@ -76,7 +76,8 @@ def derangement(batch_size: int, device: torch.device | str | None = None, gener
 class MineCritic(nn.Module):
     """
     f(x, z) = MLP([LayerNorm(x_features) W_x + z W_z]): scores joint and marginal pairs with shared projections, so
-    scoring the marginal pairs costs one extra MLP pass over the batch and no new projection of x or z.
+    scoring the marginal pairs costs one extra MLP pass over the batch and no new projection of x or z. With
+    `score_bound` c, the scores are c tanh(f / c).
     """
 
     def __init__(
@@ -87,10 +88,12 @@ class MineCritic(nn.Module):
         num_layers: int,
         xi: float | str = 1.0,
         ema_decay: float = 0.99,
+        score_bound: float | None = None,
     ):
         super().__init__()
         self.xi = xi
         self.ema_decay = ema_decay
+        self.score_bound = score_bound
         self.feature_norm = nn.LayerNorm(feature_size)
         self.feature_proj = nn.Linear(feature_size, hidden_size)
         self.latent_proj = nn.Linear(latent_size, hidden_size, bias=False)
@@ -121,6 +124,9 @@ class MineCritic(nn.Module):
         z = self.latent_proj(latent.to(dtype))
         joint = self.mlp(x + z).squeeze(-1)
         marginal = self.mlp(x + z[permutation]).squeeze(-1)
+        if self.score_bound is not None:  # c tanh(f / c): the bound's estimate stays below 2c (see MineVaeConfig)
+            joint = self.score_bound * torch.tanh(joint / self.score_bound)
+            marginal = self.score_bound * torch.tanh(marginal / self.score_bound)
         return joint, marginal
 
     def lower_bound(self, joint_scores: torch.Tensor, marginal_scores: torch.Tensor) -> torch.Tensor:

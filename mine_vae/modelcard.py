@@ -78,6 +78,8 @@ SETTING_MEANINGS = {
     "latent_vocab_bias": "whether z also adds a bias over the vocabulary to every next-token distribution",
     "critic_hidden_size": "width of the critic f(x, z)'s hidden layers",
     "critic_num_layers": "hidden layers of the critic f(x, z)",
+    "critic_score_bound": "c of the critic's bounded scores c tanh(f / c), which cap the bound's estimate at 2c "
+    "(None: unbounded)",
     "ema_decay": 'decay of the moving average of E_marginal[e^f] (used with xi = "ema")',
     "kl_weight": "β, the weight of the KL term",
     "mi_weight": "λ, the weight of the MI lower bound (subtracted from the loss)",

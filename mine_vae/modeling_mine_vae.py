@@ -283,6 +283,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             num_layers=config.critic_num_layers,
             xi=config.xi,
             ema_decay=config.ema_decay,
+            score_bound=config.critic_score_bound,
         )
         # The critic has its own optimizer and step; distributed training syncs its gradients there, not in DDP.
         self._ddp_params_and_buffers_to_ignore = [f"critic.{name}" for name, _ in self.critic.named_parameters()]

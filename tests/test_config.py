@@ -40,6 +40,8 @@ def test_round_trip_through_json(tmp_path):
         ("mi_weight", -0.5, ">= 0"),
         ("free_bits", float("nan"), ">= 0"),
         ("critic_num_layers", 0, "positive integer"),
+        ("critic_score_bound", 0.0, "positive number or None"),
+        ("critic_score_bound", float("inf"), "positive number or None"),
         ("ema_decay", 1.0, "(0, 1)"),
     ],
 )

@@ -95,3 +95,29 @@ def test_critic_learns_dependence():
         independent = critic.lower_bound(*critic(x, torch.randn(256, 4), derangement(256)))
     assert dependent.item() > 1.5
     assert independent.item() < 0.5
+
+
+@pytest.mark.parametrize("xi", ["dv", "ema", 1.0])
+def test_bounded_scores_cap_the_estimate_where_unbounded_ones_run_away(xi):
+    """A critic that separates joint from marginal pairs and keeps scaling its scores drives the minibatch estimate
+    without limit (the runaway); with score_bound c its scores stay within [-c, c], the estimate at most 2c, and the
+    gradient it sends to z fades as the scores saturate."""
+    torch.manual_seed(0)
+    features, latent = torch.randn(8, 6), torch.randn(8, 4)
+    perm = derangement(8)
+    estimates, gradients = {}, {}
+    for bound in (None, 2.0):
+        critic = MineCritic(feature_size=6, latent_size=4, hidden_size=16, num_layers=2, xi=xi, score_bound=bound)
+        critic.update_moving_average(critic(features, latent, perm)[1])
+        z = latent.clone().requires_grad_(True)
+        with torch.no_grad():  # a critic whose scores have grown large (what the runaway produces)
+            critic.mlp[-1].weight.mul_(1e3)
+        joint, marginal = critic(features, z, perm)
+        estimate = critic.lower_bound(joint, marginal)
+        estimate.backward()
+        estimates[bound], gradients[bound] = estimate.item(), z.grad.norm().item()
+        if bound is not None:
+            assert joint.abs().max() <= bound and marginal.abs().max() <= bound
+            assert math.isfinite(estimate.item()) and estimate.item() <= 2 * bound
+    assert abs(estimates[None]) > 10 * 2 * 2.0  # unbounded: far outside the capped range
+    assert gradients[2.0] < gradients[None] / 10

@@ -45,6 +45,10 @@ class ModelArguments:
     )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
     critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
+    critic_score_bound: float | None = field(
+        default=None,
+        metadata={"help": "Bound c of the critic's scores, c tanh(f / c): caps the bound's estimate at 2c."},
+    )
     xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})
     ema_decay: float | None = field(
         default=None, metadata={"help": "Decay of the moving average of E_marginal[e^f] (with --xi ema)."}

@@ -348,12 +348,15 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
         injection += f", {positions} key/value positions per layer"
     if arch.get("latent_vocab_bias"):  # recorded since the vocabulary bias became a setting
         injection += ", plus a bias over the vocabulary"
+    critic = f"{arch['critic_num_layers']}×{arch['critic_hidden_size']}"
+    if arch.get("critic_score_bound"):  # recorded since bounded scores became a setting
+        critic += f", scores bounded to ±{arch['critic_score_bound']:g}"
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
         f"{layers}×{width} decoder (dropout {dropout}), vocabulary "
         f"{decoder.get('vocab_size')}, latent {arch['latent_size']} ({arch['pooling']} pooling, injected as "
-        f"{injection}), critic {arch['critic_num_layers']}×{arch['critic_hidden_size']}; "
+        f"{injection}), critic {critic}; "
         f"{arch['parameters']:,} parameters.\n"
     )
 
