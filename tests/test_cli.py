@@ -495,3 +495,18 @@ def test_an_optional_boolean_setting_is_a_bare_switch_or_takes_a_value():
     assert bias("--latent_vocab_bias", "no") is False
     assert bias() is None
     assert parse_train([])["ModelArguments"].config_kwargs()["latent_vocab_bias"] is True
+
+
+def test_the_critic_score_bound_is_a_number_or_none_over_the_presets():
+    """The pretrained preset bounds the critic's scores; `--critic_score_bound none` turns that off (leaving the flag
+    out keeps the preset's), a number replaces it, and a word that is neither is refused by name."""
+
+    def bound(*argv: str) -> object:
+        return parse_train(list(argv))["ModelArguments"].config_kwargs().get("critic_score_bound", "not given")
+
+    assert bound() == 5.0
+    assert bound("--critic_score_bound", "none") is None
+    assert bound("--critic_score_bound", "2.5") == 2.5
+    assert bound(*TINY) == "not given"  # the tiny preset leaves the config's default (unbounded)
+    code, _, err = run(["train", *TINY, "--critic_score_bound", "tight", "--output_dir", "unused"])
+    assert_one_line_error(code, err, "critic_score_bound", "positive number or None")

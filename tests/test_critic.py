@@ -121,3 +121,15 @@ def test_bounded_scores_cap_the_estimate_where_unbounded_ones_run_away(xi):
             assert math.isfinite(estimate.item()) and estimate.item() <= 2 * bound
     assert abs(estimates[None]) > 10 * 2 * 2.0  # unbounded: far outside the capped range
     assert gradients[2.0] < gradients[None] / 10
+
+
+def test_the_model_builds_its_critic_with_the_configs_score_bound():
+    import tiny
+
+    from mine_vae import MineVaeConfig
+
+    assert tiny.model(critic_score_bound=2).critic.score_bound == 2
+    assert tiny.model().critic.score_bound is None  # the paper's unbounded critic by default
+    for wrong in (True, "5", 0, -1.0):
+        with pytest.raises(ValueError, match="critic_score_bound"):
+            MineVaeConfig(critic_score_bound=wrong)

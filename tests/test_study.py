@@ -268,7 +268,7 @@ def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_witho
     assert (warm["kl_cycles"], warm["kl_zero_ratio"]) == (1, 0.5)
 
 
-def test_report_model_line_names_positions_and_the_vocabulary_bias_only_when_set():
+def test_report_model_line_names_positions_the_vocabulary_bias_and_the_score_bound_only_when_set():
     """Runs recorded before either setting existed (or with its default) keep the model line they always had."""
     from mine_vae.study.report import _architecture_text
 
@@ -284,3 +284,8 @@ def test_report_model_line_names_positions_and_the_vocabulary_bias_only_when_set
     settings = {"latent_memory_positions": 8, "latent_vocab_bias": True}
     line = _architecture_text({**arch, **settings}, "tiny")
     assert "injected as memory, 8 key/value positions per layer, plus a bias over the vocabulary), critic" in line
+    assert "critic 2×16; 1,000 parameters" in line
+    for bound in (None, 5.0):  # an unbounded critic (recorded or not) reads as before; a bound is named
+        text = _architecture_text({**arch, "critic_score_bound": bound}, "tiny")
+        assert ("critic 2×16, scores bounded to ±5;" in text) == (bound is not None)
+        assert ("critic 2×16; 1,000 parameters" in text) == (bound is None)

@@ -45,9 +45,12 @@ class ModelArguments:
     )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
     critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
-    critic_score_bound: float | None = field(
+    critic_score_bound: str | None = field(
         default=None,
-        metadata={"help": "Bound c of the critic's scores, c tanh(f / c): caps the bound's estimate at 2c."},
+        metadata={
+            "help": "Bound c of the critic's scores, c tanh(f / c): caps the bound's estimate at 2c ('none': "
+            "unbounded scores, as in the paper)."
+        },
     )
     xi: str | None = field(default=None, metadata={"help": "xi of the MI bound: a positive number, 'dv' or 'ema'."})
     ema_decay: float | None = field(
@@ -74,6 +77,8 @@ class ModelArguments:
         kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if "xi" in kwargs:
             kwargs["xi"] = _parse_xi(kwargs["xi"])
+        if "critic_score_bound" in kwargs:
+            kwargs["critic_score_bound"] = _parse_score_bound(kwargs["critic_score_bound"])
         return kwargs
 
 
@@ -308,6 +313,17 @@ def _parse_xi(value: Any) -> float | str:
         return float(value)
     except (TypeError, ValueError):
         return str(value)
+
+
+def _parse_score_bound(value: Any) -> float | str | None:
+    """`--critic_score_bound 5` is a number and `none` turns the preset's bound off (None would mean "not given");
+    anything else is left for MineVaeConfig to refuse by name."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def training_arguments_class() -> type:
