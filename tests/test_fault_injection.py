@@ -13,7 +13,9 @@ import time
 import torch
 from safetensors.torch import load_file
 
-STEPS = 12
+# Long enough that four kills, each at most 3 steps plus 50 ms after a restart, cannot reach the end: a run that ends on
+# its own before its kill is a failure of the test's schedule, not a pass.
+STEPS = 40
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # One training run of the tiny model with the presets' sampler (length-grouped), a checkpoint every 2 steps, resuming
@@ -103,10 +105,11 @@ def test_sigkill_at_random_moments_then_resume_ends_where_an_uninterrupted_run_e
                 seen += line.startswith("step")
                 if seen >= wait_for:
                     break
-            time.sleep(rng.uniform(0.0, 0.15))
+            time.sleep(rng.uniform(0.0, 0.05))
             process.send_signal(signal.SIGKILL)
             process.wait()
-            kills += process.returncode == -signal.SIGKILL
+            assert process.returncode == -signal.SIGKILL, f"run {kills + 1} ended on its own ({process.returncode})"
+            kills += 1
         else:
             process.communicate()
             assert process.returncode == 0
