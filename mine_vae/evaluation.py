@@ -44,7 +44,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -206,6 +206,64 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> ActiveUnits:
         raise ValueError(f"active_units needs at least 2 examples to compute a variance; got {mu.shape[0]}.")
     variances = mu.detach().to(torch.float64).var(dim=0, unbiased=True).to(torch.float32)
     return ActiveUnits(count=int((variances > threshold).sum()), variances=variances)
+
+
+class LatentMoments(NamedTuple):
+    """Result of :func:`aggregate_posterior_moments`: per-dimension ``mean`` and ``std`` ``(L,)`` and the
+    ``num_examples`` they were measured on."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_examples: int
+
+
+@torch.no_grad()
+def aggregate_posterior_moments(
+    model: Any,
+    dataloader: Iterable[Mapping[str, Any]],
+    max_examples: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> LatentMoments:
+    """Mean and standard deviation, per latent dimension, of the aggregate posterior
+    ``q(z) = (1/N) sum_x q(z|x)`` over the dataloader's examples: ``mean = E_x[mu]`` and
+    ``std^2 = Var_x[mu] + E_x[sigma^2]`` (the law of total variance). What
+    ``MineVaeModel.standardize_latent`` takes.
+
+    Args:
+        model: exposes ``encode(input_ids, attention_mask[, token_type_ids]) -> posterior``.
+        dataloader: batches with ``input_ids`` and ``attention_mask`` (``token_type_ids`` optional).
+        max_examples: stop after this many examples (per process); None reads the whole dataloader.
+        reduce: sums a tensor over processes (``accelerator.reduce(t, "sum")``) so that every process
+            gets the same moments; None on one process.
+    """
+    device = _model_device(model)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # count, then sums of mu, mu^2, sigma^2 below
+    sums: torch.Tensor | None = None
+    with _evaluation_mode(model):
+        for batch in dataloader:
+            keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if batch.get(key) is not None]
+            inputs = {key: batch[key].to(device) for key in keys}
+            if max_examples is not None:
+                left = max_examples - int(totals[0])
+                if left <= 0:
+                    break
+                inputs = {key: value[:left] for key, value in inputs.items()}
+            posterior = model.encode(**inputs)
+            mu, var = posterior.mu.double(), posterior.logvar.double().exp()
+            batch_sums = torch.stack([mu.sum(0), (mu * mu).sum(0), var.sum(0)])
+            sums = batch_sums if sums is None else sums + batch_sums
+            totals[0] += mu.shape[0]
+    if sums is None:
+        raise ValueError("aggregate_posterior_moments got no examples; give a dataloader with at least 2.")
+    if reduce is not None:
+        sums, totals = reduce(sums), reduce(totals)
+    count = float(totals[0])
+    if count < 2:
+        raise ValueError(f"aggregate_posterior_moments needs at least 2 examples; got {int(count)}.")
+    mean = sums[0] / count
+    # The unbiased variance of the means, as active_units takes it, plus the mean posterior variance.
+    variance = (sums[1] - count * mean * mean).clamp(min=0) / (count - 1) + sums[2] / count
+    return LatentMoments(mean=mean.float(), std=variance.sqrt().float(), num_examples=int(count))
 
 
 def count_words(texts: Iterable[str], add_eos: bool = True) -> list[int]:

@@ -801,6 +801,50 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         """`num_samples` draws from the prior N(0, I): shape `(num_samples, latent_size)`."""
         return torch.randn(num_samples, self.config.latent_size, generator=generator, device=self.device)
 
+    @torch.no_grad()
+    def standardize_latent(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """
+        Re-express z as z' = (z - mean) / std, in place: the posterior head outputs z' and every layer that reads z
+        (z's key/value, embedding and vocabulary heads, the critic) takes z' with the change folded into its weights.
+        q(z|x) and p(x|z) describe the same model as before, so reconstructions do not change; the prior N(0, I) now
+        sits over z', where the decoder was trained. Given the aggregate posterior's moments over training data
+        (`mine_vae.evaluation.aggregate_posterior_moments`), prior samples land where posterior samples did: free bits
+        let the posterior drift off the prior (a shared offset the decoder reads as "this corpus"), and a prior sample
+        without that offset decodes to text the decoder never saw in training.
+
+        Args:
+            mean, std (`torch.Tensor` of shape `(latent_size,)`): the per-dimension location and scale to remove
+                (`std` > 0).
+        """
+        size = self.config.latent_size
+        if mean.shape != (size,) or std.shape != (size,):
+            raise ValueError(
+                f"mean and std must each have shape ({size},), got {tuple(mean.shape)} and {tuple(std.shape)}."
+            )
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("mean must be finite and std finite and > 0 in every dimension.")
+        mean, std = mean.double(), std.double()
+
+        def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
+            parameter.copy_(value.to(parameter.dtype))
+
+        # The posterior head: its first `size` outputs are the means, the rest the log-variances.
+        weight, bias = self.posterior.weight, self.posterior.bias
+        assign(weight[:size], weight[:size].double() / std[:, None])
+        assign(bias[:size], (bias[:size].double() - mean) / std)
+        assign(bias[size:], bias[size:].double() - 2 * std.log())
+        # Layers reading z: W z + b = (W diag(std)) z' + (b + W mean).
+        names = ("latent_to_key", "latent_to_value", "latent_to_embedding", "latent_to_vocab")
+        for layer in (getattr(self, name) for name in names if hasattr(self, name)):
+            weight = layer.weight.double()
+            assign(layer.bias, layer.bias.double() + weight @ mean)
+            assign(layer.weight, weight * std[None, :])
+        # The critic adds its projections of x and z before its MLP; z's has no bias, so the shift goes into x's.
+        critic = self.critic
+        weight = critic.latent_proj.weight.double()
+        assign(critic.feature_proj.bias, critic.feature_proj.bias.double() + weight @ mean)
+        assign(critic.latent_proj.weight, weight * std[None, :])
+
     @staticmethod
     def interpolate(start: torch.Tensor, end: torch.Tensor, num_steps: int) -> torch.Tensor:
         """

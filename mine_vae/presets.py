@@ -263,6 +263,10 @@ PRESETS: dict[str, Preset] = {
             "critic_learning_rate": 1e-3,
             "critic_warmup_steps": 50,
             "mi_warmup_steps": 100,
+            # Free bits let the posteriors drift off N(0, I); at the end, fold their aggregate's mean and spread into
+            # the model so prior samples land where the decoder was trained (docs/method.md): on the main job's model,
+            # IW-NLL 178.0 -> 171.3 and 0 -> 3 of 5 prior samples in PTB's register, reconstructions unchanged.
+            "standardize_latent_examples": 2048,
             "eval_importance_samples": 5,
             "eval_bleu": True,
         },

@@ -37,7 +37,7 @@ from transformers.utils import (
 )
 
 from .adapters import base_mismatch, peft_base_vae, train_heads_with_adapters, write_base_record
-from .evaluation import count_words, evaluate_vae
+from .evaluation import LatentMoments, aggregate_posterior_moments, count_words, evaluate_vae
 from .hub import write_trainer_model_card
 from .modeling_mine_vae import MineVaeModel, MineVaePosterior
 from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
@@ -498,9 +498,33 @@ class MineVaeTrainer(Trainer):
                     "Build the model as the run did."
                 )
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.args.standardize_latent_examples:
+            self.standardize_latent()
         if self.args.push_to_hub:  # the Trainer pushes only at saves (hub_strategy); push the final model and card
             self.push_to_hub(commit_message="End of training")
         return output
+
+    def standardize_latent(self) -> LatentMoments:
+        """Measure the aggregate posterior over `args.standardize_latent_examples` training sentences (split between
+        the processes, summed over them, so every process gets the same model) and fold its mean and spread into the
+        model (`MineVaeModel.standardize_latent`). `train` calls this at its end when the setting is on; checkpoints
+        written during training keep z as trained."""
+        share = math.ceil(self.args.standardize_latent_examples / self.args.world_size)
+        moments = aggregate_posterior_moments(
+            self.model,
+            self.get_train_dataloader(),
+            max_examples=share,
+            reduce=(lambda tensor: self.accelerator.reduce(tensor, "sum")) if self.args.world_size > 1 else None,
+        )
+        self._vae.standardize_latent(moments.mean.to(self.args.device), moments.std.to(self.args.device))
+        logger.info(
+            "Standardised z over %d training sentences: removed a mean of norm %.3g and scales %.3g-%.3g.",
+            moments.num_examples,
+            float(moments.mean.norm()),
+            float(moments.std.min()),
+            float(moments.std.max()),
+        )
+        return moments
 
     def create_model_card(self, **kwargs: Any) -> None:
         """The MINE-VAE model card (README.md in output_dir), which `push_to_hub` uploads with the model."""

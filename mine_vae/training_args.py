@@ -66,6 +66,14 @@ class MineVaeTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Keep the pretrained decoder's weights fixed (z's injection heads still train)."},
     )
+    standardize_latent_examples: int = field(
+        default=0,
+        metadata={
+            "help": "After training, measure the aggregate posterior's mean and spread over this many training "
+            "sentences and fold them into the model (MineVaeModel.standardize_latent), so that samples from the "
+            "N(0, I) prior land where the decoder was trained; reconstructions do not change. 0: off."
+        },
+    )
     eval_importance_samples: int = field(
         default=10, metadata={"help": "Importance samples per sentence for the NLL in evaluate() (100 for papers)."}
     )
@@ -95,6 +103,17 @@ class MineVaeTrainingArguments(TrainingArguments):
         _require(self.mi_warmup_steps >= 0, "mi_warmup_steps", self.mi_warmup_steps, "an integer >= 0")
         _require(0 <= self.kl_warmup_ratio <= 1, "kl_warmup_ratio", self.kl_warmup_ratio, "a number in [0, 1]")
         _require(self.kl_warmup_steps >= 0, "kl_warmup_steps", self.kl_warmup_steps, "an integer >= 0")
+        _require(
+            self.standardize_latent_examples == 0 or self.standardize_latent_examples >= 2,
+            "standardize_latent_examples",
+            self.standardize_latent_examples,
+            "0 (off) or an integer >= 2",
+        )
+        if self.standardize_latent_examples and (self.fsdp or self.deepspeed):
+            raise ValueError(
+                "MineVaeTrainingArguments: standardize_latent_examples rewrites the heads' full weights in place, "
+                "which FSDP and DeepSpeed shard; set it to 0 and call model.standardize_latent(...) on the saved model."
+            )
         _require(self.eval_importance_samples >= 1, "eval_importance_samples", self.eval_importance_samples, ">= 1")
         for name in ("mi_schedule", "kl_schedule"):
             _require(getattr(self, name) in SCHEDULE_KINDS, name, getattr(self, name), f"one of {SCHEDULE_KINDS}")
