@@ -68,7 +68,7 @@ def _register_builtin_commands() -> None:
             usage=f"{PROG} train [CONFIG_FILE] [--preset NAME] [--output_dir DIR] [options]",
             summary="Train a MINE-VAE and save a folder loadable with MineVaeModel/MineVaeProcessor.from_pretrained.",
             examples="""examples:
-  mine-vae train                                   # MiniLM -> z -> SmolLM2 on the embedded PTB (~10 min, CPU)
+  mine-vae train                                   # MiniLM -> z -> SmolLM2 on the embedded PTB (~15 min, CPU)
   mine-vae train --preset tiny --output_dir /tmp/t # seconds: a smoke run
   mine-vae train --train_file train.txt --validation_file valid.txt --max_steps 3000
   mine-vae train --train_file data.csv --text_column sentence --latent_size 64 --mi_weight 2
