@@ -237,27 +237,24 @@ def aggregate_posterior_moments(
             gets the same moments; None on one process.
     """
     device = _model_device(model)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # count, then sums of mu, mu^2, sigma^2 below
-    sums: torch.Tensor | None = None
+    seen, sums = 0, None  # sums: (3, L) of mu, mu^2 and sigma^2 over the examples seen
     with _evaluation_mode(model):
         for batch in dataloader:
+            if max_examples is not None and seen >= max_examples:
+                break
             keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if batch.get(key) is not None]
-            inputs = {key: batch[key].to(device) for key in keys}
-            if max_examples is not None:
-                left = max_examples - int(totals[0])
-                if left <= 0:
-                    break
-                inputs = {key: value[:left] for key, value in inputs.items()}
-            posterior = model.encode(**inputs)
+            left = None if max_examples is None else max_examples - seen
+            posterior = model.encode(**{key: batch[key][:left].to(device) for key in keys})
             mu, var = posterior.mu.double(), posterior.logvar.double().exp()
             batch_sums = torch.stack([mu.sum(0), (mu * mu).sum(0), var.sum(0)])
             sums = batch_sums if sums is None else sums + batch_sums
-            totals[0] += mu.shape[0]
+            seen += mu.shape[0]
     if sums is None:
         raise ValueError("aggregate_posterior_moments got no examples; give a dataloader with at least 2.")
+    counted = torch.tensor(float(seen), dtype=torch.float64, device=sums.device)
     if reduce is not None:
-        sums, totals = reduce(sums), reduce(totals)
-    count = float(totals[0])
+        sums, counted = reduce(sums), reduce(counted)
+    count = float(counted)
     if count < 2:
         raise ValueError(f"aggregate_posterior_moments needs at least 2 examples; got {int(count)}.")
     mean = sums[0] / count

@@ -516,7 +516,7 @@ class MineVaeTrainer(Trainer):
             max_examples=share,
             reduce=(lambda tensor: self.accelerator.reduce(tensor, "sum")) if self.args.world_size > 1 else None,
         )
-        self._vae.standardize_latent(moments.mean.to(self.args.device), moments.std.to(self.args.device))
+        self._vae.standardize_latent(moments.mean, moments.std)  # on the model's device already
         logger.info(
             "Standardised z over %d training sentences: removed a mean of norm %.3g and scales %.3g-%.3g.",
             moments.num_examples,
