@@ -62,6 +62,15 @@ class MineVaeConfig(PreTrainedConfig):
             Whether z also adds a bias over the decoder's vocabulary to every next-token distribution (one linear map
             from z to one logit per token, starting at zero, so that the decoder starts as it was): a path from z to
             the words that does not go through a frozen decoder's attention layers.
+        latent_residual_layers (`list[int]`, *optional*):
+            Decoder layers (0-based) whose output z also shifts at every position: one linear map of z per listed
+            layer, starting at zero, added to that layer's hidden states (a steering vector made from z). A frozen
+            decoder reproduces a sentence from one vector added to its middle layers' residual stream, where key/value
+            positions alone leave most of the sentence unread. None or empty: no residual injection.
+        latent_residual_scale (`float`, defaults to 1.0):
+            Factor on those shifts. The decoder's hidden states are large next to z (SmolLM2's middle layers: about
+            6 per coordinate), so the maps must grow far from zero; a factor above 1 lets them get there in fewer
+            steps (the same as a higher learning rate for these maps alone).
         critic_hidden_size (`int`, defaults to 256):
             Width of the critic's hidden layers.
         critic_num_layers (`int`, defaults to 2):
@@ -119,6 +128,8 @@ class MineVaeConfig(PreTrainedConfig):
     latent_injection: str = "both"
     latent_memory_positions: int = 1
     latent_vocab_bias: bool = False
+    latent_residual_layers: list[int] | None = None
+    latent_residual_scale: float = 1.0
     critic_hidden_size: int = 256
     critic_num_layers: int = 2
     critic_score_bound: float | None = None
@@ -166,6 +177,35 @@ class MineVaeConfig(PreTrainedConfig):
             "a positive integer",
         )
         _require(isinstance(self.latent_vocab_bias, bool), "latent_vocab_bias", self.latent_vocab_bias, "true or false")
+        layers = self.latent_residual_layers
+        if isinstance(layers, tuple):
+            self.latent_residual_layers = layers = list(layers)
+        _require(
+            layers is None
+            or (
+                isinstance(layers, list)
+                and all(_is_int(i) and i >= 0 for i in layers)
+                and len(set(layers)) == len(layers)
+            ),
+            "latent_residual_layers",
+            layers,
+            "None or a list of distinct decoder layer indices >= 0",
+        )
+        num_layers = getattr(self.decoder, "num_hidden_layers", None)
+        _require(
+            not layers or num_layers is None or max(layers) < num_layers,
+            "latent_residual_layers",
+            layers,
+            f"indices of the decoder's {num_layers} layers (0 to {num_layers - 1 if num_layers else 0})",
+        )
+        _require(
+            _is_number(self.latent_residual_scale)
+            and math.isfinite(self.latent_residual_scale)
+            and self.latent_residual_scale > 0,
+            "latent_residual_scale",
+            self.latent_residual_scale,
+            "a positive number",
+        )
         _require(
             _is_int(self.critic_hidden_size) and self.critic_hidden_size > 0,
             "critic_hidden_size",

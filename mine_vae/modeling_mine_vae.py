@@ -217,8 +217,10 @@ class MineVaePreTrainedModel(PreTrainedModel):
         if module is getattr(self, "posterior", None) and module.bias is not None:
             with torch.no_grad():  # the log-variance half: see `MineVaeConfig.posterior_logvar_init`
                 module.bias[self.config.latent_size :].fill_(self.config.posterior_logvar_init)
-        if module is getattr(self, "latent_to_vocab", None):
-            module.weight.zero_()  # the decoder starts as it was: see `MineVaeConfig.latent_vocab_bias`
+        residual = getattr(self, "latent_to_residual", None)
+        if module is getattr(self, "latent_to_vocab", None) or (residual is not None and module in list(residual)):
+            # The decoder starts as it was: see `MineVaeConfig.latent_vocab_bias` and `latent_residual_layers`.
+            module.weight.zero_()
             module.bias.zero_()
         if isinstance(module, MineCritic):
             module.log_ema.zero_()
@@ -276,6 +278,13 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             # out_features, not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows
             vocab_size = self.decoder.get_output_embeddings().out_features
             self.latent_to_vocab = nn.Linear(config.latent_size, vocab_size)
+        if config.latent_residual_layers:
+            layers = _decoder_layers(self.decoder)
+            self.latent_to_residual = nn.ModuleList(
+                nn.Linear(config.latent_size, decoder_hidden) for _ in config.latent_residual_layers
+            )
+            for index in config.latent_residual_layers:
+                layers[index].register_forward_hook(_add_latent_residual)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
             latent_size=config.latent_size,
@@ -558,18 +567,58 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         if self.config.injects_embedding:
             shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
             embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)
-        outputs = self.decoder(
-            inputs_embeds=embeddings,
-            attention_mask=decoder_attention_mask,
-            cache=cache,
-            use_cache=use_cache,
-            return_dict=True,
-            **decoder_kwargs,
-        )
+        self._set_residual_shifts(latent)
+        try:
+            outputs = self.decoder(
+                inputs_embeds=embeddings,
+                attention_mask=decoder_attention_mask,
+                cache=cache,
+                use_cache=use_cache,
+                return_dict=True,
+                **decoder_kwargs,
+            )
+        finally:
+            # Checkpointed layers run again in the backward pass and must see the same shifts then; otherwise the
+            # decoder is left as it was, so that a call to the bare decoder adds nothing.
+            if not (self.is_activation_checkpointing and self.training and torch.is_grad_enabled()):
+                self._set_residual_shifts(None)
         if self.config.latent_vocab_bias:
             bias = self.latent_to_vocab(latent.to(self.latent_to_vocab.weight.dtype))
             outputs.logits = outputs.logits + bias.to(outputs.logits.dtype).unsqueeze(1)
         return outputs
+
+    def _set_residual_shifts(self, latent: torch.Tensor | None) -> None:
+        """Hand each layer of `config.latent_residual_layers` its shift (batch_size, hidden_size) computed from
+        `latent`, or take the shifts away (None); `_add_latent_residual` adds them to the layers' outputs."""
+        if not self.config.latent_residual_layers:
+            return
+        layers = _decoder_layers(self.decoder)
+        scale = self.config.latent_residual_scale
+        for index, projection in zip(self.config.latent_residual_layers, self.latent_to_residual):
+            shift = None if latent is None else scale * projection(latent.to(projection.weight.dtype))
+            layers[index]._mine_vae_residual = shift
+
+    def decoder_log_likelihood(
+        self,
+        decoder_input_ids: torch.LongTensor,
+        labels: torch.LongTensor,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        log p(x) under the decoder alone, without z (no key/value positions, no shifts, no vocabulary bias): the
+        baseline a text VAE must beat as a language model, on the same tokens as `log_likelihood`.
+
+        Args:
+            decoder_input_ids, labels, decoder_attention_mask (`(batch_size, target_length)`): as in `forward`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size,)`.
+        """
+        self._set_residual_shifts(None)
+        logits = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, use_cache=False, return_dict=True
+        ).logits
+        return -_token_nll(logits, labels).sum(dim=1)
 
     def log_likelihood(
         self,
@@ -835,7 +884,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         assign(bias[size:], bias[size:].double() - 2 * std.log())
         # Layers reading z: W z + b = (W diag(std)) z' + (b + W mean).
         names = ("latent_to_key", "latent_to_value", "latent_to_embedding", "latent_to_vocab")
-        for layer in (getattr(self, name) for name in names if hasattr(self, name)):
+        layers = [getattr(self, name) for name in names if hasattr(self, name)]
+        layers += list(getattr(self, "latent_to_residual", []))
+        for layer in layers:
             weight = layer.weight.double()
             assign(layer.bias, layer.bias.double() + weight @ mean)
             assign(layer.weight, weight * std[None, :])
@@ -1070,6 +1121,30 @@ def _called_from_pipeline() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _decoder_layers(decoder: PreTrainedModel) -> nn.ModuleList:
+    """The decoder's stack of transformer layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the
+    ModuleList holding one module per hidden layer."""
+    count = decoder.config.num_hidden_layers
+    for module in decoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(
+        f"Could not find the {count} transformer layers of the decoder {type(decoder).__name__}, which "
+        "latent_residual_layers needs; leave latent_residual_layers unset for this decoder."
+    )
+
+
+def _add_latent_residual(module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook on a decoder layer: add the shift `MineVaeModel._set_residual_shifts` gave the layer (one vector
+    per sequence, the same at every position) to its hidden states."""
+    shift = getattr(module, "_mine_vae_residual", None)
+    if shift is None:
+        return output
+    hidden = output[0] if isinstance(output, tuple) else output
+    hidden = hidden + shift.to(hidden.dtype).unsqueeze(1)
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:

@@ -168,3 +168,24 @@ def test_a_training_batch_is_reconstructed_not_continued(model):
     batch = tiny.processor()(tiny.sentences(2))
     encoder = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     assert torch.equal(model.generate(**batch, max_new_tokens=4), model.generate(**encoder, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_residual_injection_decodes_alike_with_and_without_cache_and_follows_forward(kind):
+    """z's residual shifts reach every generated position: cached and uncached greedy decoding agree, each token is
+    the argmax of a full forward pass, beams expand the shifts with z, and the shifts change what is generated."""
+    model = tiny.model(kind, latent_memory_positions=2, latent_residual_layers=[0], latent_residual_scale=4.0).eval()
+    with torch.no_grad():
+        model.latent_to_residual[0].weight.normal_(std=1.0)  # strong enough to change the greedy tokens
+    z = model.sample_prior(3, generator=torch.Generator().manual_seed(2)) * 3
+    cached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    uncached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    logits = model(latent=z, decoder_input_ids=cached[:, :-1]).logits
+    logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
+    assert torch.equal(logits.argmax(-1), cached[:, 1:])
+    beams = model.generate(latent=z, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 6
+    with torch.no_grad():
+        model.latent_to_residual[0].weight.zero_()
+    assert not torch.equal(model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)

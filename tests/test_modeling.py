@@ -118,6 +118,69 @@ def test_latent_vocab_bias_starts_at_zero_and_adds_a_z_made_bias_to_every_positi
     torch.testing.assert_close(biased(latent=z, decoder_input_ids=ids).logits - without, expected)
 
 
+@pytest.mark.parametrize("kind", DECODERS)
+def test_residual_injection_starts_at_zero_and_shifts_the_chosen_layers_output(kind, batch):
+    """latent_residual_layers adds scale * (W z + b) to the output of each listed decoder layer at every position:
+    zero at first (the decoder reads as without it), then exactly that shift in the layer's hidden states, and
+    nothing is left behind for a call to the bare decoder."""
+    plain = tiny.model(kind, seed=0).eval()
+    shifted = tiny.model(kind, seed=0, latent_residual_layers=[0], latent_residual_scale=3.0).eval()
+    shifted.load_state_dict(plain.state_dict(), strict=False)  # all but latent_to_residual, which starts at zero
+    z = torch.randn(batch["labels"].shape[0], 8)
+    ids = batch["decoder_input_ids"]
+    torch.testing.assert_close(
+        shifted(latent=z, decoder_input_ids=ids).logits, plain(latent=z, decoder_input_ids=ids).logits
+    )
+    with torch.no_grad():
+        shifted.latent_to_residual[0].weight.normal_()
+        shifted.latent_to_residual[0].bias.normal_()
+        expected = 3.0 * shifted.latent_to_residual[0](z).unsqueeze(1)
+    before = plain(latent=z, decoder_input_ids=ids, output_hidden_states=True).hidden_states[1]
+    after = shifted(latent=z, decoder_input_ids=ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(after - before, expected.expand_as(before))
+    bare = shifted.decoder(input_ids=ids).logits
+    torch.testing.assert_close(bare, plain.decoder(input_ids=ids).logits)
+
+
+def test_residual_injection_trains_standardises_and_survives_save_load(batch, tmp_path):
+    model = tiny.model(latent_residual_layers=[0, 1], latent_residual_scale=2.0)
+    model(**batch).loss.backward()
+    assert all(p.weight.grad.abs().sum() > 0 for p in model.latent_to_residual)  # the loss reaches every layer's map
+    assert "latent_to_residual" in model.head_names  # so it trains with a frozen decoder
+    model.eval()
+    with torch.no_grad():
+        for projection in model.latent_to_residual:
+            projection.weight.normal_()
+            projection.bias.normal_()
+    z = torch.randn(batch["labels"].shape[0], 8)
+    ids, labels = batch["decoder_input_ids"], batch["labels"]
+    before = model.log_likelihood(z, ids, labels)
+    mean, std = torch.randn(8), torch.rand(8) + 0.5
+    model.standardize_latent(mean, std)  # the shifts read z' = (z - mean) / std and give the same decoder
+    torch.testing.assert_close(model.log_likelihood((z - mean) / std, ids, labels), before, atol=1e-4, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = MineVaeModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.latent_residual_layers == [0, 1]
+    torch.testing.assert_close(reloaded.log_likelihood((z - mean) / std, ids, labels), before, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_log_likelihood_is_the_decoder_alone_on_the_same_tokens(kind, batch):
+    """The baseline the VAE must beat: log p(x) summed over label tokens under the bare decoder, with none of z's
+    paths (key/value positions, shifts, vocabulary bias), whatever the model's last call left."""
+    model = tiny.model(kind, latent_residual_layers=[0], latent_vocab_bias=True).eval()
+    with torch.no_grad():
+        model.latent_to_residual[0].weight.normal_()
+        model.latent_to_vocab.weight.normal_()
+    ids, labels = batch["decoder_input_ids"], batch["labels"]
+    model(latent=torch.randn(ids.shape[0], 8), decoder_input_ids=ids)
+    log_probs = torch.log_softmax(model.decoder(input_ids=ids).logits, dim=-1)
+    keep = labels != -100
+    expected = (log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum(dim=1)
+    torch.testing.assert_close(model.decoder_log_likelihood(ids, labels), expected)
+    assert not torch.allclose(model.log_likelihood(torch.zeros(ids.shape[0], 8), ids, labels), expected)
+
+
 def test_latent_vocab_bias_trains_and_survives_save_load(batch, tmp_path):
     model = tiny.model(latent_vocab_bias=True)
     model(**batch).loss.backward()

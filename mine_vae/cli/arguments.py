@@ -43,6 +43,16 @@ class ModelArguments:
     latent_vocab_bias: bool | None = field(
         default=None, metadata={"help": "true: z also adds a bias over the vocabulary to every next-token logit."}
     )
+    latent_residual_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layers (0-based) whose output z also shifts at every position, e.g. 8 12 16 "
+            "(residual injection)."
+        },
+    )
+    latent_residual_scale: float | None = field(
+        default=None, metadata={"help": "Factor on z's residual shifts (--latent_residual_layers)."}
+    )
     critic_hidden_size: int | None = field(default=None, metadata={"help": "Width of the critic's hidden layers."})
     critic_num_layers: int | None = field(default=None, metadata={"help": "Number of the critic's hidden layers."})
     critic_score_bound: str | None = field(
