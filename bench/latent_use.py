@@ -60,8 +60,7 @@ def main() -> None:
             mu = model.encode(batch["input_ids"], batch["attention_mask"]).mu
             ids, mask, labels = batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["labels"]
             conditioned = {"decoder_input_ids": ids, "decoder_attention_mask": mask}
-            alone = model.decoder(input_ids=ids, attention_mask=mask).logits
-            totals["decoder alone"] += sentence_nll(alone, labels).sum().item()
+            totals["decoder alone"] -= model.decoder_log_likelihood(ids, labels, mask).sum().item()
             other = model(latent=mu.roll(1, dims=0), **conditioned).logits
             totals["another sentence's z"] += sentence_nll(other, labels).sum().item()
             own = model(latent=mu, **conditioned).logits

@@ -183,6 +183,21 @@ def mutual_information(
     return float(first_term - log_qz_total / z.shape[0])
 
 
+# An estimate within log(10/9) of log N gives each z at least 9/10 of the mixture's weight at its own posterior on
+# average: the estimator can tell no more, so the value is reported as a lower bound.
+MI_SATURATION_MARGIN = math.log(10 / 9)
+
+
+def describe_mi(mi: float, ceiling: float) -> str:
+    """The aggregate-posterior MI as reports print it, with its ceiling log N: "4.12 (ceiling 5.30)", or
+    "≥ 5.29 (ceiling 5.30, saturated)" when it sits at the ceiling and measures only that the posteriors differ."""
+    if not (math.isfinite(mi) and math.isfinite(ceiling)):
+        return f"{mi:.4g}"
+    if mi >= ceiling - MI_SATURATION_MARGIN:
+        return f"≥ {mi:.3g} (ceiling {ceiling:.3g}, saturated)"
+    return f"{mi:.3g} (ceiling {ceiling:.3g})"
+
+
 class ActiveUnits(NamedTuple):
     """Result of :func:`active_units`: ``count`` of active dims and per-dim ``variances`` ``(L,)``."""
 
@@ -431,7 +446,9 @@ def evaluate_vae(
             draws from the global RNG); ``None`` draws everything from the global RNG.
         max_batches: stop after this many batches (quick evaluations during training).
     Returns:
-        ``dict[str, float]`` with ``nll``, ``ppl``, ``kl``, ``mi``, ``au``, ``mi_bound``,
+        ``dict[str, float]`` with ``nll``, ``decoder_nll`` and ``latent_gain`` (when the model has
+        ``decoder_log_likelihood``: -log p(x) under the decoder alone, and how much lower the VAE's IW-NLL is),
+        ``ppl``, ``kl``, ``mi`` with its ceiling ``mi_ceiling`` (log N), ``au``, ``mi_bound``,
         ``reconstruction``, ``elbo``, ``num_examples``, ``num_tokens`` and, when available,
         ``ppl_word``, ``num_words``, ``bleu``.
     """
@@ -491,6 +508,8 @@ class _Totals:
     """Sums over the sentences evaluated so far, and what the whole-set statistics need."""
 
     nll: float = 0.0  # sum over sentences of -log p(x) (IW estimate)
+    decoder_nll: float = 0.0  # sum over sentences of -log p(x) under the decoder alone (no z)
+    decoder_alone: bool = True  # every batch had the decoder-alone term (the model has `decoder_log_likelihood`)
     kl: float = 0.0
     reconstruction: float = 0.0
     num_examples: int = 0
@@ -600,6 +619,11 @@ def _evaluate_batch(
         latent_dtype=latent_dtype,
     )
     totals.nll -= float(log_px_iw.sum())
+    if totals.decoder_alone and hasattr(model, "decoder_log_likelihood"):
+        alone = model.decoder_log_likelihood(decoder_input_ids, labels, decoder_attention_mask=decoder_attention_mask)
+        totals.decoder_nll -= float(alone.float().sum())
+    else:
+        totals.decoder_alone = False
 
 
 def _reconstruct(
@@ -628,8 +652,17 @@ def _reconstruct(
 def _averages(totals: _Totals) -> dict[str, float]:
     """The per-sentence averages of the summed terms, the token perplexity and the counts."""
     num_examples, num_tokens = totals.num_examples, totals.num_tokens
+    baseline = {}
+    if totals.decoder_alone:
+        # The VAE against the decoder it wraps, on the same tokens: a text VAE is at least as good a language model
+        # as its decoder alone when z is worth its KL; latent_gain > 0 says it is.
+        baseline = {
+            "decoder_nll": totals.decoder_nll / num_examples,
+            "latent_gain": (totals.decoder_nll - totals.nll) / num_examples,
+        }
     return {
         "nll": totals.nll / num_examples,
+        **baseline,
         "ppl": _exp(totals.nll / num_tokens) if num_tokens > 0 else float("nan"),
         "kl": totals.kl / num_examples,
         "reconstruction": totals.reconstruction / num_examples,
@@ -645,11 +678,14 @@ def _latent_statistics(totals: _Totals, mi_num_samples: int, threshold: float, s
     if totals.num_examples < 2:
         # stacklevel 3: the warning points at evaluate_vae's caller.
         warnings.warn("evaluate_vae: MI and active units need at least 2 examples; reporting NaN.", stacklevel=3)
-        return {"mi": float("nan"), "au": float("nan")}
+        return {"mi": float("nan"), "mi_ceiling": float("nan"), "au": float("nan")}
     mu, logvar = torch.cat(totals.mu), torch.cat(totals.logvar)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return {
         "mi": mutual_information(mu, logvar, num_samples=mi_num_samples, generator=generator),
+        # The aggregate-posterior estimate over N posteriors cannot exceed log N: near it, MI is saturated, not
+        # measured (every z is told apart from the other N - 1, whatever more it carries).
+        "mi_ceiling": math.log(totals.num_examples),
         "au": float(active_units(mu, threshold=threshold).count),
     }
 
@@ -716,5 +752,6 @@ __all__ = [
     "kl_per_dimension",
     "mutual_information",
     "budgeted_samples_per_call",
+    "describe_mi",
     "standard_normal_log_density",
 ]

@@ -20,6 +20,7 @@ from mine_vae.evaluation import (
     active_units,
     budgeted_samples_per_call,
     count_words,
+    describe_mi,
     evaluate_vae,
     gaussian_log_density,
     importance_weighted_log_likelihood,
@@ -392,6 +393,37 @@ def test_evaluate_vae_reports_every_metric() -> None:
     # With the exact posterior, E_q[log p(x|z)] - KL = log p(x): one sample per sentence is close.
     assert results["elbo"] == pytest.approx(-(results["reconstruction"] + results["kl"]))
     assert results["elbo"] == pytest.approx(-results["nll"], abs=0.5)
+
+
+class LinearGaussianVaeWithDecoder(LinearGaussianVae):
+    """The same model with a decoder that can run alone: p(x) = N(x; b, sigma^2 I), what the decoder predicts
+    without z."""
+
+    def decoder_log_likelihood(self, decoder_input_ids, labels, decoder_attention_mask=None) -> torch.Tensor:
+        return Normal(self.b, self.sigma).log_prob(self.X[decoder_input_ids[:, 0]]).sum(-1)
+
+
+def test_evaluate_vae_reports_the_decoder_alone_and_the_mi_ceiling() -> None:
+    """decoder_nll is the decoder alone on the same sentences and latent_gain how much lower the VAE's IW-NLL is;
+    the MI estimate comes with its ceiling log N. A model without a decoder-alone path reports no baseline."""
+    model = LinearGaussianVaeWithDecoder()
+    results = evaluate_vae(model, make_batches(37, 8), num_importance_samples=50, seed=2)
+    alone = -Normal(model.b, model.sigma).log_prob(model.X).sum(-1).mean().item()
+    assert results["decoder_nll"] == pytest.approx(alone, rel=1e-6)
+    assert results["latent_gain"] == pytest.approx(results["decoder_nll"] - results["nll"], rel=1e-6)
+    assert results["latent_gain"] > 0  # z carries x here: the VAE is the better density model
+    assert results["mi_ceiling"] == pytest.approx(math.log(37))
+    assert results["mi"] <= results["mi_ceiling"]
+    plain = evaluate_vae(LinearGaussianVae(), make_batches(37, 8), num_importance_samples=5, seed=2)
+    assert "decoder_nll" not in plain and "latent_gain" not in plain and plain["mi_ceiling"] == results["mi_ceiling"]
+
+
+def test_describe_mi_marks_an_estimate_at_its_ceiling_as_a_lower_bound() -> None:
+    ceiling = math.log(200)
+    assert describe_mi(3.2, ceiling) == "3.2 (ceiling 5.3)"
+    assert describe_mi(ceiling - 0.05, ceiling) == "≥ 5.25 (ceiling 5.3, saturated)"
+    assert describe_mi(ceiling - 0.2, ceiling).startswith("5.1 ")  # 0.2 nats below: a measurement
+    assert describe_mi(float("nan"), ceiling) == "nan"
 
 
 def test_evaluate_vae_is_reproducible_and_leaves_global_rng_alone() -> None:

@@ -13,13 +13,28 @@ from .arguments import DataArguments, EvaluateArguments, LoadArguments
 from .commands import CliError, format_table, print_json, quiet_library_logs, set_threads
 from .loading import corpus_from_arguments, load_trained, subset_splits, tokenize_splits
 
-METRIC_ORDER = ("nll", "ppl", "ppl_word", "kl", "mi", "au", "mi_bound", "reconstruction", "elbo", "bleu")
+METRIC_ORDER = (
+    "nll",
+    "decoder_nll",
+    "latent_gain",
+    "ppl",
+    "ppl_word",
+    "kl",
+    "mi",
+    "au",
+    "mi_bound",
+    "reconstruction",
+    "elbo",
+    "bleu",
+)
 METRIC_HELP = {
     "nll": "negative log-likelihood per sentence (importance-weighted, nats)",
+    "decoder_nll": "the decoder alone (no z) on the same tokens: the language model the VAE must beat (nats)",
+    "latent_gain": "decoder alone minus the VAE's NLL: what z is worth after paying its KL (> 0: the VAE is better)",
     "ppl": "perplexity per decoder token",
     "ppl_word": "perplexity per word (+1 end-of-sentence per sentence)",
     "kl": "KL(q(z|x) || p(z)) per sentence (nats)",
-    "mi": "mutual information I(x; z) under the aggregate posterior (nats)",
+    "mi": "mutual information I(x; z) under the aggregate posterior (nats); at most log N for N sentences",
     "au": "active units (latent dimensions with Var[mu] > 0.01)",
     "mi_bound": "the critic's lower bound on I(x; z) (nats)",
     "reconstruction": "-log p(x|z), one posterior sample (nats)",
@@ -64,7 +79,14 @@ def evaluate_split(
 
 
 def metrics_table(metrics: Mapping[str, float], title: str) -> str:
-    rows = [(name, metrics[name], METRIC_HELP[name]) for name in METRIC_ORDER if name in metrics]
+    from ..evaluation import describe_mi
+
+    def value(name: str) -> Any:
+        if name == "mi" and "mi_ceiling" in metrics:
+            return describe_mi(metrics["mi"], metrics["mi_ceiling"])
+        return metrics[name]
+
+    rows = [(name, value(name), METRIC_HELP[name]) for name in METRIC_ORDER if name in metrics]
     return format_table(rows, headers=("metric", "value", "meaning"), title=title)
 
 
