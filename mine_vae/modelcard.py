@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCardData
 from transformers import PreTrainedConfig, TrainingArguments
 
+from .evaluation import describe_mi
 from .training_args import MineVaeTrainingArguments
 
 if TYPE_CHECKING:
@@ -38,10 +39,13 @@ KNOWN_BASE_MODELS = {
 # The keys `mine_vae.evaluation.evaluate_vae` returns, with what they mean.
 METRIC_NAMES = {
     "nll": "NLL (importance-weighted, nats per sentence, lower is better)",
+    "decoder_nll": "NLL of the decoder alone, without z, on the same sentences (nats per sentence)",
+    "latent_gain": "Decoder alone minus the VAE's NLL: what z is worth after its KL (nats; > 0: the VAE is better)",
     "ppl": "Perplexity per token",
     "ppl_word": "Perplexity per word",
     "kl": "KL(q(z|x) || p(z)) (nats per sentence)",
-    "mi": "Mutual information I_q(x; z) (nats)",
+    "mi": "Mutual information I_q(x; z) (nats; at most log N over N sentences)",
+    "mi_ceiling": "log N, the most the MI estimate over N sentences can read",
     "au": "Active units",
     "mi_bound": "Critic's lower bound on I(x; z) (nats)",
     "reconstruction": "Reconstruction -log p(x|z) (nats per sentence)",
@@ -50,6 +54,8 @@ METRIC_NAMES = {
     "loss": "Training objective",
 }
 COUNT_METRICS = ("num_examples", "num_tokens", "num_words")
+# What qualifies another metric rather than measuring the model: in the card's table, not in its model index.
+CONTEXT_METRICS = (*COUNT_METRICS, "mi_ceiling")
 # MineVaeTrainingArguments worth a line in the card: the Trainer's core knobs, then the MINE-VAE ones.
 CORE_ARGUMENTS = (
     "learning_rate",
@@ -164,7 +170,7 @@ def model_card(
             metric_name=METRIC_NAMES.get(name, name),
         )
         for name, value in metrics.items()
-        if name not in COUNT_METRICS and math.isfinite(value)
+        if name not in CONTEXT_METRICS and math.isfinite(value)
     ]
     card_data = ModelCardData(
         library_name="transformers",
@@ -267,6 +273,8 @@ def _evaluation(metrics: dict[str, float]) -> str:
     table = [_row("Metric", "Value", "Meaning"), _row("---", "---", "---")]
     for name, value in metrics.items():
         shown = int(value) if name in COUNT_METRICS or name == "au" else f"{value:.4g}"
+        if name == "mi" and "mi_ceiling" in metrics:
+            shown = describe_mi(value, metrics["mi_ceiling"])
         table.append(_row(f"`{name}`", shown, METRIC_NAMES.get(name, "")))
     return (
         "## Evaluation\n\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -230,6 +231,18 @@ def test_model_card_is_yaml_front_matter_plus_markdown_with_the_metrics(tmp_path
     assert 'MineVaeModel.from_pretrained("user/tiny-vae")' in body
     assert 'AutoModel.from_pretrained("user/tiny-vae", trust_remote_code=True)' in body
     assert "@inproceedings{qian-cheung-2019-enhancing" in body and "10.18653/v1/D19-1416" in body
+
+
+def test_model_card_shows_the_decoder_alone_and_mis_ceiling() -> None:
+    """The card's evaluation table puts the decoder alone beside the VAE and MI with its ceiling (a saturated
+    estimate as a lower bound); the ceiling describes the estimate, so it stays out of the model index."""
+    metrics = {"eval_nll": 90.0, "eval_decoder_nll": 100.0, "eval_latent_gain": 10.0, "eval_mi": 5.29}
+    card = mine_hub.model_card(tiny.model(), metrics={**metrics, "eval_mi_ceiling": math.log(200)})
+    meta, body = front_matter(card)
+    assert "| `decoder_nll` | 100 | NLL of the decoder alone" in body and "| `latent_gain` | 10 |" in body
+    assert "| `mi` | ≥ 5.29 (ceiling 5.3, saturated) |" in body
+    types = {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert types == {"nll", "decoder_nll", "latent_gain", "mi"}
 
 
 def test_model_card_lists_every_setting_the_dataclasses_define(tmp_path: Path) -> None:

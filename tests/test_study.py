@@ -179,6 +179,24 @@ def test_report_writes_table_claims_and_plots(study, tmp_path):
     assert set(summary) == set(METHODS)
 
 
+def test_table_shows_the_decoder_alone_and_marks_mi_at_its_ceiling():
+    """Each row shows the decoder alone next to the IW-NLL, and MI with its ceiling log N: an estimate that sits at
+    the ceiling is printed as a lower bound ("≥")."""
+    import math
+
+    from mine_vae.study.report import results_table, summarize
+
+    def run(method: str, mi: float) -> dict:
+        metrics = {"nll": 90.0, "decoder_nll": 100.0, "mi": mi, "num_examples": 200.0}
+        return {"method": method, "label": method, "role": "baseline", "seed": 0, "metrics": metrics}
+
+    table = results_table(summarize([run("measured", 3.0), run("saturated", math.log(200) - 0.01)]))
+    header, _, measured, saturated = table.splitlines()
+    assert header.index("IW-NLL") < header.index("decoder alone") and "ceiling log N" in header
+    assert "| 90.00 | 100.00 |" in measured and "| 3.00 (5.30) |" in measured
+    assert "| ≥ 5.29 (5.30) |" in saturated
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------------------------

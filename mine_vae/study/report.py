@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_mine_vae import MineVaeConfig
+from ..evaluation import MI_SATURATION_MARGIN
 from .methods import EVAL_SPLIT, checked_fields
 from .runner import FINISHED, REPORTED_ARGS, machine_description
 
@@ -52,10 +53,11 @@ def load_results(out: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------------
 TABLE_METRICS = (
     ("nll", "IW-NLL ↓", 2),
+    ("decoder_nll", "decoder alone", 2),
     ("ppl", "PPL (token) ↓", 1),
     ("ppl_word", "PPL (word) ↓", 1),
     ("kl", "KL", 2),
-    ("mi", "MI ↑", 2),
+    ("mi", "MI ↑ (ceiling log N)", 2),
     ("au", "AU ↑", 1),
     ("bleu", "BLEU ↑", 1),
     ("mi_bound", "bound", 2),
@@ -260,7 +262,13 @@ def _cell(summary: Summary, key: str, digits: int) -> str:
     if key not in summary.mean:
         return "–"
     mean, std = summary.mean[key], summary.std[key]
-    return _number(mean, digits) if math.isnan(std) else f"{_number(mean, digits)} ± {_number(std, digits)}"
+    cell = _number(mean, digits) if math.isnan(std) else f"{_number(mean, digits)} ± {_number(std, digits)}"
+    if key == "mi" and "num_examples" in summary.mean:
+        # The aggregate-posterior estimate cannot exceed log N; at its ceiling it is a lower bound, not a measurement.
+        ceiling = math.log(summary.mean["num_examples"])
+        mark = "≥ " if mean >= ceiling - MI_SATURATION_MARGIN else ""
+        cell = f"{mark}{cell} ({_number(ceiling, digits)})"
+    return cell
 
 
 def _number(value: float, digits: int) -> str:
