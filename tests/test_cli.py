@@ -497,6 +497,21 @@ def test_an_optional_boolean_setting_is_a_bare_switch_or_takes_a_value():
     assert parse_train([])["ModelArguments"].config_kwargs()["latent_vocab_bias"] is True
 
 
+def test_residual_layers_are_indices_or_none_over_the_presets(corpus, tmp_path):
+    """`--latent_residual_layers 8 12` gives layer indices, `none` turns the preset's off (an empty list: nothing
+    shifted), and a word that is no index is refused by name in one line."""
+
+    def layers(*argv: str) -> object:
+        return parse_train([*TINY, *argv])["ModelArguments"].config_kwargs().get("latent_residual_layers")
+
+    assert layers("--latent_residual_layers", "0", "1") == [0, 1]
+    assert layers("--latent_residual_layers", "none") == []
+    assert layers() is None
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(tmp_path / "m")]
+    code, _, stderr = run([*argv, "--latent_residual_layers", "middle"])
+    assert code == 2 and "latent_residual_layers" in stderr and len(stderr.strip().splitlines()) == 1
+
+
 def test_the_critic_score_bound_is_a_number_or_none_over_the_presets():
     """The pretrained preset bounds the critic's scores; `--critic_score_bound none` turns that off (leaving the flag
     out keeps the preset's), a number replaces it, and a word that is neither is refused by name."""

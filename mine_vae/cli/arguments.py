@@ -43,11 +43,11 @@ class ModelArguments:
     latent_vocab_bias: bool | None = field(
         default=None, metadata={"help": "true: z also adds a bias over the vocabulary to every next-token logit."}
     )
-    latent_residual_layers: list[int] | None = field(
+    latent_residual_layers: list[str] | None = field(
         default=None,
         metadata={
             "help": "Decoder layers (0-based) whose output z also shifts at every position, e.g. 8 12 16 "
-            "(residual injection)."
+            "(residual injection; 'none' turns the preset's off)."
         },
     )
     latent_residual_scale: float | None = field(
@@ -89,6 +89,8 @@ class ModelArguments:
             kwargs["xi"] = _parse_xi(kwargs["xi"])
         if "critic_score_bound" in kwargs:
             kwargs["critic_score_bound"] = _parse_score_bound(kwargs["critic_score_bound"])
+        if "latent_residual_layers" in kwargs:
+            kwargs["latent_residual_layers"] = _parse_layers(kwargs["latent_residual_layers"])
         return kwargs
 
 
@@ -334,6 +336,14 @@ def _parse_score_bound(value: Any) -> float | str | None:
         return float(value)
     except (TypeError, ValueError):
         return value
+
+
+def _parse_layers(values: list[Any]) -> list[int | Any]:
+    """`--latent_residual_layers 8 12` are layer indices and `none` turns the preset's off (an empty list: None would
+    mean "not given"); anything that is not an integer is left for MineVaeConfig to refuse by name."""
+    if [str(value).strip().lower() for value in values] == ["none"]:
+        return []
+    return [int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value for value in values]
 
 
 def training_arguments_class() -> type:
