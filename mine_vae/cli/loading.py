@@ -142,7 +142,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def newest_checkpoint(folder: Path) -> str | None:
-    from ..trainer import last_complete_checkpoint
+    from ..checkpointing import last_complete_checkpoint
 
     return last_complete_checkpoint(str(folder))
 

@@ -138,7 +138,7 @@ def _check_training_values(training_args: Any) -> None:
 
 
 def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None:
-    from ..trainer import is_complete_checkpoint, last_complete_checkpoint
+    from ..checkpointing import is_complete_checkpoint, last_complete_checkpoint
 
     explicit = training_args.resume_from_checkpoint
     if explicit:

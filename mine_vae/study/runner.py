@@ -417,7 +417,7 @@ def run_one(
     Returns the results, or None when training stopped before the budget's last step (a callback asked it to, as
     an interruption would): the checkpoints stay, and the next call resumes from them.
     """
-    from ..trainer import last_complete_checkpoint
+    from ..checkpointing import last_complete_checkpoint
 
     result_path = paths.result(spec, seed)
     if result_path.is_file():
