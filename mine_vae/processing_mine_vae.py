@@ -27,6 +27,14 @@ DECODER_TOKENIZER_FOLDER = "decoder_tokenizer"
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 # Tokenizers without a real limit report a huge model_max_length; past this we treat it as "none given".
 _NO_LIMIT = 1_000_000
+# The length rule: a sentence of n tokens takes n + 2 encoder positions (its tokenizer's [CLS] ... [SEP]) and n + 1
+# decoder positions (BOS + tokens in, tokens + EOS out).
+ENCODER_SPECIAL_TOKENS, DECODER_SPECIAL_TOKENS = 2, 1
+
+
+def processor_lengths(max_length: int) -> tuple[int, int]:
+    """`max_encoder_length` and `max_decoder_length` of a processor for sentences of at most `max_length` tokens."""
+    return max_length + ENCODER_SPECIAL_TOKENS, max_length + DECODER_SPECIAL_TOKENS
 
 
 class MineVaeProcessor(ProcessorMixin):
@@ -85,6 +93,18 @@ class MineVaeProcessor(ProcessorMixin):
         return bos if bos is not None else self.decoder_tokenizer.eos_token_id
 
     @property
+    def max_sentence_length(self) -> int:
+        """The most tokens of a sentence, special tokens excluded, that `max_decoder_length` leaves room for."""
+        return self.max_decoder_length - DECODER_SPECIAL_TOKENS
+
+    def token_limits(self, max_length: int) -> tuple[int, int]:
+        """For sentences of at most `max_length` tokens, the longest encoder ids (special tokens included) and
+        decoder ids (without BOS/EOS, which `pad` adds) of `encode_texts`, within this processor's limits: what
+        `mine_vae.data.tokenize_corpus` takes."""
+        encoder_length, _ = processor_lengths(max_length)
+        return min(encoder_length, self.max_encoder_length), min(max_length, self.max_sentence_length)
+
+    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """
         The decoder's tokenizer, the one whose ids the model generates. transformers reads `processor.tokenizer` from
@@ -118,7 +138,7 @@ class MineVaeProcessor(ProcessorMixin):
         truncated = 0
         for ids, limit, keep_last in (
             (encoder_ids, self.max_encoder_length, True),
-            (decoder_ids, self.max_decoder_length - 1, False),
+            (decoder_ids, self.max_sentence_length, False),
         ):
             for i, seq in enumerate(ids):
                 if len(seq) > limit:
@@ -385,4 +405,4 @@ def _tokenizer_limit(tokenizer: PreTrainedTokenizerBase, reserve: int) -> int:
     return 512 if limit is None or limit > _NO_LIMIT else int(limit) - reserve
 
 
-__all__ = ["MineVaeDataCollator", "MineVaeProcessor", "pad_model_inputs"]
+__all__ = ["MineVaeDataCollator", "MineVaeProcessor", "pad_model_inputs", "processor_lengths"]

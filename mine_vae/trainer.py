@@ -80,6 +80,10 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
     "_save": "writes the training arguments as training_args.json instead of the pickled training_args.bin",
 }
 
+# The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
+# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these.
+LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda")
+
 
 class MineVaeTrainer(Trainer):
     """
@@ -297,7 +301,7 @@ class MineVaeTrainer(Trainer):
             self._terms[name].append(value.detach().float() if isinstance(value, torch.Tensor) else float(value))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term since the last log, so the curves show collapse (KL, bound -> 0)."""
+        """Adds the mean of each of `LOGGED_TERMS` since the last log, so the curves show collapse (KL, bound -> 0)."""
         if self._terms and "loss" in logs:
             for name, values in self._terms.items():
                 if isinstance(values[0], torch.Tensor):
@@ -533,6 +537,7 @@ def _frozen(module: nn.Module) -> Iterator[None]:
 
 
 __all__ = [
+    "LOGGED_TERMS",
     "MineVaeTrainer",
     "MineVaeTrainingCollator",
     "OVERRIDDEN_TRAINER_INTERNALS",

@@ -34,8 +34,7 @@ def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: st
     the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
     from ..data import tokenize_corpus
 
-    encoder_limit = min(max_length + 2, processor.max_encoder_length)  # + [CLS] ... [SEP]
-    decoder_limit = min(max_length, processor.max_decoder_length - 1)  # the collator adds BOS / EOS
+    encoder_limit, decoder_limit = processor.token_limits(max_length)
     with user_errors(ValueError):
         encode = functools.partial(processor.encode_texts, truncate=False)
         return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)

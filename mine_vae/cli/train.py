@@ -19,6 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..adapters import merged_vae
 from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
+from ..trainer import LOGGED_TERMS
 from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
@@ -86,7 +87,7 @@ def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
 class _LogLines(TrainerCallback):
     """One compact line per log on stderr, instead of the Trainer printing dicts to stdout (which `--json` owns)."""
 
-    KEYS = ("loss", "reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "learning_rate")
+    KEYS = ("loss", *LOGGED_TERMS, "learning_rate")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -355,7 +356,7 @@ def run_train(
     corpus, eval_name = _split_for_eval(corpus_from_arguments(data), data, training_args.seed)
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
     model, processor = _build_model(preset, model_args, data, lora, corpus["train"]["text"], checkpoint)
-    max_length = data.max_length or processor.max_decoder_length - 1
+    max_length = data.max_length or processor.max_sentence_length
     tokenized, counts = tokenize_splits(
         subset_splits(corpus, ["train", eval_name]), processor, max_length, data.overlength
     )

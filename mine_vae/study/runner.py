@@ -30,6 +30,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..data import first_examples
+from ..trainer import LOGGED_TERMS
 from ..training_args import MineVaeTrainingArguments
 from .methods import (
     CRITIC,
@@ -136,7 +137,7 @@ def prepare_data(
         tokenizers = pretrained_tokenizers(preset.encoder_path(), preset.decoder_path())
     untruncated = MineVaeProcessor(*tokenizers, 10**9, 10**9)
     tokenized, counts = tokenize_corpus(
-        corpus, untruncated.encode_texts, max_length + 2, max_length, overlength=settings.overlength
+        corpus, untruncated.encode_texts, *untruncated.token_limits(max_length), overlength=settings.overlength
     )
     return StudyData(texts, tokenized, counts, settings)
 
@@ -262,7 +263,8 @@ def _max_new(texts: Sequence[str]) -> int:
     return 2 * max(len(text.split()) for text in texts) + 8
 
 
-_PROGRESS_KEYS = ("reconstruction", "kl", "mi_bound", "probe_au", "probe_bleu", "beta", "lambda")
+# What the study's trainer adds to each log line, beside the trainer's own terms.
+PROBE_TERMS = ("probe_au", "probe_mi", "probe_bleu")
 
 
 def _study_trainer_class() -> type:
@@ -303,7 +305,7 @@ def _study_trainer_class() -> type:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                shown = " ".join(f"{k}={logs[k]:.3g}" for k in _PROGRESS_KEYS if k in logs)
+                shown = " ".join(f"{k}={logs[k]:.3g}" for k in (*LOGGED_TERMS, *PROBE_TERMS) if k in logs)
                 print(f"[{self.label}] step {state.global_step}/{state.max_steps} {shown}", file=sys.stderr, flush=True)
 
     return StudyTrainer
@@ -345,18 +347,7 @@ def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, ba
     return metrics
 
 
-CURVE_KEYS = (
-    "loss",
-    "reconstruction",
-    "kl",
-    "mi_bound",
-    "critic_loss",
-    "beta",
-    "lambda",
-    "probe_au",
-    "probe_mi",
-    "probe_bleu",
-)
+CURVE_KEYS = ("loss", *LOGGED_TERMS, *PROBE_TERMS)
 
 
 def curves(log_history: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
