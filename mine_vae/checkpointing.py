@@ -90,6 +90,26 @@ def last_complete_checkpoint(output_dir: str, exclude: str | None = None) -> str
     return complete[-1] if complete else None
 
 
+def resume_point(output_dir: str, resume_from_checkpoint: str | bool | None) -> str | None:
+    """The checkpoint a run resumes from: `True` picks the newest complete one in `output_dir`, a folder must be a
+    complete checkpoint, `None` / `False` start afresh. A ValueError names the fix."""
+    if resume_from_checkpoint is True:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"No complete checkpoint in {output_dir} to resume from; check the output folder, or start a new "
+                "run without resuming."
+            )
+        return checkpoint
+    if isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
+        newest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+        raise ValueError(
+            f"{resume_from_checkpoint} is not a complete checkpoint (an interrupted save, or no checkpoint-N folder "
+            f"holding trainer_state.json); resume from {newest or 'an earlier checkpoint'} instead."
+        )
+    return resume_from_checkpoint or None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Pickle-free state files
 # --------------------------------------------------------------------------------------------------------------------
@@ -189,6 +209,13 @@ def _from_json(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return value
 
 
+def rng_file(folder: str, args: Any) -> str:
+    """This process's RNG file: one per process with several, named as the Trainer names its own
+    (`rng_state_{process_index}`)."""
+    name = "rng_state" if args.world_size <= 1 else f"rng_state_{args.process_index}"
+    return os.path.join(folder, name + ".safetensors")
+
+
 def save_rng(path: str, distributed: bool) -> None:
     """The generators a resumed run must continue: torch's (CPU, CUDA) as tensors, python's and numpy's as JSON in
     the file's metadata."""
@@ -283,6 +310,8 @@ __all__ = [
     "read_checkpoint_file",
     "read_rng",
     "restore_state",
+    "resume_point",
+    "rng_file",
     "rotate_step_checkpoints",
     "save_rng",
     "save_state",

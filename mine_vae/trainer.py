@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
@@ -20,7 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.training_args import ParallelMode
 from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available, logging
 
-from .adapters import base_mismatch, peft_base_vae, train_heads_with_adapters, write_base_record
+from .adapters import check_adapter_base, peft_base_vae, train_heads_with_adapters, write_base_record
 from .checkpointing import (
     CRITIC_STATE,
     CRITIC_WEIGHTS,
@@ -33,6 +32,8 @@ from .checkpointing import (
     read_checkpoint_file,
     read_rng,
     restore_state,
+    resume_point,
+    rng_file,
     rotate_step_checkpoints,
     save_rng,
     save_state,
@@ -48,6 +49,7 @@ from .distributed import (
     partitioned_critic_weights,
     release_backward_leftovers,
     restore_partitioned_critic,
+    sync_critic_gradients,
     whole_parameters,
 )
 from .evaluation import LatentMoments, aggregate_posterior_moments, count_words, evaluate_vae
@@ -250,7 +252,7 @@ class MineVaeTrainer(Trainer):
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             release_backward_leftovers(self.model_wrapped)
-            self._sync_critic()
+            sync_critic_gradients(vae.critic)
             if self.args.critic_max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(vae.critic.parameters(), self.args.critic_max_grad_norm)
             with whole_parameters(vae.critic):
@@ -259,19 +261,6 @@ class MineVaeTrainer(Trainer):
         # Spent: keep them out of the Trainer's clip_grad_norm_(model.parameters()) and its logged grad_norm.
         self.critic_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
-
-    def _sync_critic(self) -> None:
-        """Average the critic's gradients (and moving average) over processes: DDP leaves the critic to this step."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        critic = self._vae.critic
-        grads = [p.grad for p in critic.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [critic.log_ema.reshape(1)])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for grad, chunk in zip(grads, flat[:-1].split([g.numel() for g in grads])):
-            grad.copy_(chunk.view_as(grad))
-        critic.log_ema.copy_(flat[-1])
 
     def _check_finite(self, step_name: str, loss: torch.Tensor, **terms: torch.Tensor | None) -> None:
         if torch.isfinite(loss):
@@ -401,18 +390,13 @@ class MineVaeTrainer(Trainer):
         restore_state(checkpoint, CRITIC_STATE, self.critic_optimizer, self.critic_lr_scheduler)
         restore_partitioned_critic(self._vae.critic, checkpoint)
 
-    def _rng_file(self, folder: str, suffix: str) -> str:
-        """One file per process with several, as the Trainer names its own (`rng_state_{process_index}`)."""
-        name = "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
-        return os.path.join(folder, name + suffix)
-
     def _save_rng_state(self, output_dir: str) -> None:
         if other_accelerator():  # XLA/NPU/HPU/MLU/MUSA generators: left to the Trainer, which knows them
             super()._save_rng_state(output_dir)
             return
         # A process can get here before the first one has created the folder.
         os.makedirs(output_dir, exist_ok=True)
-        save_rng(self._rng_file(output_dir, ".safetensors"), self.args.parallel_mode == ParallelMode.DISTRIBUTED)
+        save_rng(rng_file(output_dir, self.args), self.args.parallel_mode == ParallelMode.DISTRIBUTED)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if checkpoint is None:
@@ -420,7 +404,7 @@ class MineVaeTrainer(Trainer):
         if other_accelerator():
             super()._load_rng_state(checkpoint)
             return
-        path = self._rng_file(checkpoint, ".safetensors")
+        path = rng_file(checkpoint, self.args)
         if not os.path.isfile(path):
             logger.info(
                 f"{checkpoint} holds no RNG state for this process; the resumed run's random draws (dropout, "
@@ -462,23 +446,9 @@ class MineVaeTrainer(Trainer):
             os.remove(pickled)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No complete checkpoint in {self.args.output_dir} to resume from.")
-        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
-            newest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
-            raise ValueError(
-                f"{resume_from_checkpoint} is not a complete checkpoint (an interrupted save?); "
-                f"resume from {newest or 'an earlier checkpoint'} instead."
-            )
-        if isinstance(resume_from_checkpoint, str) and peft_base_vae(self.model) is not None:
-            mismatch = base_mismatch(self.model, resume_from_checkpoint)
-            if mismatch:
-                raise ValueError(
-                    f"The adapters in {resume_from_checkpoint} were trained on another base model: {mismatch}. "
-                    "Build the model as the run did."
-                )
+        resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint)
+        if resume_from_checkpoint is not None and peft_base_vae(self.model) is not None:
+            check_adapter_base(self.model, resume_from_checkpoint)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.args.standardize_latent_examples:
             self.standardize_latent()

@@ -216,7 +216,7 @@ def test_lora_run_saves_a_merged_plain_model_and_resumes_exactly_from_its_adapte
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()
     # The base is rebuilt from the flags: other settings or other weights than the run's are refused.
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--kl_weight", "0.5"])
-    assert_one_line_error(code, err, "not the one the adapters", "kl_weight 1.0 -> 0.5", "flags and data the run")
+    assert_one_line_error(code, err, "trained on another base model", "kl_weight 1.0 -> 0.5", "flags and data the run")
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--seed", "7"])
     assert_one_line_error(code, err, "its weights differ from the run's base")
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume"])

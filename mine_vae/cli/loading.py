@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,11 @@ def corpus_from_arguments(data: DataArguments, validation_file: str | None = Non
 
 
 def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
-    """Tokenise for both models. The limits are applied by `tokenize_corpus`, which counts what it drops or cuts;
-    the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
-    from ..data import tokenize_corpus
+    """Tokenise for both models (`mine_vae.runs.tokenize`), its errors as one-line CLI errors."""
+    from ..runs import tokenize
 
-    encoder_limit, decoder_limit = processor.token_limits(max_length)
     with user_errors(ValueError):
-        encode = functools.partial(processor.encode_texts, truncate=False)
-        return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)
+        return tokenize(corpus, processor, max_length, overlength)
 
 
 def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
