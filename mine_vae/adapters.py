@@ -128,6 +128,16 @@ def base_mismatch(model: nn.Module, folder: str) -> str | None:
     return None
 
 
+def check_adapter_base(
+    model: nn.Module, folder: str, fix: str = "build the model as the run did (its settings, seed and data)"
+) -> None:
+    """A ValueError naming what differs (and `fix`) when the adapters in `folder` were trained on another base than
+    the peft-wrapped `model`'s (see `base_mismatch`)."""
+    mismatch = base_mismatch(model, folder)
+    if mismatch:
+        raise ValueError(f"The adapters in {folder} were trained on another base model: {mismatch}; {fix}.")
+
+
 # The attention blocks of the decoder families (GPT-2's `attn`, Llama's and most others' `self_attn`): their projections
 # are what LoRA adapts by default, the choice of the LoRA paper and of Optimus-style fine-tuning on a budget.
 ATTENTION_BLOCKS = ("attn", "self_attn", "attention")
@@ -221,6 +231,7 @@ __all__ = [
     "add_decoder_lora",
     "base_mismatch",
     "base_record",
+    "check_adapter_base",
     "decoder_lora_targets",
     "is_peft_model",
     "merged_vae",

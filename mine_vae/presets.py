@@ -24,7 +24,7 @@ from typing import Any
 
 from .configuration_mine_vae import MineVaeConfig
 from .modeling_mine_vae import MineVaeModel
-from .processing_mine_vae import MineVaeProcessor
+from .processing_mine_vae import MineVaeProcessor, processor_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -317,16 +317,16 @@ def build_from_scratch(
     if preset.encoder_config is None or preset.decoder_config is None:
         raise ValueError(f"Preset {preset.name!r} loads a pretrained pair; use build_pretrained.")
     encoder_tokenizer, decoder_tokenizer = build_word_tokenizers(texts, vocab_size, min_frequency)
-    # Positions: the decoder also holds z's key/value position and BOS; the encoder [CLS] and [SEP].
-    needed = max_length + 2
-    for side, sizes, key in (
-        ("encoder", preset.encoder_config, "max_position_embeddings"),
-        ("decoder", preset.decoder_config, "n_positions"),
+    # Positions: the encoder's sentence with its special tokens; the decoder's with BOS and z's key/value position.
+    max_encoder_length, max_decoder_length = processor_lengths(max_length)
+    for side, sizes, key, needed in (
+        ("encoder", preset.encoder_config, "max_position_embeddings", max_encoder_length),
+        ("decoder", preset.decoder_config, "n_positions", max_decoder_length + 1),
     ):
         if sizes[key] < needed:
             raise ValueError(
                 f"max_length={max_length} needs {needed} {side} positions but preset {preset.name!r} has "
-                f"{sizes[key]}; use max_length <= {sizes[key] - 2}."
+                f"{sizes[key]}; use max_length <= {sizes[key] - (needed - max_length)}."
             )
     encoder_config = BertConfig(vocab_size=len(encoder_tokenizer), **preset.encoder_config)
     decoder_config = GPT2Config(
@@ -337,9 +337,7 @@ def build_from_scratch(
         **preset.decoder_config,
     )
     config = MineVaeConfig(encoder=encoder_config, decoder=decoder_config, **{**preset.model, **config_kwargs})
-    processor = MineVaeProcessor(
-        encoder_tokenizer, decoder_tokenizer, max_encoder_length=max_length + 2, max_decoder_length=max_length + 1
-    )
+    processor = MineVaeProcessor(encoder_tokenizer, decoder_tokenizer, max_encoder_length, max_decoder_length)
     return MineVaeModel(config), processor
 
 
@@ -369,11 +367,12 @@ def build_pretrained(
         config.eos_token_id = decoder_tokenizer.eos_token_id
         config.bos_token_id = start
     model.config.decoder_start_token_id = model.generation_config.decoder_start_token_id = start
+    max_encoder_length, max_decoder_length = processor_lengths(max_length)
     processor = MineVaeProcessor(
         encoder_tokenizer,
         decoder_tokenizer,
-        max_encoder_length=_within(max_length + 2, model.config.encoder, 0),
-        max_decoder_length=_within(max_length + 1, model.config.decoder, model.config.num_latent_positions),
+        max_encoder_length=_within(max_encoder_length, model.config.encoder, 0),
+        max_decoder_length=_within(max_decoder_length, model.config.decoder, model.config.num_latent_positions),
     )
     return model, processor
 

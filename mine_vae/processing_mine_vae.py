@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,14 @@ DECODER_TOKENIZER_FOLDER = "decoder_tokenizer"
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 # Tokenizers without a real limit report a huge model_max_length; past this we treat it as "none given".
 _NO_LIMIT = 1_000_000
+# The length rule: a sentence of n tokens takes n + 2 encoder positions (its tokenizer's [CLS] ... [SEP]) and n + 1
+# decoder positions (BOS + tokens in, tokens + EOS out).
+ENCODER_SPECIAL_TOKENS, DECODER_SPECIAL_TOKENS = 2, 1
+
+
+def processor_lengths(max_length: int) -> tuple[int, int]:
+    """`max_encoder_length` and `max_decoder_length` of a processor for sentences of at most `max_length` tokens."""
+    return max_length + ENCODER_SPECIAL_TOKENS, max_length + DECODER_SPECIAL_TOKENS
 
 
 class MineVaeProcessor(ProcessorMixin):
@@ -85,6 +93,18 @@ class MineVaeProcessor(ProcessorMixin):
         return bos if bos is not None else self.decoder_tokenizer.eos_token_id
 
     @property
+    def max_sentence_length(self) -> int:
+        """The most tokens of a sentence, special tokens excluded, that `max_decoder_length` leaves room for."""
+        return self.max_decoder_length - DECODER_SPECIAL_TOKENS
+
+    def token_limits(self, max_length: int) -> tuple[int, int]:
+        """For sentences of at most `max_length` tokens, the longest encoder ids (special tokens included) and
+        decoder ids (without BOS/EOS, which `pad` adds) of `encode_texts`, within this processor's limits: what
+        `mine_vae.data.tokenize_corpus` takes."""
+        encoder_length, _ = processor_lengths(max_length)
+        return min(encoder_length, self.max_encoder_length), min(max_length, self.max_sentence_length)
+
+    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """
         The decoder's tokenizer, the one whose ids the model generates. transformers reads `processor.tokenizer` from
@@ -118,7 +138,7 @@ class MineVaeProcessor(ProcessorMixin):
         truncated = 0
         for ids, limit, keep_last in (
             (encoder_ids, self.max_encoder_length, True),
-            (decoder_ids, self.max_decoder_length - 1, False),
+            (decoder_ids, self.max_sentence_length, False),
         ):
             for i, seq in enumerate(ids):
                 if len(seq) > limit:
@@ -140,32 +160,14 @@ class MineVaeProcessor(ProcessorMixin):
         """
         if len(features) == 0:
             raise ValueError("Got an empty batch: give at least one example.")
-        encoder = self.encoder_tokenizer.pad(
-            {"input_ids": [f["input_ids"] for f in features]}, padding=True, return_tensors="pt"
-        )
-        start, eos, pad = (
-            self.decoder_start_token_id,
-            self.decoder_tokenizer.eos_token_id,
-            self.decoder_tokenizer.pad_token_id,
-        )
+        start, eos = self.decoder_start_token_id, self.decoder_tokenizer.eos_token_id
         sequences = [list(f["decoder_token_ids"]) for f in features]
-        length = max(len(s) for s in sequences) + 1
-        decoder_input_ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-        decoder_attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            decoder_input_ids[row, : len(seq) + 1] = torch.tensor([start, *seq], dtype=torch.long)
-            labels[row, : len(seq) + 1] = torch.tensor([*seq, eos], dtype=torch.long)
-            decoder_attention_mask[row, : len(seq) + 1] = 1
-        return BatchEncoding(
-            {
-                "input_ids": encoder["input_ids"],
-                "attention_mask": encoder["attention_mask"],
-                "decoder_input_ids": decoder_input_ids,
-                "decoder_attention_mask": decoder_attention_mask,
-                "labels": labels,
-            }
-        )
+        rows = {
+            "input_ids": [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features],
+            "decoder_input_ids": [torch.tensor([start, *seq], dtype=torch.long) for seq in sequences],
+            "labels": [torch.tensor([*seq, eos], dtype=torch.long) for seq in sequences],
+        }
+        return pad_model_inputs(rows, self.encoder_tokenizer.pad_token_id, self.decoder_tokenizer.pad_token_id)
 
     def __call__(self, texts: str | Sequence[str]) -> BatchEncoding:
         """Raw text (one string or a batch) to padded model inputs (see `pad`)."""
@@ -335,6 +337,52 @@ class MineVaeDataCollator:
         )
 
 
+# The model inputs in the order a batch holds them, and each one's padding value (None: the side's pad token id).
+_PADDING = {
+    "input_ids": None,
+    "attention_mask": 0,
+    "token_type_ids": 0,
+    "decoder_input_ids": None,
+    "decoder_attention_mask": 0,
+    "labels": -100,
+}
+_ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def pad_model_inputs(
+    rows: Mapping[str, Sequence[torch.Tensor]], encoder_pad_token_id: int, decoder_pad_token_id: int
+) -> BatchEncoding:
+    """
+    Pad per-example model inputs (`input_ids`, `decoder_input_ids`, `labels`, optionally `attention_mask`,
+    `token_type_ids`, `decoder_attention_mask`; one 1-D tensor per example each) on the right into
+    `(batch_size, length)` tensors: encoder ids with `encoder_pad_token_id`, decoder ids with `decoder_pad_token_id`,
+    labels with -100, masks with 0. A missing mask is built from the lengths, so padding is never attended to.
+    """
+    rows = dict(rows)
+    if "attention_mask" not in rows:
+        rows["attention_mask"] = [torch.ones_like(ids) for ids in rows["input_ids"]]
+    if "decoder_attention_mask" not in rows:
+        rows["decoder_attention_mask"] = [torch.ones_like(ids) for ids in rows["decoder_input_ids"]]
+    # Decoder inputs, their mask and the labels stay aligned position by position: one length for all three.
+    encoder_length = max(len(ids) for ids in rows["input_ids"])
+    decoder_length = max(len(ids) for key in ("decoder_input_ids", "labels") for ids in rows[key])
+    batch = {}
+    for key, value in _PADDING.items():
+        if key not in rows:
+            continue
+        sequences = rows[key]
+        encoder_side = key in _ENCODER_INPUTS
+        if value is None:
+            value = encoder_pad_token_id if encoder_side else decoder_pad_token_id
+        padded = torch.full(
+            (len(sequences), encoder_length if encoder_side else decoder_length), value, dtype=sequences[0].dtype
+        )
+        for row, ids in enumerate(sequences):
+            padded[row, : len(ids)] = ids
+        batch[key] = padded
+    return BatchEncoding(batch)
+
+
 def _check_texts(texts: Sequence[str]) -> Sequence[str]:
     if isinstance(texts, str):
         raise TypeError("Give a list of texts, not one string.")
@@ -357,4 +405,4 @@ def _tokenizer_limit(tokenizer: PreTrainedTokenizerBase, reserve: int) -> int:
     return 512 if limit is None or limit > _NO_LIMIT else int(limit) - reserve
 
 
-__all__ = ["MineVaeDataCollator", "MineVaeProcessor"]
+__all__ = ["MineVaeDataCollator", "MineVaeProcessor", "pad_model_inputs", "processor_lengths"]

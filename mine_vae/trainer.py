@@ -2,45 +2,61 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
-import re
-import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from transformers import BatchEncoding, Trainer
+from transformers import Trainer
 from transformers.optimization import get_scheduler
-from transformers.trainer_pt_utils import LengthGroupedSampler, safe_globals, set_rng_state_for_device
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.training_args import ParallelMode
-from transformers.utils import (
-    is_sagemaker_mp_enabled,
-    is_torch_hpu_available,
-    is_torch_mlu_available,
-    is_torch_musa_available,
-    is_torch_npu_available,
-    is_torch_xla_available,
-    logging,
-)
+from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available, logging
 
-from .adapters import base_mismatch, peft_base_vae, train_heads_with_adapters, write_base_record
+from .adapters import check_adapter_base, peft_base_vae, train_heads_with_adapters, write_base_record
+from .checkpointing import (
+    CRITIC_STATE,
+    CRITIC_WEIGHTS,
+    OPTIMIZER_STATE,
+    PICKLED_TRAINING_ARGS,
+    TRAINING_ARGS_JSON,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    other_accelerator,
+    read_checkpoint_file,
+    read_rng,
+    restore_state,
+    resume_point,
+    rng_file,
+    rotate_step_checkpoints,
+    save_rng,
+    save_state,
+    set_rng,
+    unreadable,
+)
+from .data_collator import MineVaeTrainingCollator, check_dataset_columns, check_train_dataset
+from .distributed import (
+    as_model_class,
+    check_deepspeed_config,
+    freeze_unused_pooler,
+    leave_critic_unsharded,
+    partitioned_critic_weights,
+    release_backward_leftovers,
+    restore_partitioned_critic,
+    sync_critic_gradients,
+    whole_parameters,
+)
 from .evaluation import LatentMoments, aggregate_posterior_moments, count_words, evaluate_vae
 from .hub import write_trainer_model_card
 from .modeling_mine_vae import MineVaeModel, MineVaePosterior
-from .processing_mine_vae import MineVaeDataCollator, MineVaeProcessor
+from .processing_mine_vae import MineVaeProcessor
+from .sampling import SeededLengthGroupedSampler, SeededRandomSampler
 from .training_args import MineVaeTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -56,12 +72,9 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
         "the VAE's and the critic's optimizer and scheduler states as safetensors + JSON, not pickled optimizer.pt / "
         "scheduler.pt"
     ),
-    "_load_optimizer_and_scheduler": (
-        "reads those (and an older checkpoint's .pt files with torch.load(weights_only=True)); a damaged file is a "
-        "one-line ValueError naming it"
-    ),
+    "_load_optimizer_and_scheduler": "reads those; a damaged file is a one-line ValueError naming it",
     "_save_rng_state": "the RNG states (python, numpy, torch CPU/CUDA) as safetensors + JSON, not a pickled .pth",
-    "_load_rng_state": "reads those (and an older checkpoint's rng_state*.pth); a damaged file is a one-line error",
+    "_load_rng_state": "reads those; a damaged file is a one-line error",
     "_save_checkpoint": (
         "save_total_limit then rotates only the checkpoint-<step> folders the Trainer writes: its own rotation orders "
         "every checkpoint-* folder by modification time and would delete a user's checkpoint-best/"
@@ -69,28 +82,9 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
     "_save": "writes the training arguments as training_args.json instead of the pickled training_args.bin",
 }
 
-
-class _StateFiles(NamedTuple):
-    """Where one optimizer's and its scheduler's state go: tensors in safetensors, everything else in JSON."""
-
-    tensors: str
-    meta: str
-
-
-CRITIC_STATE = _StateFiles("critic_optimizer.safetensors", "critic_state.json")
-OPTIMIZER_STATE = _StateFiles("optimizer.safetensors", "optimizer_state.json")
-CRITIC_STATE_TENSORS, CRITIC_STATE_JSON = CRITIC_STATE
-# Under DeepSpeed ZeRO-3 only: the critic's weights, which ZeRO-3's own checkpoint restores only for the parameters of
-# the optimizer it wraps (the VAE's).
-CRITIC_WEIGHTS = "critic_weights.safetensors"
-TRAINING_ARGS_JSON = "training_args.json"
-# What earlier versions (the Trainer's own format) wrote; read only when the files above are absent.
-LEGACY_OPTIMIZER, LEGACY_SCHEDULER, LEGACY_TRAINING_ARGS = "optimizer.pt", "scheduler.pt", "training_args.bin"
-
-# A dataset of ready model inputs needs these; the default collator pads them (and the optional ones when present).
-MODEL_INPUT_COLUMNS = ("input_ids", "decoder_input_ids", "labels")
-OPTIONAL_MODEL_INPUT_COLUMNS = ("attention_mask", "token_type_ids", "decoder_attention_mask")
-_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss")
+# The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
+# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these.
+LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda")
 
 
 class MineVaeTrainer(Trainer):
@@ -110,7 +104,7 @@ class MineVaeTrainer(Trainer):
     may be a dict (or `DatasetDict`) of several sets, each evaluated and logged under `eval_{name}_...`.
 
     Checkpoints hold no pickle: both optimizers and schedulers, the RNG states and the training arguments are
-    safetensors and JSON (checkpoints of earlier versions, with the Trainer's .pt files, still resume). A resume
+    safetensors and JSON (`mine_vae.checkpointing`). A resume
     mid-epoch replays the interrupted epoch's order with every sampler offered, so it continues exactly. A checkpoint
     counts as complete once its `trainer_state.json` is written, and `resume_from_checkpoint=True` picks the newest
     complete one, so an interrupted save never blocks resuming.
@@ -135,10 +129,10 @@ class MineVaeTrainer(Trainer):
         train_heads_with_adapters(model)  # a peft-wrapped VAE's heads and critic train (and save) with its adapters
         _freeze_pretrained_parts(model, args)
         # Checked before the Trainer's set-up so a wrong dataset fails first, with the fix named.
-        _check_train_dataset(kwargs.get("train_dataset"))
+        check_train_dataset(kwargs.get("train_dataset"))
         own_collator = data_collator is not None  # the user's collator may take any columns
         for name in ("train_dataset", "eval_dataset"):
-            _check_columns(kwargs.get(name), name, own_collator, processing_class is not None)
+            check_dataset_columns(kwargs.get(name), name, own_collator, processing_class is not None)
         if data_collator is None:
             data_collator = MineVaeTrainingCollator.for_model(model, processing_class)
         if model.config.mi_weight > 0 and args.per_device_train_batch_size < 2:
@@ -164,10 +158,10 @@ class MineVaeTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         if self.is_fsdp_enabled:
             vae = self.accelerator.unwrap_model(self.model)
-            _leave_critic_unsharded(self.accelerator.state.fsdp_plugin, vae, self.accelerator.device)
-            _freeze_unused_pooler(vae)
+            leave_critic_unsharded(self.accelerator.state.fsdp_plugin, vae, self.accelerator.device)
+            freeze_unused_pooler(vae)
         if self.is_deepspeed_enabled:
-            _check_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+            check_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         critic = self._vae.critic
@@ -257,29 +251,16 @@ class MineVaeTrainer(Trainer):
             self._check_finite("critic", loss, critic_loss=loss)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _release_backward_leftovers(self.model_wrapped)
-            self._sync_critic()
+            release_backward_leftovers(self.model_wrapped)
+            sync_critic_gradients(vae.critic)
             if self.args.critic_max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(vae.critic.parameters(), self.args.critic_max_grad_norm)
-            with _whole_parameters(vae.critic):
+            with whole_parameters(vae.critic):
                 self.critic_optimizer.step()
             self.critic_lr_scheduler.step()
         # Spent: keep them out of the Trainer's clip_grad_norm_(model.parameters()) and its logged grad_norm.
         self.critic_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
-
-    def _sync_critic(self) -> None:
-        """Average the critic's gradients (and moving average) over processes: DDP leaves the critic to this step."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        critic = self._vae.critic
-        grads = [p.grad for p in critic.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [critic.log_ema.reshape(1)])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for grad, chunk in zip(grads, flat[:-1].split([g.numel() for g in grads])):
-            grad.copy_(chunk.view_as(grad))
-        critic.log_ema.copy_(flat[-1])
 
     def _check_finite(self, step_name: str, loss: torch.Tensor, **terms: torch.Tensor | None) -> None:
         if torch.isfinite(loss):
@@ -309,7 +290,7 @@ class MineVaeTrainer(Trainer):
             self._terms[name].append(value.detach().float() if isinstance(value, torch.Tensor) else float(value))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term since the last log, so the curves show collapse (KL, bound -> 0)."""
+        """Adds the mean of each of `LOGGED_TERMS` since the last log, so the curves show collapse (KL, bound -> 0)."""
         if self._terms and "loss" in logs:
             for name, values in self._terms.items():
                 if isinstance(values[0], torch.Tensor):
@@ -368,7 +349,7 @@ class MineVaeTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Checkpoints hold no pickle: both optimizers and schedulers, the RNG states and the arguments are safetensors and
-    # JSON. Checkpoints of earlier versions (the Trainer's .pt/.pth files) still resume, read with weights_only=True.
+    # JSON (the files of mine_vae.checkpointing).
     # ----------------------------------------------------------------------------------------------------------------
     def _trainer_owns_optimizer_files(self) -> bool:
         """DeepSpeed, FSDP, XLA and SageMaker MP save (and shard) the optimizer their own way: left to the Trainer."""
@@ -380,16 +361,16 @@ class MineVaeTrainer(Trainer):
         if self._trainer_owns_optimizer_files():
             super()._save_optimizer_and_scheduler(output_dir)
         elif self.args.should_save:
-            _save_state(output_dir, self.optimizer.state_dict(), self.lr_scheduler.state_dict(), OPTIMIZER_STATE)
+            save_state(output_dir, self.optimizer.state_dict(), self.lr_scheduler.state_dict(), OPTIMIZER_STATE)
         if self.critic_optimizer is None:
             return
         # Every process takes part in gathering ZeRO-3's slices; the files are written before the critic state's
         # JSON, whose presence marks the checkpoint complete.
-        weights = _partitioned_critic_weights(self._vae.critic)
+        weights = partitioned_critic_weights(self._vae.critic)
         if self.args.should_save and weights is not None:
             save_file(weights, os.path.join(output_dir, CRITIC_WEIGHTS))
         if self.args.should_save:
-            _save_state(
+            save_state(
                 output_dir, self.critic_optimizer.state_dict(), self.critic_lr_scheduler.state_dict(), CRITIC_STATE
             )
 
@@ -399,57 +380,42 @@ class MineVaeTrainer(Trainer):
         if self._trainer_owns_optimizer_files():
             super()._load_optimizer_and_scheduler(checkpoint)
         elif os.path.isfile(os.path.join(checkpoint, OPTIMIZER_STATE.meta)):
-            _restore_state(checkpoint, OPTIMIZER_STATE, self.optimizer, self.lr_scheduler)
-        elif all(os.path.isfile(os.path.join(checkpoint, name)) for name in (LEGACY_OPTIMIZER, LEGACY_SCHEDULER)):
-            # An earlier version's checkpoint: the Trainer's pickles, read with weights_only=True (tensors and plain
-            # containers only, never arbitrary objects).
-            paths = [os.path.join(checkpoint, name) for name in (LEGACY_OPTIMIZER, LEGACY_SCHEDULER)]
-            optimizer_state, scheduler_state = (_read(path, _load_weights_only) for path in paths)
-            _apply_state(paths[0], self.optimizer, self.lr_scheduler, optimizer_state, scheduler_state)
+            restore_state(checkpoint, OPTIMIZER_STATE, self.optimizer, self.lr_scheduler)
         # else: saved with save_only_model, as the Trainer does, training goes on with fresh optimizer state.
         if not os.path.isfile(os.path.join(checkpoint, CRITIC_STATE.meta)):
             raise ValueError(
                 f"{checkpoint} holds no critic state ({CRITIC_STATE.meta}); it was not written by MineVaeTrainer "
                 "or its save was interrupted. Resume from a complete checkpoint."
             )
-        _restore_state(checkpoint, CRITIC_STATE, self.critic_optimizer, self.critic_lr_scheduler)
-        _restore_partitioned_critic(self._vae.critic, checkpoint)
-
-    def _rng_file(self, folder: str, suffix: str) -> str:
-        """One file per process with several, as the Trainer names its own (`rng_state_{process_index}`)."""
-        name = "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
-        return os.path.join(folder, name + suffix)
+        restore_state(checkpoint, CRITIC_STATE, self.critic_optimizer, self.critic_lr_scheduler)
+        restore_partitioned_critic(self._vae.critic, checkpoint)
 
     def _save_rng_state(self, output_dir: str) -> None:
-        if _other_accelerator():  # XLA/NPU/HPU/MLU/MUSA generators: left to the Trainer, which knows them
+        if other_accelerator():  # XLA/NPU/HPU/MLU/MUSA generators: left to the Trainer, which knows them
             super()._save_rng_state(output_dir)
             return
         # A process can get here before the first one has created the folder.
         os.makedirs(output_dir, exist_ok=True)
-        _save_rng(self._rng_file(output_dir, ".safetensors"), self.args.parallel_mode == ParallelMode.DISTRIBUTED)
+        save_rng(rng_file(output_dir, self.args), self.args.parallel_mode == ParallelMode.DISTRIBUTED)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if checkpoint is None:
             return
-        if _other_accelerator():
+        if other_accelerator():
             super()._load_rng_state(checkpoint)
             return
-        path = self._rng_file(checkpoint, ".safetensors")
-        if os.path.isfile(path):
-            states = _read(path, _read_rng)
-        else:
-            path = self._rng_file(checkpoint, ".pth")  # an earlier version's checkpoint
-            if not os.path.isfile(path):
-                logger.info(
-                    f"{checkpoint} holds no RNG state for this process; the resumed run's random draws (dropout, "
-                    "z samples) will differ from an uninterrupted run's."
-                )
-                return
-            states = _read(path, _load_weights_only)
+        path = rng_file(checkpoint, self.args)
+        if not os.path.isfile(path):
+            logger.info(
+                f"{checkpoint} holds no RNG state for this process; the resumed run's random draws (dropout, "
+                "z samples) will differ from an uninterrupted run's."
+            )
+            return
+        states = read_checkpoint_file(path, read_rng)
         try:
-            _set_rng(states, self.args.parallel_mode == ParallelMode.DISTRIBUTED)
+            set_rng(states, self.args.parallel_mode == ParallelMode.DISTRIBUTED)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise _unreadable(path, error) from None
+            raise unreadable(path, error) from None
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         # The Trainer's rotation (save_total_limit) globs `checkpoint-*` and orders by modification time, so it also
@@ -464,7 +430,7 @@ class MineVaeTrainer(Trainer):
             rotate_step_checkpoints(self._get_output_dir(trial), limit, self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        with _as_model_class(self.model):
+        with as_model_class(self.model):
             super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
@@ -475,28 +441,14 @@ class MineVaeTrainer(Trainer):
             f.write(self.args.to_json_string())
         if peft_base_vae(self.model) is not None:  # an adapter folder lacks the base: record which one it fits
             write_base_record(self.model, folder)
-        pickled = os.path.join(folder, LEGACY_TRAINING_ARGS)
+        pickled = os.path.join(folder, PICKLED_TRAINING_ARGS)
         if os.path.isfile(pickled):
             os.remove(pickled)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No complete checkpoint in {self.args.output_dir} to resume from.")
-        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
-            newest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
-            raise ValueError(
-                f"{resume_from_checkpoint} is not a complete checkpoint (an interrupted save?); "
-                f"resume from {newest or 'an earlier checkpoint'} instead."
-            )
-        if isinstance(resume_from_checkpoint, str) and peft_base_vae(self.model) is not None:
-            mismatch = base_mismatch(self.model, resume_from_checkpoint)
-            if mismatch:
-                raise ValueError(
-                    f"The adapters in {resume_from_checkpoint} were trained on another base model: {mismatch}. "
-                    "Build the model as the run did."
-                )
+        resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint)
+        if resume_from_checkpoint is not None and peft_base_vae(self.model) is not None:
+            check_adapter_base(self.model, resume_from_checkpoint)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.args.standardize_latent_examples:
             self.standardize_latent()
@@ -531,336 +483,6 @@ class MineVaeTrainer(Trainer):
         write_trainer_model_card(self, **kwargs)
 
 
-def step_checkpoints(output_dir: str) -> list[str]:
-    """The `checkpoint-<step>` folders in `output_dir`, oldest first (other `checkpoint-*` names are the user's)."""
-    if not os.path.isdir(output_dir):
-        return []
-    steps = []
-    for name in os.listdir(output_dir):
-        prefix, _, step = name.rpartition("-")
-        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-            steps.append(int(step))
-    return [os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(steps)]
-
-
-def rotate_step_checkpoints(output_dir: str, limit: int | None, best: str | None = None) -> None:
-    """Delete the oldest `checkpoint-<step>` folders beyond `limit`, never the newest nor `best`."""
-    if not limit or limit <= 0:
-        return
-    folders = step_checkpoints(output_dir)
-    protected = {folders[-1]} if folders else set()
-    if best is not None:
-        protected.add(os.path.join(output_dir, os.path.basename(os.path.normpath(best))))
-    for folder in folders[: max(len(folders) - max(limit, len(protected)), 0)]:
-        if folder not in protected:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def is_complete_checkpoint(folder: str) -> bool:
-    """True when `folder` holds everything a resume needs: the Trainer writes `trainer_state.json` last."""
-    try:
-        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
-            json.load(f)
-    except (OSError, ValueError):
-        return False
-    return os.path.isfile(os.path.join(folder, CRITIC_STATE_JSON))
-
-
-def last_complete_checkpoint(output_dir: str, exclude: str | None = None) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` that a resume can use, skipping interrupted saves (and
-    `exclude`, e.g. a checkpoint found damaged)."""
-    excluded = os.path.abspath(exclude) if exclude is not None else None
-    complete = [
-        folder
-        for folder in step_checkpoints(output_dir)
-        if os.path.abspath(folder) != excluded and is_complete_checkpoint(folder)
-    ]
-    return complete[-1] if complete else None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Datasets and the default collator
-# --------------------------------------------------------------------------------------------------------------------
-def _check_train_dataset(dataset: Any) -> None:
-    """A DatasetDict (or any dict of datasets) trains nothing or fails deep in the loader: name the fix instead."""
-    if not isinstance(dataset, Mapping):
-        return
-    splits = list(dataset)
-    split = "train" if "train" in splits else (splits[0] if splits else "train")
-    kind = type(dataset).__name__
-    raise ValueError(
-        f"train_dataset is a {kind} with splits {splits}; the Trainer trains on one dataset: pass one split, e.g. "
-        f"train_dataset=dataset[{split!r}] (several evaluation sets may go to eval_dataset as a dict)."
-    )
-
-
-def _check_columns(dataset: Any, name: str, own_collator: bool, has_processor: bool) -> None:
-    """Refuse, before training, a dataset that cannot work: too small to evaluate, or columns the default collator
-    cannot batch. With the user's own collator any columns go."""
-    if isinstance(dataset, Mapping):  # several evaluation sets
-        for key, part in dataset.items():
-            _check_columns(part, f"{name}[{key!r}]", own_collator, has_processor)
-        return
-    if name.startswith("eval") and dataset is not None and hasattr(dataset, "__len__") and len(dataset) < 2:
-        raise ValueError(
-            f"{name} has {len(dataset)} example(s); the MI estimate (aggregate posterior) and active units need "
-            "at least 2, and a few hundred for stable numbers."
-        )
-    columns = getattr(dataset, "column_names", None)
-    if columns is None or own_collator:
-        return
-    present = set(columns)
-    model_inputs = set(MODEL_INPUT_COLUMNS) <= present
-    model_inputs_text = (
-        f"model inputs {', '.join(map(repr, MODEL_INPUT_COLUMNS))} (and optionally "
-        f"{', '.join(map(repr, OPTIONAL_MODEL_INPUT_COLUMNS))})"
-    )
-    if has_processor and (model_inputs or "text" in present or {"input_ids", "decoder_token_ids"} <= present):
-        return
-    if not has_processor and model_inputs:
-        return
-    if has_processor:
-        raise ValueError(
-            f"{name} has columns {columns}; it needs a 'text' column, the 'input_ids' and 'decoder_token_ids' "
-            f"columns of MineVaeProcessor.encode_texts, or {model_inputs_text}. Rename your text column to 'text', "
-            "or pass your own data_collator."
-        )
-    raise ValueError(
-        f"{name} has columns {columns}; without a processing_class the default collator only pads "
-        f"{model_inputs_text}. Pass processing_class=MineVaeProcessor(...) to train on a 'text' column or on "
-        "MineVaeProcessor.encode_texts' columns, or pass your own data_collator."
-    )
-
-
-@dataclass
-class MineVaeTrainingCollator:
-    """
-    The default collator of [`MineVaeTrainer`]. Each example is raw text (`{"text": ...}`), the output of
-    `MineVaeProcessor.encode_texts` (`input_ids`, `decoder_token_ids`), or ready model inputs (`input_ids`,
-    `decoder_input_ids`, `labels`, optionally `attention_mask`, `token_type_ids`, `decoder_attention_mask`). Model
-    inputs are padded on the right: encoder ids with the encoder's pad id, decoder ids with the decoder's, labels
-    with -100, masks with 0; a missing mask is built from the lengths so that padding is never attended to.
-    Other fields of such examples are dropped, since the model takes only its inputs.
-    """
-
-    processor: MineVaeProcessor | None
-    encoder_pad_token_id: int
-    decoder_pad_token_id: int
-
-    @classmethod
-    def for_model(cls, model: MineVaeModel, processor: MineVaeProcessor | None) -> MineVaeTrainingCollator:
-        """Pad ids from the processor's tokenizers, or (without one) from the model's config."""
-        if processor is not None:
-            return cls(processor, processor.encoder_tokenizer.pad_token_id, processor.decoder_tokenizer.pad_token_id)
-        encoder_pad = getattr(model.config.encoder, "pad_token_id", None)
-        decoder_pad = model.config.pad_token_id
-        # Padding is masked (attention) or ignored (-100 labels), so any valid id serves when none is configured.
-        return cls(None, encoder_pad if encoder_pad is not None else 0, decoder_pad if decoder_pad is not None else 0)
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> BatchEncoding:
-        if len(features) == 0:
-            raise ValueError("Got an empty batch: give at least one example.")
-        tokenized = all("input_ids" in f and "decoder_token_ids" in f for f in features)
-        if not tokenized and all(all(key in f for key in MODEL_INPUT_COLUMNS) for f in features):
-            return self.pad_model_inputs(features)
-        if self.processor is not None and (tokenized or all("text" in f for f in features)):
-            return MineVaeDataCollator(self.processor)(features)
-        needs = f"model inputs {list(MODEL_INPUT_COLUMNS)}"
-        if self.processor is not None:
-            needs = f"a 'text' field, the 'input_ids' and 'decoder_token_ids' fields of encode_texts, or {needs}"
-        raise ValueError(f"Each example needs {needs}; got fields {sorted(features[0])}.")
-
-    def pad_model_inputs(self, features: Sequence[Mapping[str, Any]]) -> BatchEncoding:
-        keys = [key for key in (*MODEL_INPUT_COLUMNS, *OPTIONAL_MODEL_INPUT_COLUMNS) if key in features[0]]
-        rows = {key: [_as_ids(f[key]) for f in features] for key in keys}
-        if "attention_mask" not in rows:
-            rows["attention_mask"] = [torch.ones_like(ids) for ids in rows["input_ids"]]
-        if "decoder_attention_mask" not in rows:
-            rows["decoder_attention_mask"] = [torch.ones_like(ids) for ids in rows["decoder_input_ids"]]
-        # Decoder inputs, their mask and the labels stay aligned position by position: one length for all three.
-        encoder_length = max(len(ids) for ids in rows["input_ids"])
-        decoder_length = max(len(ids) for key in ("decoder_input_ids", "labels") for ids in rows[key])
-        pad_values = {
-            "input_ids": (self.encoder_pad_token_id, encoder_length),
-            "attention_mask": (0, encoder_length),
-            "token_type_ids": (0, encoder_length),
-            "decoder_input_ids": (self.decoder_pad_token_id, decoder_length),
-            "decoder_attention_mask": (0, decoder_length),
-            "labels": (-100, decoder_length),
-        }
-        batch = {}
-        for key, sequences in rows.items():
-            value, length = pad_values[key]
-            padded = torch.full((len(sequences), length), value, dtype=sequences[0].dtype)
-            for row, ids in enumerate(sequences):
-                padded[row, : len(ids)] = ids
-            batch[key] = padded
-        return BatchEncoding(batch)
-
-
-def _as_ids(value: Any) -> torch.Tensor:
-    ids = torch.as_tensor(value)
-    if ids.ndim != 1:
-        raise ValueError(f"Model inputs must be one sequence per example; got a field of shape {tuple(ids.shape)}.")
-    return ids
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Samplers whose order is a function of (seed, epoch)
-# --------------------------------------------------------------------------------------------------------------------
-class _EpochSeeded:
-    """Shuffles from a generator seeded with `seed + epoch` at each pass (accelerate's `SeedableRandomSampler`
-    convention), so any epoch's order can be replayed on resume. Mixed into a sampler that draws from
-    `self.generator`."""
-
-    generator: torch.Generator
-    seed: int
-    epoch: int
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer (through accelerate's data loader) before each epoch."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        self.generator.manual_seed(self.seed + self.epoch)
-        yield from super().__iter__()  # type: ignore[misc]
-        self.epoch += 1  # as accelerate's: a loader iterated without set_epoch still reshuffles each pass
-
-
-class SeededLengthGroupedSampler(_EpochSeeded, LengthGroupedSampler):
-    """transformers' `LengthGroupedSampler`, shuffling from `seed + epoch` at each pass."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.epoch = 0
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Sharded training: FSDP2 and DeepSpeed ZeRO
-# --------------------------------------------------------------------------------------------------------------------
-def _leave_critic_unsharded(plugin: Any, model: nn.Module, device: torch.device) -> None:
-    """Keep FSDP off the critic, as DDP is kept off it (`_ddp_params_and_buffers_to_ignore`). The critic takes its
-    steps outside the model's forward and backward, with its own optimizer: sharded, its weights would be DTensors
-    gathered only by the hooks of the root's forward, its gradients never reduced, and an optimizer built before
-    sharding would hold tensors the critic no longer uses. It is small, so every process keeps all of it and the
-    critic step averages its gradients (`_sync_critic`). FSDP moves only what it shards: the critic goes to the
-    device here."""
-    critic = model.critic
-    ignored = plugin.ignored_modules
-    if isinstance(ignored, str):  # a regular expression over module names, as accelerate reads it from its config
-        pattern = re.compile(ignored)
-        ignored = [module.to(device) for name, module in model.named_modules() if pattern.fullmatch(name)]
-    ignored = list(ignored or [])
-    if not any(module is critic for module in ignored):
-        ignored.append(critic)
-    plugin.ignored_modules = ignored
-    critic.to(device)
-
-
-def _freeze_unused_pooler(model: nn.Module) -> None:
-    """The encoder's pooler is used only with `pooling="pooler"`; otherwise it never gets a gradient, so the optimizer
-    never makes a state for it, and loading FSDP2's optimizer checkpoint (torch's `set_optimizer_state_dict`) fails
-    on a trainable parameter without state. Frozen, it trains exactly as before (AdamW skips parameters without a
-    gradient) and the checkpoint resumes. Only under FSDP: elsewhere the optimizer's layout stays that of earlier
-    checkpoints."""
-    pooler = getattr(model.encoder, "pooler", None)
-    if model.config.pooling != "pooler" and isinstance(pooler, nn.Module):
-        pooler.requires_grad_(False)
-
-
-def _check_deepspeed_config(config: Mapping[str, Any]) -> None:
-    """DeepSpeed builds the optimizer of an "optimizer" block over every trainable parameter, the critic's included,
-    where MineVaeTrainer's own VAE optimizer leaves the critic to the critic's optimizer."""
-    if "optimizer" in config:
-        raise ValueError(
-            'The DeepSpeed config has an "optimizer" block, which would make DeepSpeed also train the critic with the '
-            "VAE loss; remove it and choose the optimizer with the training arguments (optim, learning_rate, "
-            'weight_decay, adam_beta1, adam_beta2), which the config\'s "auto" values take.'
-        )
-
-
-def _whole_parameters(module: nn.Module) -> AbstractContextManager:
-    """DeepSpeed ZeRO-3 keeps each process's slice of a weight and gathers the whole tensor only within a module's
-    forward and backward; the critic's optimizer steps outside both, so it steps on the gathered weights, whose
-    result ZeRO-3 slices again on leaving (from process 0: every process computes the same update from the averaged
-    gradients). Other parameters are left as they are."""
-    partitioned = _zero3_partitioned(module)
-    if not partitioned:
-        return nullcontext()
-    import deepspeed  # an optional dependency, there whenever ZeRO-3 partitioned something
-
-    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
-
-
-def _zero3_partitioned(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters of `module` that DeepSpeed ZeRO-3 partitions (those it gave a `ds_id`)."""
-    return [p for p in module.parameters() if hasattr(p, "ds_id")]
-
-
-def _release_backward_leftovers(engine: nn.Module) -> None:
-    """DeepSpeed ZeRO-3 gathers a module's weights again for its backward and lets them go when the gradient of its
-    inputs is computed: a module whose inputs need no gradient (the critic's, whose x view and z are detached) keeps
-    them gathered until the engine's own backward ends by letting go of such leftovers. The critic's backward is not
-    the engine's, so it does the same."""
-    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
-    if offload is not None:
-        offload.release_backward_leftovers()
-
-
-def _partitioned_critic_weights(critic: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The critic's whole weights and buffers when ZeRO-3 partitions it (gathered on every process), else None."""
-    partitioned = _zero3_partitioned(critic)
-    if not partitioned:
-        return None
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(partitioned):
-        return {name: value.detach().cpu().contiguous() for name, value in critic.state_dict().items()}
-
-
-def _restore_partitioned_critic(critic: nn.Module, checkpoint: str) -> None:
-    """Under ZeRO-3, put back the critic's weights and buffers from the checkpoint (see CRITIC_WEIGHTS)."""
-    partitioned = _zero3_partitioned(critic)
-    if not partitioned:
-        return
-    import deepspeed
-
-    path = os.path.join(checkpoint, CRITIC_WEIGHTS)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"{checkpoint} holds no {CRITIC_WEIGHTS}, which a run under DeepSpeed ZeRO-3 resumes the critic from "
-            "(it was saved without ZeRO-3); resume it without ZeRO-3, or from a checkpoint saved with it."
-        )
-    weights = _read(path, load_file)
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
-        try:
-            critic.load_state_dict(weights)
-        except RuntimeError as error:
-            raise _unreadable(path, error, "does not fit this model's critic") from None
-
-
-@contextmanager
-def _as_model_class(model: nn.Module) -> Iterator[None]:
-    """FSDP2 turns the model's class into one it makes (`FSDPMineVaeModel`, in torch's `_fsdp_init` module), and
-    `save_pretrained` writes the class of the object it saves into the config's `auto_map` and copies the file that
-    defines it (with its relative imports) for `trust_remote_code`. The model's own class is put back for the save."""
-    if not dist.is_available():  # torch builds without distributed support have no FSDP
-        yield
-        return
-    from torch.distributed.fsdp import FSDPModule
-
-    cls = type(model)
-    if not issubclass(cls, FSDPModule):
-        yield
-        return
-    model.__class__ = next(base for base in cls.__mro__ if not issubclass(base, FSDPModule))
-    try:
-        yield
-    finally:
-        model.__class__ = cls
-
-
 def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:
     """`args.freeze_encoder` / `freeze_decoder`: fix the pretrained sub-models' weights. The heads this model adds
     (posterior, latent injection, critic) are left trainable. A peft-wrapped model is left to peft, which has already
@@ -872,18 +494,6 @@ def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -
             getattr(model, side).requires_grad_(False)
 
 
-class SeededRandomSampler(_EpochSeeded, RandomSampler):
-    """A `RandomSampler` shuffling from `seed + epoch` at each pass, for when accelerate's seedable sampler is off."""
-
-    def __init__(self, data_source: Any, seed: int):
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
-        self.epoch = 0
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Pickle-free state files
-# --------------------------------------------------------------------------------------------------------------------
 @contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     flags = [p.requires_grad for p in module.parameters()]
@@ -896,192 +506,8 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-# Tensors found inside the JSON part (e.g. a capturable optimizer's lr) go to the safetensors file under this prefix;
-# the optimizer's per-parameter tensors keep the `{param}.{name}` keys that earlier versions wrote.
-_JSON_TENSOR_PREFIX = "__json__."
-
-
-def _save_state(
-    output_dir: str, optimizer_state: dict, scheduler_state: dict, files: _StateFiles = CRITIC_STATE
-) -> None:
-    """An optimizer's and its scheduler's state: tensors in safetensors, everything else in JSON, no pickle anywhere.
-    The JSON is written last, so its presence means the pair is whole."""
-    tensors: dict[str, torch.Tensor] = {}
-    other_state: dict[str, dict[str, Any]] = {}
-    for param, state in optimizer_state["state"].items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{param}.{name}"] = value.detach().cpu().contiguous()
-            else:  # e.g. an integer step count kept outside a tensor
-                other_state.setdefault(str(param), {})[name] = _to_json(value, tensors)
-    meta = {
-        "param_groups": _to_json(optimizer_state["param_groups"], tensors),
-        "scheduler": _to_json(scheduler_state, tensors),
-        "state": other_state,
-    }
-    save_file(tensors, os.path.join(output_dir, files.tensors))
-    with open(os.path.join(output_dir, files.meta), "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-
-
-def _load_state(checkpoint: str, files: _StateFiles = CRITIC_STATE) -> tuple[dict, dict]:
-    """The optimizer and scheduler state dicts `_save_state` wrote; a damaged file is a one-line ValueError."""
-    meta_path = os.path.join(checkpoint, files.meta)
-    meta = _read(meta_path, _read_json)
-    tensors = _read(os.path.join(checkpoint, files.tensors), load_file)
-    try:
-        state: dict[int, dict[str, Any]] = defaultdict(dict)
-        for key, value in tensors.items():
-            if not key.startswith(_JSON_TENSOR_PREFIX):
-                param, name = key.split(".", 1)
-                state[int(param)][name] = value
-        for param, values in meta.get("state", {}).items():
-            for name, value in values.items():
-                state[int(param)][name] = _from_json(value, tensors)
-        param_groups = _from_json(meta["param_groups"], tensors)
-        scheduler_state = _from_json(meta["scheduler"], tensors)
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise _unreadable(meta_path, error) from None
-    return {"state": dict(state), "param_groups": param_groups}, scheduler_state
-
-
-def _restore_state(checkpoint: str, files: _StateFiles, optimizer: Any, scheduler: Any) -> None:
-    optimizer_state, scheduler_state = _load_state(checkpoint, files)
-    _apply_state(os.path.join(checkpoint, files.meta), optimizer, scheduler, optimizer_state, scheduler_state)
-
-
-def _apply_state(path: str, optimizer: Any, scheduler: Any, optimizer_state: dict, scheduler_state: dict) -> None:
-    try:
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(scheduler_state)
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as error:
-        raise _unreadable(path, error, "is damaged or does not fit this model's optimizer") from None
-
-
-def _to_json(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """`value` as JSON, with its tensors moved to `tensors` and tuples / non-string keys marked, so `_from_json`
-    gives back what the optimizer or scheduler wrote."""
-    if isinstance(value, torch.Tensor):
-        key = f"{_JSON_TENSOR_PREFIX}{sum(k.startswith(_JSON_TENSOR_PREFIX) for k in tensors)}"
-        tensors[key] = value.detach().cpu().contiguous()
-        return {"__tensor__": key}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_to_json(v, tensors) for v in value]}
-    if isinstance(value, list):
-        return [_to_json(v, tensors) for v in value]
-    if isinstance(value, Mapping):
-        if all(isinstance(k, str) for k in value):
-            return {k: _to_json(v, tensors) for k, v in value.items()}
-        return {"__items__": [[_to_json(k, tensors), _to_json(v, tensors)] for k, v in value.items()]}
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"Cannot store a {type(value).__name__} in a checkpoint without pickle: {value!r}")
-
-
-def _from_json(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    if isinstance(value, list):
-        return [_from_json(v, tensors) for v in value]
-    if isinstance(value, dict):
-        if "__tensor__" in value:
-            return tensors[value["__tensor__"]]
-        if "__tuple__" in value:
-            return tuple(_from_json(v, tensors) for v in value["__tuple__"])
-        if "__items__" in value:
-            return {_from_json(k, tensors): _from_json(v, tensors) for k, v in value["__items__"]}
-        return {k: _from_json(v, tensors) for k, v in value.items()}
-    return value
-
-
-def _save_rng(path: str, distributed: bool) -> None:
-    """The generators a resumed run must continue: torch's (CPU, CUDA) as tensors, python's and numpy's as JSON in
-    the file's metadata."""
-    tensors = {"cpu": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        if distributed:  # as the Trainer: every device's state when distributed, the current one's otherwise
-            for index, state in enumerate(torch.cuda.random.get_rng_state_all()):
-                tensors[f"cuda.{index}"] = state
-        else:
-            tensors["cuda"] = torch.cuda.random.get_rng_state()
-    version, internal, gauss_next = random.getstate()
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    metadata = {
-        "python": json.dumps([version, list(internal), gauss_next]),
-        "numpy": json.dumps([kind, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)]),
-    }
-    save_file(tensors, path, metadata=metadata)
-
-
-def _read_rng(path: str) -> dict[str, Any]:
-    """What `_save_rng` wrote, in the layout of the Trainer's rng_state.pth (which `_set_rng` also takes)."""
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    version, internal, gauss_next = json.loads(metadata["python"])
-    kind, keys, position, has_gauss, cached_gaussian = json.loads(metadata["numpy"])
-    states: dict[str, Any] = {
-        "python": (version, tuple(internal), gauss_next),
-        "numpy": (kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian),
-        "cpu": tensors["cpu"],
-    }
-    if "cuda" in tensors:
-        states["cuda"] = tensors["cuda"]
-    elif "cuda.0" in tensors:
-        states["cuda"] = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
-    return states
-
-
-def _set_rng(states: Mapping[str, Any], distributed: bool) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.random.set_rng_state(states["cpu"])
-    if torch.cuda.is_available():
-        set_rng_state_for_device("CUDA", torch.cuda, states, distributed)  # logs, as the Trainer, when it cannot
-
-
-def _other_accelerator() -> bool:
-    """Devices whose generators only the Trainer's own RNG files cover."""
-    return any(
-        check()
-        for check in (
-            is_torch_xla_available,
-            is_torch_npu_available,
-            is_torch_hpu_available,
-            is_torch_mlu_available,
-            is_torch_musa_available,
-        )
-    )
-
-
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _load_weights_only(path: str) -> Any:
-    """An earlier version's .pt/.pth file: tensors and plain containers only (numpy's RNG arrays allowed)."""
-    with safe_globals():
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _read(path: str, reader: Callable[[str], Any]) -> Any:
-    try:
-        return reader(path)
-    except Exception as error:  # whatever the format's reader raises for a damaged file
-        raise _unreadable(path, error) from None
-
-
-def _unreadable(path: str, error: BaseException, problem: str = "is damaged or incomplete") -> ValueError:
-    """One line naming the file and where to resume instead. The reader's own message is left out on purpose:
-    torch.load's suggests weights_only=False, which would run whatever code a damaged or planted file holds."""
-    checkpoint = os.path.dirname(os.path.abspath(path))
-    other = last_complete_checkpoint(os.path.dirname(checkpoint), exclude=checkpoint)
-    where = f"resume from another checkpoint, e.g. {other}" if other else "resume from another checkpoint"
-    return ValueError(f"Cannot read {path} ({type(error).__name__}): the file {problem}; {where}.")
-
-
 __all__ = [
+    "LOGGED_TERMS",
     "MineVaeTrainer",
     "MineVaeTrainingCollator",
     "OVERRIDDEN_TRAINER_INTERNALS",

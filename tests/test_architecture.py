@@ -13,19 +13,24 @@ LAYERS = {
     "critic": 1,
     "modeling_mine_vae": 2,
     "evaluation": 3,
+    "estimators": 3,
     "metrics": 3,
     "latent": 3,
     "schedules": 4,
     "training_args": 4,
     "adapters": 4,
     "trainer": 4,
+    "checkpointing": 4,
+    "distributed": 4,
+    "sampling": 4,
+    "runs": 4,
     "modelcard": 4,
     "hub": 4,
     "study": 4,
     "cli": 5,
     "explorer": 5,
 }
-FEEDERS = {"data", "processing_mine_vae", "presets", "assets"}
+FEEDERS = {"data", "processing_mine_vae", "data_collator", "presets", "assets"}
 FEEDER_LAYER = 2  # what a feeder may import besides other feeders
 
 

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import torch
 from mine_vae import MineVaeModel, MineVaeProcessor
 from mine_vae.cli import COMMANDS, _ensure_commands, format_table, main
 from mine_vae.cli.parsing import parse_command
+from mine_vae.presets import get_preset
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 
 TINY = ["--preset", "tiny"]
@@ -214,7 +216,7 @@ def test_lora_run_saves_a_merged_plain_model_and_resumes_exactly_from_its_adapte
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()
     # The base is rebuilt from the flags: other settings or other weights than the run's are refused.
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--kl_weight", "0.5"])
-    assert_one_line_error(code, err, "not the one the adapters", "kl_weight 1.0 -> 0.5", "flags and data the run")
+    assert_one_line_error(code, err, "trained on another base model", "kl_weight 1.0 -> 0.5", "flags and data the run")
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume", "--seed", "7"])
     assert_one_line_error(code, err, "its weights differ from the run's base")
     code, _, err = run([*flags, "--output_dir", str(resumed), "--resume"])
@@ -373,6 +375,22 @@ def test_train_help_lists_training_arguments_and_preset_defaults():
     ):
         assert flag in out
     assert "mine-vae-tiny" in out  # the preset's output_dir is the default shown
+
+
+def test_help_states_each_default_once():
+    _ensure_commands()
+    for name in list(COMMANDS):
+        code, out, _ = run([name, "--help"])
+        assert code == 0, name
+        for option in re.split(r"\n(?=  -)", out):
+            assert " ".join(option.split()).count("(default") <= 1, option
+    code, out, _ = run(["train", "--preset", "tiny", "--help"])
+    flat = " ".join(out.split())
+    # A default the help explains gets the value in the same parentheses, or stands alone when the value is None.
+    assert f"Dimension of z (default: {get_preset('tiny').defaults()['latent_size']}, the preset's)." in flat
+    assert "alpha / r (default: 2r)." in flat
+    # transformers' own "(default)" marks go: the value shown is the one this command uses.
+    assert "Sampler for training: 'random', 'sequential'" in flat
 
 
 def test_overview_lists_commands():

@@ -296,3 +296,19 @@ def test_transformers_sees_the_decoder_tokenizer_as_the_processor_tokenizer() ->
     config, generation = model.config.to_dict(), model.generation_config.to_dict()
     align_special_tokens(model, processor)
     assert model.config.to_dict() == config and model.generation_config.to_dict() == generation
+
+
+def test_the_length_rule_fits_a_sentence_of_max_length_tokens_exactly() -> None:
+    from mine_vae.presets import build_from_scratch, get_preset
+
+    texts = ["a b c d e", "a b c d e f"]  # word-level tokenizers: one token a word
+    _, processor = build_from_scratch(get_preset("tiny"), texts, max_length=5)
+    assert processor.max_sentence_length == 5
+    encoder_limit, decoder_limit = processor.token_limits(5)
+    encoded = processor.encode_texts(texts, truncate=False)
+    fits = [len(e) <= encoder_limit and len(d) <= decoder_limit for e, d in zip(*encoded.values())]
+    assert fits == [True, False]
+    # The sentence that fits fills the processor's limits exactly: special tokens, BOS and EOS included.
+    batch = processor(texts[:1])
+    assert batch["input_ids"].shape[1] == processor.max_encoder_length
+    assert batch["labels"].shape[1] == batch["decoder_input_ids"].shape[1] == processor.max_decoder_length

@@ -10,7 +10,7 @@ import pytest
 import tiny
 import torch
 
-from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
+from mine_vae.trainer import LOGGED_TERMS, MineVaeTrainer, last_complete_checkpoint
 from mine_vae.training_args import MineVaeTrainingArguments
 
 
@@ -59,6 +59,8 @@ def test_each_term_is_logged(tmp_path):
     assert logged
     for key in ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda"):
         assert all(key in entry for entry in logged), key
+    # What the CLI and the study show of a log line: the trainer's terms, declared once, and nothing it does not log.
+    assert set(LOGGED_TERMS) == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
     # lambda is 0 during the critic warm-up step and then active.
     assert logged[0]["lambda"] < 1.0 and logged[-1]["lambda"] == 1.0
 

@@ -1,5 +1,5 @@
 """The Trainer contracts users rely on: tokenized datasets, several evaluation sets, exact resume with every sampler,
-pickle-free checkpoints (and resuming the pickled ones of earlier versions), and errors that name the fix."""
+pickle-free checkpoints, and errors that name the fix."""
 
 import inspect
 import json
@@ -11,21 +11,13 @@ import datasets
 import pytest
 import tiny
 import torch
-from safetensors.torch import save_file
 from transformers import Trainer
 from transformers.optimization import Adafactor, get_scheduler
 
-from mine_vae.trainer import (
-    CRITIC_STATE,
-    OPTIMIZER_STATE,
-    OVERRIDDEN_TRAINER_INTERNALS,
-    MineVaeTrainer,
-    MineVaeTrainingCollator,
-    SeededLengthGroupedSampler,
-    _load_state,
-    _save_state,
-    last_complete_checkpoint,
-)
+from mine_vae.checkpointing import CRITIC_STATE, OPTIMIZER_STATE, last_complete_checkpoint, load_state, save_state
+from mine_vae.data_collator import MineVaeTrainingCollator
+from mine_vae.sampling import SeededLengthGroupedSampler
+from mine_vae.trainer import OVERRIDDEN_TRAINER_INTERNALS, MineVaeTrainer
 from mine_vae.training_args import MineVaeTrainingArguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -246,8 +238,8 @@ SAMPLERS = {
 }
 
 
-def checkpointing_trainer(output_dir, sampler: str, trainer_class=MineVaeTrainer, kind="gpt2") -> MineVaeTrainer:
-    return trainer_class(
+def checkpointing_trainer(output_dir, sampler: str, kind="gpt2") -> MineVaeTrainer:
+    return MineVaeTrainer(
         model=tiny.model(kind, mi_weight=1.0, xi="ema"),
         args=make_args(output_dir, save_strategy="steps", save_steps=SAVE_STEPS, **SAMPLERS[sampler]),
         processing_class=tiny.processor(),
@@ -305,7 +297,7 @@ def test_the_length_grouped_order_is_a_function_of_seed_and_epoch():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# No pickle in checkpoints; earlier checkpoints still resume; damaged files name themselves
+# No pickle in checkpoints; damaged files name themselves
 # ----------------------------------------------------------------------------------------------------------------
 def assert_no_pickle(folder: Path) -> None:
     for path in folder.rglob("*"):
@@ -333,41 +325,6 @@ def test_checkpoints_and_saved_models_hold_no_pickle(tmp_path, uninterrupted):
     assert (tmp_path / "training_args.json").is_file()
 
 
-class EarlierVersionTrainer(MineVaeTrainer):
-    """Writes checkpoints as earlier versions did: the Trainer's own pickles (optimizer.pt, scheduler.pt,
-    rng_state.pth, training_args.bin, each a torch.save of the real state) and the critic's state in the first
-    safetensors + JSON layout."""
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        Trainer._save_optimizer_and_scheduler(self, output_dir)
-        critic_state = self.critic_optimizer.state_dict()
-        tensors = {f"{p}.{n}": v.contiguous() for p, s in critic_state["state"].items() for n, v in s.items()}
-        save_file(tensors, os.path.join(output_dir, CRITIC_STATE.tensors))
-        meta = {"param_groups": critic_state["param_groups"], "scheduler": self.critic_lr_scheduler.state_dict()}
-        Path(output_dir, CRITIC_STATE.meta).write_text(json.dumps(meta))
-
-    def _save_rng_state(self, output_dir: str) -> None:
-        Trainer._save_rng_state(self, output_dir)
-
-    def _save(self, output_dir=None, state_dict=None) -> None:
-        Trainer._save(self, output_dir, state_dict)
-
-
-@pytest.mark.parametrize("step", [2, 4], ids=["mid-first-epoch", "mid-second-epoch"])
-def test_a_checkpoint_of_an_earlier_version_still_resumes_exactly(tmp_path, uninterrupted, step):
-    _, expected = uninterrupted("group_by_length")
-    old = checkpointing_trainer(tmp_path / "old", "group_by_length", trainer_class=EarlierVersionTrainer)
-    old.add_callback(tiny.StopAt(step))
-    old.train()
-    checkpoint = tmp_path / "old" / f"checkpoint-{step}"
-    names = set(os.listdir(checkpoint))
-    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"} <= names
-    assert not {OPTIMIZER_STATE.meta, "rng_state.safetensors"} & names
-    resumed = checkpointing_trainer(tmp_path / "new", "group_by_length")
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert_same_state(state(resumed.model), expected)
-
-
 @pytest.mark.parametrize(
     "damaged",
     [
@@ -375,8 +332,6 @@ def test_a_checkpoint_of_an_earlier_version_still_resumes_exactly(tmp_path, unin
         OPTIMIZER_STATE.meta,
         CRITIC_STATE.tensors,
         "rng_state.safetensors",
-        "optimizer.pt",  # an earlier version's files: torch.load's own message would suggest weights_only=False
-        "rng_state.pth",
     ],
 )
 def test_a_damaged_state_file_is_a_one_line_error_naming_it_and_another_checkpoint(tmp_path, uninterrupted, damaged):
@@ -385,15 +340,6 @@ def test_a_damaged_state_file_is_a_one_line_error_naming_it_and_another_checkpoi
     for step in (2, 4):
         shutil.copytree(source / f"checkpoint-{step}", output_dir / f"checkpoint-{step}")
     checkpoint = output_dir / "checkpoint-4"
-    if damaged.endswith((".pt", ".pth")):  # an earlier version's checkpoint: drop the new files, write a bad pickle
-        for name in (*OPTIMIZER_STATE, "rng_state.safetensors"):
-            (checkpoint / name).unlink()
-        (checkpoint / "scheduler.pt").write_bytes(b"")
-        if damaged == "rng_state.pth":  # the optimizer's must load for the RNG's to be read
-            trainer = checkpointing_trainer(tmp_path / "tmp", "group_by_length")
-            trainer.create_optimizer_and_scheduler(MAX_STEPS)
-            torch.save(trainer.optimizer.state_dict(), checkpoint / "optimizer.pt")
-            torch.save(trainer.lr_scheduler.state_dict(), checkpoint / "scheduler.pt")
     (checkpoint / damaged).write_bytes(b"\x80\x04 not what was saved" * 3)
     trainer = checkpointing_trainer(output_dir, "group_by_length")
     with pytest.raises(ValueError) as caught:
@@ -456,9 +402,9 @@ def test_optimizer_and_scheduler_states_round_trip_without_pickle(tmp_path, make
         layer(torch.randn(5, 4)).square().sum().backward()
         optimizer.step()
         scheduler.step()
-    _save_state(str(tmp_path), optimizer.state_dict(), scheduler.state_dict(), OPTIMIZER_STATE)
+    save_state(str(tmp_path), optimizer.state_dict(), scheduler.state_dict(), OPTIMIZER_STATE)
     _, fresh, fresh_scheduler = build()
-    optimizer_state, scheduler_state = _load_state(str(tmp_path), OPTIMIZER_STATE)
+    optimizer_state, scheduler_state = load_state(str(tmp_path), OPTIMIZER_STATE)
     fresh.load_state_dict(optimizer_state)
     fresh_scheduler.load_state_dict(scheduler_state)
     expected, got = optimizer.state_dict(), fresh.state_dict()
@@ -480,7 +426,7 @@ def test_checkpoint_rotation_leaves_the_users_own_checkpoint_folders(tmp_path):
     import os
     import time
 
-    from mine_vae.trainer import step_checkpoints
+    from mine_vae.checkpointing import step_checkpoints
 
     output_dir = tmp_path / "out"
     best = output_dir / "checkpoint-best"

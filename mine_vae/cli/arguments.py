@@ -109,7 +109,10 @@ class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id instead of files."})
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     max_length: int | None = field(
-        default=None, metadata={"help": "Most tokens per sentence, special tokens excluded (default: preset / model)."}
+        default=None,
+        metadata={
+            "help": "Most tokens per sentence, special tokens excluded (default: the preset's, else the model's limit)."
+        },
     )
     overlength: str = field(
         default="drop", metadata={"help": "Sentences over --max_length: 'drop' them or 'truncate' them (counted)."}

@@ -97,7 +97,7 @@ def run_evaluate(load: LoadArguments, data: DataArguments, options: EvaluateArgu
     corpus = corpus_from_arguments(data, validation_file=options.file)
     split = _choose_split(corpus, options.split if not options.file else "validation")
     dataset = first_examples(corpus[split], data.max_eval_examples)
-    max_length = data.max_length or processor.max_decoder_length - 1
+    max_length = data.max_length or processor.max_sentence_length
     tokenized, counts = tokenize_splits(
         subset_splits({split: dataset}, [split]), processor, max_length, data.overlength
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,11 @@ def corpus_from_arguments(data: DataArguments, validation_file: str | None = Non
 
 
 def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: str) -> tuple[Any, dict[str, int]]:
-    """Tokenise for both models. The limits are applied by `tokenize_corpus`, which counts what it drops or cuts;
-    the processor's own truncation is lifted so that `overlength="drop"` can see the long sentences."""
-    from ..data import tokenize_corpus
+    """Tokenise for both models (`mine_vae.runs.tokenize`), its errors as one-line CLI errors."""
+    from ..runs import tokenize
 
-    encoder_limit = min(max_length + 2, processor.max_encoder_length)  # + [CLS] ... [SEP]
-    decoder_limit = min(max_length, processor.max_decoder_length - 1)  # the collator adds BOS / EOS
     with user_errors(ValueError):
-        encode = functools.partial(processor.encode_texts, truncate=False)
-        return tokenize_corpus(corpus, encode, encoder_limit, decoder_limit, overlength=overlength)
+        return tokenize(corpus, processor, max_length, overlength)
 
 
 def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
@@ -142,7 +137,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def newest_checkpoint(folder: Path) -> str | None:
-    from ..trainer import last_complete_checkpoint
+    from ..checkpointing import last_complete_checkpoint
 
     return last_complete_checkpoint(str(folder))
 

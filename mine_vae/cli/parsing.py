@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,36 @@ from .commands import COMMANDS, PROG, CliError, Command
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 
+# A default the help text states itself, e.g. "(default: the preset's)": one group, nested parentheses allowed.
+_STATED_DEFAULT = re.compile(r"\s*\(default: ((?:[^()]|\([^()]*\))*)\)")
+# transformers' help texts mark a value as "(default)" ("If True (default), ..."), which is not always MINE-VAE's.
+_MARKED_DEFAULT = re.compile(r" \(default\)")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, and the examples epilog printed as written."""
+    """Each option's default once in its help, and the examples epilog printed as written.
+
+    argparse appends "(default: VALUE)" to every help; where the help already says what its default is, the value is
+    put in that statement instead (or left out when it is None, which the statement explains). transformers' own
+    "(default)" marks go: the value shown is the one this command uses. The `--no_*` twin of a switch shows none: its
+    stored default is the switch's opposite, not the setting's."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = _MARKED_DEFAULT.sub("", action.help or "")
+        shows_default = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if (
+            "%(default)" in text
+            or action.default is argparse.SUPPRESS
+            or not shows_default
+            or isinstance(action, argparse._StoreFalseAction)
+        ):
+            return text
+        stated = _STATED_DEFAULT.search(text)
+        if stated is None:
+            return f"{text} (default: %(default)s)"
+        if action.default is None:
+            return text
+        return f"{text[: stated.start()]} (default: %(default)s, {stated.group(1)}){text[stated.end() :]}"
 
 
 class _Parser(HfArgumentParser):

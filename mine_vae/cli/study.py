@@ -166,8 +166,9 @@ def _check_counts(study: StudyArguments) -> None:
 
 def run_study_command(study: StudyArguments, budget_args: Any, data: DataArguments, extra: argparse.Namespace) -> int:
     from ..study import get_study_preset, read_meta, report, run_and_record
+    from ..study.record import relative_path
     from ..study.report import PLOTS_HINT, import_pyplot
-    from ..study.runner import StudyPaths, check_method, relative_path
+    from ..study.runner import StudyPaths, check_method
 
     quiet_library_logs(show_progress=False)
     _check_counts(study)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..adapters import merged_vae
 from ..data import first_examples
-from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
+from ..presets import Preset, get_preset
+from ..runs import build_model, hold_out, make_trainer
 from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
@@ -83,27 +83,6 @@ def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-class _LogLines(TrainerCallback):
-    """One compact line per log on stderr, instead of the Trainer printing dicts to stdout (which `--json` owns)."""
-
-    KEYS = ("loss", "reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "learning_rate")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        if "train_runtime" in logs:
-            line = f"Trained {state.global_step} steps in {logs['train_runtime']:.0f} s."
-        elif "loss" in logs:
-            parts = [f"step {state.global_step}/{state.max_steps}"]
-            parts += [f"{key} {logs[key]:.4g}" for key in self.KEYS if isinstance(logs.get(key), (int, float))]
-            line = " | ".join(parts)
-        else:
-            return
-        from tqdm.auto import tqdm  # a dependency of transformers
-
-        tqdm.write(line, file=sys.stderr)  # above the progress bar, not through it
-
-
 def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite: bool) -> bool:
     """Whether `output_dir` holds a previous run that this one replaces (with --overwrite; only once the new model is
     saved). Without --overwrite, a saved model or checkpoints are refused: nothing saved is clobbered silently."""
@@ -138,25 +117,12 @@ def _check_training_values(training_args: Any) -> None:
 
 
 def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None:
-    from ..trainer import is_complete_checkpoint, last_complete_checkpoint
+    """--resume_from_checkpoint, or with --resume the newest complete checkpoint in --output_dir: known before the
+    model is built, which a checkpoint provides."""
+    from ..checkpointing import resume_point
 
-    explicit = training_args.resume_from_checkpoint
-    if explicit:
-        if not is_complete_checkpoint(explicit):
-            raise CliError(
-                f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint; pass a checkpoint-N folder "
-                "holding trainer_state.json, or use --resume for the newest one in --output_dir."
-            )
-        return explicit
-    if not run.resume:
-        return None
-    checkpoint = last_complete_checkpoint(training_args.output_dir)
-    if checkpoint is None:
-        raise CliError(
-            f"--resume: no complete checkpoint in {training_args.output_dir!r}; check --output_dir, or start a new run "
-            "without --resume."
-        )
-    return checkpoint
+    with user_errors(ValueError):
+        return resume_point(training_args.output_dir, training_args.resume_from_checkpoint or run.resume)
 
 
 def _build_model(
@@ -239,7 +205,7 @@ def _load_adapter_checkpoint(model: Any, checkpoint: str) -> Any:
     from peft import PeftModel
     from safetensors import SafetensorError
 
-    from ..adapters import base_mismatch, peft_deprecations_silenced, train_heads_with_adapters
+    from ..adapters import check_adapter_base, peft_deprecations_silenced, train_heads_with_adapters
 
     try:
         with peft_deprecations_silenced():
@@ -254,12 +220,9 @@ def _load_adapter_checkpoint(model: Any, checkpoint: str) -> Any:
             f"the adapters in {checkpoint} do not fit the model these flags build ({one_line(str(error))[:200]}); "
             "resume with the model flags the run started with."
         ) from error
-    mismatch = base_mismatch(wrapped, checkpoint)
-    if mismatch:
-        raise CliError(
-            f"the model these flags build is not the one the adapters in {checkpoint} were trained on: {mismatch}; "
-            "resume with the flags and data the run started with."
-        )
+    # Checked here, before the data is tokenised, with the check MineVaeTrainer.train makes for library users.
+    with user_errors(ValueError):
+        check_adapter_base(wrapped, checkpoint, "resume with the flags and data the run started with")
     return train_heads_with_adapters(wrapped)
 
 
@@ -274,60 +237,35 @@ def _build_new_model(
     preset: Preset, model_args: ModelArguments, data: DataArguments, train_texts: Sequence[str]
 ) -> tuple[Any, Any]:
     with user_errors(*INPUT_ERRORS):
-        config_kwargs = model_args.config_kwargs()
-        if model_args.encoder or model_args.decoder or not preset.from_scratch:
-            encoder = model_args.encoder or _preset_side(preset, "encoder")
-            decoder = model_args.decoder or _preset_side(preset, "decoder")
-            return build_pretrained(encoder, decoder, data.max_length, **{**preset.model, **config_kwargs})
-        return build_from_scratch(
-            preset, train_texts, data.max_length, data.vocab_size, data.min_frequency, **config_kwargs
+        return build_model(
+            preset,
+            train_texts,
+            data.max_length,
+            data.vocab_size,
+            data.min_frequency,
+            encoder=model_args.encoder,
+            decoder=model_args.decoder,
+            **model_args.config_kwargs(),
         )
-
-
-def _preset_side(preset: Preset, side: str) -> str:
-    if preset.from_scratch:
-        raise CliError(
-            f"--encoder and --decoder go together: preset {preset.name!r} builds both from scratch; give both "
-            f"pretrained models, or use --preset minilm-smollm2."
-        )
-    return preset.encoder_path() if side == "encoder" else preset.decoder_path()
 
 
 def _split_for_eval(corpus: Any, data: DataArguments, seed: int) -> tuple[Any, str]:
     """The training split and the evaluation split; without a validation split, a held-out share of the training
     text (the final metrics must come from sentences the model has not trained on)."""
-    from datasets import DatasetDict
-
     if "train" not in corpus:
         raise CliError(f"the corpus has no train split (splits: {', '.join(corpus)}); pass --train_file.")
     for name in ("validation", "test"):
         if name in corpus:
             return corpus, name
-    share = data.validation_split_percentage / 100
-    if not 0 < share < 1 or len(corpus["train"]) < 4:
+    try:
+        corpus, _ = hold_out(corpus, ["validation"], data.validation_split_percentage, seed)
+    except ValueError as error:
         raise CliError(
             "the corpus has no validation split: pass --validation_file, or --validation_split_percentage between "
             "1 and 99 with at least 4 training sentences."
-        )
-    parts = corpus["train"].train_test_split(test_size=max(2, round(share * len(corpus["train"]))), seed=seed)
-    inform(f"No validation split: holding out {len(parts['test'])} training sentences for the final evaluation.")
-    return DatasetDict({"train": parts["train"], "validation": parts["test"]}), "validation"
-
-
-def _replace_progress_printing(trainer: Any) -> None:
-    trainer.remove_callback(PrinterCallback)
-    if trainer.args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-    else:
-        # Keep the progress bar, drop its dict printing: the bar's on_log prints to stdout.
-        trainer.pop_callback(ProgressCallback)
-        trainer.add_callback(_QuietProgress())
-    trainer.add_callback(_LogLines())
-
-
-class _QuietProgress(ProgressCallback):
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return None
+        ) from error
+    inform(f"No validation split: holding out {len(corpus['validation'])} training sentences for the final evaluation.")
+    return corpus, "validation"
 
 
 def run_train(
@@ -355,7 +293,7 @@ def run_train(
     corpus, eval_name = _split_for_eval(corpus_from_arguments(data), data, training_args.seed)
     corpus["train"] = first_examples(corpus["train"], data.max_train_examples)
     model, processor = _build_model(preset, model_args, data, lora, corpus["train"]["text"], checkpoint)
-    max_length = data.max_length or processor.max_decoder_length - 1
+    max_length = data.max_length or processor.max_sentence_length
     tokenized, counts = tokenize_splits(
         subset_splits(corpus, ["train", eval_name]), processor, max_length, data.overlength
     )
@@ -480,18 +418,9 @@ def _write_errors(folder: Path) -> Iterator[None]:
 
 
 def _make_trainer(model: Any, processor: Any, training_args: Any, train_dataset: Any) -> tuple[Any, _StopOnInterrupt]:
-    from ..trainer import MineVaeTrainer
-
     stopper = _StopOnInterrupt()
     with user_errors(ValueError, TypeError):  # e.g. a batch size the MI bound cannot pair
-        trainer = MineVaeTrainer(
-            model=model,
-            args=training_args,
-            processing_class=processor,
-            train_dataset=train_dataset,
-            callbacks=[stopper],
-        )
-    _replace_progress_printing(trainer)
+        trainer = make_trainer(model, processor, training_args, train_dataset, callbacks=[stopper])
     return trainer, stopper
 
 

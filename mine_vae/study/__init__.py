@@ -24,6 +24,7 @@ from .methods import (
     get_study_preset,
     resolve_method,
 )
+from .record import cpu_model, machine_description, read_meta, run_and_record
 from .report import (
     Claim,
     Summary,
@@ -44,13 +45,9 @@ from .runner import (
     build_model,
     check_method,
     complete_splits,
-    cpu_model,
     evaluate_run,
-    machine_description,
     prepare_data,
     quiet_libraries,
-    read_meta,
-    run_and_record,
     run_one,
     run_study,
     training_kwargs,

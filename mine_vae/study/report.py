@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_mine_vae import MineVaeConfig
-from ..evaluation import MI_SATURATION_MARGIN
+from ..estimators import MI_SATURATION_MARGIN
 from .methods import EVAL_SPLIT, checked_fields
-from .runner import FINISHED, REPORTED_ARGS, machine_description
+from .record import machine_description
+from .runner import FINISHED, REPORTED_ARGS
 
 # The recorded settings that the settings table and the budget line read, by name: checked against the dataclasses
 # and against what a run records, so that a renamed field fails on import instead of in a finished study's report.

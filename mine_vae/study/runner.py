@@ -13,11 +13,9 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -30,6 +28,9 @@ import torch
 from transformers import TrainingArguments
 
 from ..data import first_examples
+from ..runs import build_model as build_run_model
+from ..runs import hold_out, make_trainer, tokenize
+from ..trainer import LOGGED_TERMS, MineVaeTrainer
 from ..training_args import MineVaeTrainingArguments
 from .methods import (
     CRITIC,
@@ -46,7 +47,6 @@ from .methods import (
 )
 
 FINISHED = "finished"  # results of finished runs, under the study's folder (not "runs/": .gitignore drops those)
-META = "meta.json"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -92,22 +92,7 @@ def complete_splits(corpus: Any, percentage: float, seed: int = 0) -> tuple[Any,
     """The corpus with the three splits the study needs: a validation or test split it lacks is held out of the
     training text (`percentage` % of it each, at least 2 sentences), the same sentences for every run. Returns the
     corpus and the names of the splits held out."""
-    from datasets import DatasetDict
-
-    if "train" not in corpus:
-        raise ValueError(f"The study needs a train split; the corpus has {', '.join(corpus) or 'none'}.")
-    splits = dict(corpus)
-    held_out = [name for name in (PROBE_SPLIT, EVAL_SPLIT) if name not in splits]
-    for name in held_out:
-        size = max(2, round(percentage / 100 * len(corpus["train"])))
-        if not 0 < percentage < 100 or len(splits["train"]) - size < 2:
-            raise ValueError(
-                f"The corpus has no {name} split and {len(splits['train'])} training sentences: give a {name} file, "
-                "or a held-out percentage between 1 and 99 of a training text of more sentences."
-            )
-        parts = splits["train"].train_test_split(test_size=size, seed=seed)
-        splits["train"], splits[name] = parts["train"], parts["test"]
-    return DatasetDict(splits), held_out
+    return hold_out(corpus, (PROBE_SPLIT, EVAL_SPLIT), percentage, seed)
 
 
 def prepare_data(
@@ -116,7 +101,7 @@ def prepare_data(
     """Load the corpus (PTB by default) and tokenise it the way `mine-vae train --preset <preset_name>` does."""
     import datasets
 
-    from ..data import load_corpus, tokenize_corpus
+    from ..data import load_corpus
     from ..presets import build_from_scratch, get_preset, pretrained_tokenizers
     from ..processing_mine_vae import MineVaeProcessor
 
@@ -134,10 +119,9 @@ def prepare_data(
         tokenizers = (processor.encoder_tokenizer, processor.decoder_tokenizer)
     else:
         tokenizers = pretrained_tokenizers(preset.encoder_path(), preset.decoder_path())
-    untruncated = MineVaeProcessor(*tokenizers, 10**9, 10**9)
-    tokenized, counts = tokenize_corpus(
-        corpus, untruncated.encode_texts, max_length + 2, max_length, overlength=settings.overlength
-    )
+    # The model's limits are not known before it is built; the sentences kept fit them (the length rule).
+    unlimited = MineVaeProcessor(*tokenizers, 10**9, 10**9)
+    tokenized, counts = tokenize(corpus, unlimited, max_length, settings.overlength)
     return StudyData(texts, tokenized, counts, settings)
 
 
@@ -145,19 +129,18 @@ def build_model(preset_name: str, data: StudyData, method: Method, seed: int) ->
     """The preset's model and processor with the method's config; the same initial weights for every method."""
     from transformers import set_seed
 
-    from ..presets import build_from_scratch, build_pretrained, get_preset
+    from ..presets import get_preset
 
-    preset = get_preset(preset_name)
     settings = data.settings or DataSettings.of_preset(preset_name)
-    set_seed(seed)
-    if preset.from_scratch:
-        model, processor = build_from_scratch(
-            preset, data.train_texts, settings.max_length, settings.vocab_size, settings.min_frequency, **method.model
-        )
-    else:  # the pretrained pair: the heads (posterior, injection, critic) start from the seed's random weights
-        model, processor = build_pretrained(
-            preset.encoder_path(), preset.decoder_path(), settings.max_length, **{**preset.model, **method.model}
-        )
+    set_seed(seed)  # with a pretrained pair, the heads (posterior, injection, critic) start from the seed's weights
+    model, processor = build_run_model(
+        get_preset(preset_name),
+        data.train_texts,
+        settings.max_length,
+        settings.vocab_size,
+        settings.min_frequency,
+        **method.model,
+    )
     processor.model_input_names = ["input_ids", "attention_mask"]  # read by the length-grouped sampler
     return model, processor
 
@@ -262,31 +245,21 @@ def _max_new(texts: Sequence[str]) -> int:
     return 2 * max(len(text.split()) for text in texts) + 8
 
 
-_PROGRESS_KEYS = ("reconstruction", "kl", "mi_bound", "probe_au", "probe_bleu", "beta", "lambda")
+# What the study's trainer adds to each log line, beside the trainer's own terms.
+PROBE_TERMS = ("probe_au", "probe_mi", "probe_bleu")
 
 
 def _study_trainer_class() -> type:
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
-
-    from ..trainer import MineVaeTrainer
-
     class StudyTrainer(MineVaeTrainer):
-        """Adds the probe's active units and MI to every training log line (the curves of the plots)."""
+        """Adds the probe's active units and MI (and reconstruction BLEU) to every training log line (the curves of
+        the plots)."""
 
         def __init__(
-            self,
-            *args: Any,
-            probe: Mapping[str, torch.Tensor],
-            label: str,
-            bleu_texts: Sequence[str] = (),
-            **kwargs: Any,
+            self, *args: Any, probe: Mapping[str, torch.Tensor], bleu_texts: Sequence[str] = (), **kwargs: Any
         ) -> None:
             super().__init__(*args, **kwargs)
             self.probe = probe
             self.bleu_texts = list(bleu_texts)
-            self.remove_callback(PrinterCallback)
-            self.add_callback(_ProgressLine(label))
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
@@ -294,17 +267,6 @@ def _study_trainer_class() -> type:
                 if self.bleu_texts:
                     logs.update(_probe_bleu(self._vae, self.processing_class, self.bleu_texts, self.args.bf16))
             super().log(logs, start_time)
-
-    class _ProgressLine(TrainerCallback):
-        """One line per log on stderr: stdout carries the study's results."""
-
-        def __init__(self, label: str) -> None:
-            self.label = label
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                shown = " ".join(f"{k}={logs[k]:.3g}" for k in _PROGRESS_KEYS if k in logs)
-                print(f"[{self.label}] step {state.global_step}/{state.max_steps} {shown}", file=sys.stderr, flush=True)
 
     return StudyTrainer
 
@@ -345,18 +307,7 @@ def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, ba
     return metrics
 
 
-CURVE_KEYS = (
-    "loss",
-    "reconstruction",
-    "kl",
-    "mi_bound",
-    "critic_loss",
-    "beta",
-    "lambda",
-    "probe_au",
-    "probe_mi",
-    "probe_bleu",
-)
+CURVE_KEYS = ("loss", *LOGGED_TERMS, *PROBE_TERMS)
 
 
 def curves(log_history: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
@@ -417,7 +368,7 @@ def run_one(
     Returns the results, or None when training stopped before the budget's last step (a callback asked it to, as
     an interruption would): the checkpoints stay, and the next call resumes from them.
     """
-    from ..trainer import last_complete_checkpoint
+    from ..checkpointing import last_complete_checkpoint
 
     result_path = paths.result(spec, seed)
     if result_path.is_file():
@@ -429,15 +380,17 @@ def run_one(
     args = MineVaeTrainingArguments(**training_kwargs(preset_name, method, budget, seed, run_dir))
     probe_set = first_examples(data.tokenized[PROBE_SPLIT], budget.probe_examples)
     probe = processor.pad(probe_set.select_columns(["input_ids", "decoder_token_ids"]).to_list())
-    trainer = _study_trainer_class()(
-        model=model,
-        args=args,
-        processing_class=processor,
-        train_dataset=data.tokenized["train"],
+    trainer = make_trainer(
+        model,
+        processor,
+        args,
+        data.tokenized["train"],
+        trainer_class=_study_trainer_class(),
+        log_keys=(*LOGGED_TERMS, *PROBE_TERMS),
+        log_label=f"{spec} seed {seed}",
+        callbacks=callbacks,
         probe=probe,
-        label=f"{spec} seed {seed}",
         bleu_texts=list(probe_set["text"][: budget.probe_bleu_examples]),
-        callbacks=list(callbacks),
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -562,9 +515,6 @@ def run_study(
     return todo
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The record of the study's invocations
-# --------------------------------------------------------------------------------------------------------------------
 def quiet_libraries() -> None:
     """Errors only from transformers, datasets and mine_vae: a study's output is one progress line per log step."""
     import logging
@@ -579,99 +529,3 @@ def quiet_libraries() -> None:
     logging.getLogger("mine_vae").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def code_version() -> str:
-    """The commit the study ran from, marked when the package differed from it (the version outside a checkout)."""
-    from .. import __version__
-
-    package = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, check=False)
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        tracked = head.returncode == 0 and bool(git("ls-files", "--", ".").stdout.strip())
-        if not tracked:  # an installed package, maybe inside some other repository (a virtual environment)
-            return f"mine-vae {__version__}"
-        changed = git("status", "--porcelain", "--", ".").stdout.strip()
-    except OSError:  # no git
-        return f"mine-vae {__version__}"
-    return head.stdout.strip() + (" with local changes" if changed else "")
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except (OSError, AttributeError):
-        return "?"
-
-
-def relative_path(path: Path) -> str:
-    """`path` relative to the current folder when it lies inside it: how the page names the results folder."""
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def read_meta(out: Path) -> dict[str, Any]:
-    """The study's record (command, results folder, invocations), or {} before its first run."""
-    path = out / META
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), or what `platform` knows of it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description() -> str:
-    """The device, core count and library versions of this machine, as the study's record keeps them."""
-    import transformers
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu_model()}"
-    return (
-        f"{device}, {os.cpu_count()} cores; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Python {platform.python_version()}"
-    )
-
-
-def run_and_record(
-    specs: Sequence[str],
-    seeds: Sequence[int],
-    budget: Budget,
-    paths: StudyPaths,
-    command: str,
-    jobs: int = 1,
-    **options: Any,
-) -> dict[str, Any]:
-    """`run_study`, then this invocation added to `<out>/meta.json` (when it ran anything: wall time, load average at
-    start and end, code version) under `command`, the command line that regenerates the study. Returns the record."""
-    previous = read_meta(paths.out)
-    load_start, start, code = load_average(), time.perf_counter(), code_version()
-    ran = run_study(specs, seeds, budget, paths, jobs=jobs, **options)
-    invocation = {
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "load_start": load_start,
-        "code": code,
-        "machine": machine_description(),
-    }
-    invocation.update(load_end=load_average(), runs=len(ran))
-    invocations = previous.get("invocations", [])
-    meta = {
-        "command": command,
-        "out_rel": relative_path(paths.out),
-        "jobs": jobs,
-        "invocations": [*invocations, invocation] if ran else invocations,
-    }
-    paths.out.mkdir(parents=True, exist_ok=True)
-    (paths.out / META).write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
