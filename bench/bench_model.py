@@ -41,6 +41,9 @@ from common import BOS_ID, EOS_ID, SEED, ModelShape, RatioRow, environment, form
 
 from mine_vae import MineVaeModel
 
+# generate()'s tokens/s over the bare decoder's: z's key/value positions and the model's bookkeeping cost at most 5%.
+GENERATE_TARGET = 0.95
+
 
 @dataclass(frozen=True)
 class Shape(ModelShape):
@@ -173,8 +176,8 @@ def generation_rows(
             rate["mine"],
             rate["decoder"],
             vs_decoder,
-            ">= 0.90",
-            vs_decoder >= 0.90,
+            f">= {GENERATE_TARGET:.2f}",
+            vs_decoder >= GENERATE_TARGET,
             seconds["mine"],
             seconds["decoder"],
         ),
