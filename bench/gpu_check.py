@@ -64,8 +64,10 @@ MIB = 2**20
 MAIN_SECONDS = 240
 MAIN_BATCH = 64
 MAIN_EVAL_BATCH = 128
-# A MineVaeTrainer step costs more than part 2's bare step: the critic's update, collation, logging, the sampler.
+# A MineVaeTrainer step costs more than part 2's bare step: the critic's update (in proportion), and collation,
+# logging and the sampler (Python, per step: what a fast GPU step leaves to the CPU).
 STEP_OVERHEAD = 1.5
+STEP_PYTHON_SECONDS = 0.03
 MEMORY_BATCH, MEMORY_LENGTH = 8, 40  # the preset's batch; 40 tokens, its longest sentences
 MAX_BATCH = 8192  # where the doubling stops if memory has not run out
 
@@ -282,7 +284,7 @@ def main_steps(plan: Plan, step_seconds: float | None) -> int:
         return 4
     if step_seconds is None:
         raise RuntimeError("no measured step time to size the main job by (part memory failed or was skipped)")
-    return max(50, math.floor(MAIN_SECONDS * plan.budget / (STEP_OVERHEAD * step_seconds)))
+    return max(50, math.floor(MAIN_SECONDS * plan.budget / (STEP_OVERHEAD * step_seconds + STEP_PYTHON_SECONDS)))
 
 
 def main_job_argv(plan: Plan, steps: int, output_dir: Path) -> list[str]:
