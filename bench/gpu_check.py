@@ -290,7 +290,7 @@ def main_steps(plan: Plan, step_seconds: float | None) -> int:
 def main_job_argv(plan: Plan, steps: int, output_dir: Path) -> list[str]:
     """`mine-vae train`'s command line: the default preset at a GPU's batch (the dry run: the tiny preset)."""
     argv = ["train", "--output_dir", str(output_dir), "--max_steps", str(steps), "--bf16", "true"]
-    argv += ["--save_steps", str(steps), "--disable_tqdm", "true"]  # one checkpoint, no progress bar in logs
+    argv += ["--save_strategy", "no", "--disable_tqdm", "true"]  # the model is saved at the end; no progress bar
     if plan.dry_run:
         return argv + ["--preset", "tiny", "--max_train_examples", "400", "--max_eval_examples", "8"]
     return argv + [
