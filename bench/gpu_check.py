@@ -147,22 +147,24 @@ class Plan:
 # --------------------------------------------------------------------------------------------------------------------
 # 1. The ratios of bench_model.py and bench_trainer.py
 # --------------------------------------------------------------------------------------------------------------------
-def ratio_rows(plan: Plan, texts: list[str], pretrained: bool = True) -> list[RatioRow]:
+def ratio_rows(plan: Plan, texts: list[str], pretrained: bool = True) -> list[tuple[str, RatioRow]]:
+    """The rows of both scripts on the plan's device, each with the script it comes from."""
     shape = plan.model_shape
     model = bench_model.build_model(shape).to(plan.device)
     rows: list[RatioRow] = bench_model.generation_rows(model, shape, plan.repeats, plan.warmup, time.perf_counter)
     rows.append(bench_model.training_row(model, shape, plan.repeats, plan.warmup, time.perf_counter))
     del model
+    model_rows = [("bench_model", row) for row in rows]
     args = bench_trainer.parse_args(["--repeats", str(plan.repeats), "--warmup", str(plan.warmup)])
     args.rss_runs = 0  # the host process's RSS says nothing about a GPU's memory, which the tensor row measures
     shape_t = plan.trainer_shape
-    rows += bench_trainer.training_rows(shape_t, args, plan.device)
+    rows = bench_trainer.training_rows(shape_t, args, plan.device)
     rows += bench_trainer.importance_rows(shape_t, plan.iw_repeats, 1, plan.device)
     if pretrained:
         rows.append(
             bench_trainer.pretrained_row(plan.repeats, plan.warmup, plan.device, tiny=plan.dry_run, texts=texts)
         )
-    return rows
+    return model_rows + [("bench_trainer", row) for row in rows]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def main_job(plan: Plan, step_seconds: float | None, keep: Path | None, texts: l
 # Output
 # --------------------------------------------------------------------------------------------------------------------
 def ratio_markdown(rows: list[dict[str, Any]]) -> str:
-    return speed.markdown_table([speed.table_row(row.pop("source"), row) for row in rows])
+    return speed.markdown_table([speed.table_row(row["source"], row) for row in rows])
 
 
 def memory_markdown(rows: list[dict[str, Any]], plan: Plan) -> str:
@@ -409,7 +411,7 @@ def markdown(results: dict[str, Any], plan: Plan) -> str:
             parts.append(f"**Failed:** `{part['error']}`")
             continue
         if name == "ratios":
-            parts.append(ratio_markdown([dict(row, source="gpu_check") for row in part["rows"]]))
+            parts.append(ratio_markdown(part["rows"]))
         elif name == "memory":
             parts.append(memory_markdown(part["rows"], plan))
             peak = (
@@ -539,7 +541,8 @@ def run(args: argparse.Namespace) -> int:
     step_seconds = None
     if "ratios" in args.parts:
         with recorded(results, "ratios", args.out, plan) as part:
-            part["rows"] = [asdict(row) for row in ratio_rows(plan, texts, not args.no_pretrained)]
+            rows = ratio_rows(plan, texts, not args.no_pretrained)
+            part["rows"] = [dict(asdict(row), source=source) for source, row in rows]
     _release(plan.device)
     if "memory" in args.parts:
         with recorded(results, "memory", args.out, plan) as part:

@@ -39,6 +39,7 @@ def test_the_dry_run_runs_every_part_without_error(dry_run, gpu_check):
 def test_the_ratio_rows_are_those_of_the_bench_scripts(dry_run, gpu_check):
     rows = dry_run[2]["parts"]["ratios"]["rows"]
     whats = [row["what"] for row in rows]
+    assert {row["source"] for row in rows} == {"bench_model", "bench_trainer"}
     assert any(what.startswith("generate tok/s: MineVae vs decoder") for what in whats)
     assert any(what.startswith("IW-NLL ms") for what in whats)  # the GPU-only target's row
     assert any("VAE (frozen, bf16) vs its decoder fwd+bwd" in what for what in whats)  # the pretrained pair's
