@@ -40,9 +40,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import common
 import torch
@@ -110,13 +112,13 @@ def make_batch(shape: Shape, seed: int) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------------
 # Training steps
 # --------------------------------------------------------------------------------------------------------------------
-def common_arguments(shape: Shape, output_dir: str) -> dict[str, object]:
+def common_arguments(shape: Shape, output_dir: str, device: str = "cpu") -> dict[str, object]:
     return {
         "output_dir": output_dir,
         "per_device_train_batch_size": shape.batch_size,
         "max_steps": 10_000,
         "learning_rate": 1e-4,
-        "use_cpu": True,
+        "use_cpu": device == "cpu",
         "report_to": [],
         "disable_tqdm": True,
         "save_strategy": "no",
@@ -124,11 +126,12 @@ def common_arguments(shape: Shape, output_dir: str) -> dict[str, object]:
     }
 
 
-def make_trainer(variant: str, shape: Shape, output_dir: str) -> Trainer:
-    """`mine`: MineVaeTrainer, k = 1 critic update, λ = 1 from step 0. `plain`: transformers.Trainer, λ = 0."""
+def make_trainer(variant: str, shape: Shape, output_dir: str, device: str = "cpu") -> Trainer:
+    """`mine`: MineVaeTrainer, k = 1 critic update, λ = 1 from step 0. `plain`: transformers.Trainer, λ = 0. On
+    `device` (the Trainer places the model there)."""
     if variant == "mine":
         args = MineVaeTrainingArguments(
-            **common_arguments(shape, output_dir),
+            **common_arguments(shape, output_dir, device),
             critic_steps=1,
             critic_warmup_steps=0,
             mi_schedule="constant",
@@ -136,7 +139,7 @@ def make_trainer(variant: str, shape: Shape, output_dir: str) -> Trainer:
         )
         trainer: Trainer = MineVaeTrainer(model=build_model(shape, mi_weight=1.0), args=args)
     elif variant == "plain":
-        args = TrainingArguments(**common_arguments(shape, output_dir))
+        args = TrainingArguments(**common_arguments(shape, output_dir, device))
         trainer = Trainer(model=build_model(shape, mi_weight=0.0), args=args)
     else:
         raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
@@ -145,12 +148,15 @@ def make_trainer(variant: str, shape: Shape, output_dir: str) -> Trainer:
     return trainer
 
 
-def optimizer_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
-    """What Trainer's loop does per optimizer step without accumulation: the step, clipping, update, zero_grad."""
+def optimizer_step(trainer: Trainer, batch: dict[str, torch.Tensor], bf16: bool = False) -> Callable[[], None]:
+    """What Trainer's loop does per optimizer step without accumulation: the step, clipping, update, zero_grad. With
+    `bf16`, the step runs under bf16 autocast, as the Trainer's accelerator runs a model it has prepared (called
+    directly, `training_step` does not)."""
     model = trainer.model
 
     def step() -> None:
-        trainer.training_step(model, batch)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            trainer.training_step(model, batch)
         nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
@@ -212,6 +218,12 @@ def peak_step_bytes(step: Callable[[], None]) -> int:
 
 
 def peak_tensor_bytes(trainer: Trainer, step: Callable[[], None]) -> int:
+    if trainer.model.device.type == "cuda":  # the allocator keeps the high-water mark itself
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
     return resident_bytes(trainer) + peak_step_bytes(step)
 
 
@@ -247,6 +259,114 @@ def rss_child(variant: str, steps: int) -> None:
         for _ in range(steps):
             step()
     print(json.dumps({"before_steps": before, "peak": proc_status_bytes("VmHWM")}))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The pretrained pair: its VAE step against its decoder's own training step
+# --------------------------------------------------------------------------------------------------------------------
+PRETRAINED_PRESET = "minilm-smollm2"
+PRETRAINED_BATCH = 8
+PRETRAINED_TARGET = 1.15
+
+
+def ptb_train_texts() -> list[str]:
+    from mine_vae.data import load_corpus
+
+    return list(load_corpus()["train"]["text"])
+
+
+def preset_pair(texts: list[str], tiny: bool = False) -> tuple[MineVaeModel, Any]:
+    """The model and processor `mine-vae train` builds for the `minilm-smollm2` preset (its MiniLM + SmolLM2 pair and
+    its model settings: z's key/value positions, vocabulary bias, critic, ...). With `tiny`, the `tiny` preset's
+    from-scratch BERT + GPT-2 (word-level, built on the first 2,000 of `texts`) under the same settings: a stand-in
+    that runs in seconds (`bench/gpu_check.py --dry_run`)."""
+    from transformers import set_seed
+
+    from mine_vae.presets import build_from_scratch, build_pretrained, get_preset
+
+    preset = get_preset(PRETRAINED_PRESET)
+    set_seed(SEED)
+    if tiny:
+        small = get_preset("tiny")
+        # The decoder's positions hold z's key/value positions, BOS and the sentence.
+        words = small.decoder_config["n_positions"] - preset.model["latent_memory_positions"] - 2
+        return build_from_scratch(small, texts[:2000], words, small.data["vocab_size"], **preset.model)
+    return build_pretrained(preset.encoder_path(), preset.decoder_path(), preset.data["max_length"], **preset.model)
+
+
+def pretrained_trainer(
+    output_dir: str, device: str, texts: list[str], tiny: bool = False
+) -> tuple[MineVaeTrainer, Any]:
+    """A `MineVaeTrainer` of the `minilm-smollm2` preset as `mine-vae train` builds it (`preset_pair`, and the
+    preset's training settings: both sides frozen, bf16), its optimizers made, its step counter half-way through the
+    run, where every warm-up is over (β and λ active: the full step)."""
+    from mine_vae.presets import get_preset
+
+    model, processor = preset_pair(texts, tiny)
+    settings = {**get_preset(PRETRAINED_PRESET).training, "output_dir": output_dir, "save_strategy": "no"}
+    args = MineVaeTrainingArguments(**settings, disable_tqdm=True, use_cpu=device == "cpu")
+    trainer = MineVaeTrainer(model=model, args=args, processing_class=processor)
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.state.global_step = args.max_steps // 2
+    return trainer, processor
+
+
+def decoder_train_step(decoder: nn.Module, batch: dict[str, torch.Tensor], bf16: bool) -> Callable[[], None]:
+    """The decoder's own language-model step on the batch's decoder side: forward, the token loss, backward into all
+    of its weights (those the VAE keeps frozen are made trainable for the step, then frozen again)."""
+    ids, mask, labels = batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["labels"]
+
+    def step() -> None:
+        decoder.requires_grad_(True)
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = decoder(input_ids=ids, attention_mask=mask).logits
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        decoder.zero_grad(set_to_none=True)
+        decoder.requires_grad_(False)
+
+    return step
+
+
+def pretrained_row(
+    repeats: int,
+    warmup: int,
+    device: str = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+    tiny: bool = False,
+    texts: list[str] | None = None,
+) -> Row:
+    """The `minilm-smollm2` preset's optimizer step (frozen encoder and decoder, bf16, critic update + VAE update) vs
+    its decoder's own forward + backward on the same batch of PTB training sentences (`texts`: PTB's training split,
+    loaded here if not given); interleaved rounds, the median of the per-round ratios."""
+    from common import ptb_batch
+
+    texts = texts if texts is not None else ptb_train_texts()
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer, processor = pretrained_trainer(output_dir, device, texts, tiny)
+        # 30 words stay within the preset's 40 SmolLM2 tokens (and the word-level stand-in's limit): no truncation.
+        words = min(30, processor.max_decoder_length - 1)
+        batch = ptb_batch(processor, texts, PRETRAINED_BATCH, SEED, max_words=words)
+        batch = {key: value.to(trainer.model.device) for key, value in batch.items()}
+        bf16 = bool(trainer.args.bf16)
+        variants = {
+            "vae": optimizer_step(trainer, batch, bf16),
+            "decoder": decoder_train_step(trainer.model.decoder, batch, bf16),
+        }
+        samples = measure(variants, repeats, warmup, clock, synchronize=device.startswith("cuda"))
+    ratio = statistics.median(a / b for a, b in zip(samples["vae"], samples["decoder"], strict=True))
+    tokens = int((batch["labels"] != -100).sum())
+    return Row(
+        f"train step ms: {'tiny stand-in' if tiny else 'MiniLM+SmolLM2'} VAE (frozen, bf16) vs its decoder fwd+bwd "
+        f"(b={PRETRAINED_BATCH} PTB, {tokens} tokens, {device})",
+        "ms",
+        1000 * statistics.median(samples["vae"]),
+        1000 * statistics.median(samples["decoder"]),
+        ratio,
+        f"<= {PRETRAINED_TARGET:.2f}",
+        ratio <= PRETRAINED_TARGET,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -379,23 +499,26 @@ def median_step_rss(steps: int, runs: int, threads: int | None) -> dict[str, flo
     return medians(samples)
 
 
-def training_rows(shape: Shape, args: argparse.Namespace) -> list[Row]:
-    batch = make_batch(shape, SEED + 1)
+def training_rows(shape: Shape, args: argparse.Namespace, device: str = "cpu") -> list[Row]:
+    """The step's time and peak tensor memory on `device`; on the CPU also the peak RSS of fresh processes."""
+    batch = {key: value.to(device) for key, value in make_batch(shape, SEED + 1).items()}
     with tempfile.TemporaryDirectory() as output_dir:
-        trainers = {variant: make_trainer(variant, shape, f"{output_dir}/{variant}") for variant in VARIANTS}
+        trainers = {variant: make_trainer(variant, shape, f"{output_dir}/{variant}", device) for variant in VARIANTS}
         check_variants(trainers, batch)
         steps = {variant: optimizer_step(trainer, batch) for variant, trainer in trainers.items()}
-        seconds = medians(measure(steps, args.repeats, args.warmup))
+        seconds = medians(measure(steps, args.repeats, args.warmup, synchronize=device.startswith("cuda")))
         tensor_peaks = {variant: peak_tensor_bytes(trainers[variant], steps[variant]) for variant in VARIANTS}
-    rss_peaks = median_step_rss(args.rss_steps, args.rss_runs, args.threads)
-    label = f"(b={shape.batch_size}, len={shape.length})"
-    return [
+    label = f"(b={shape.batch_size}, len={shape.length}{'' if device == 'cpu' else ', ' + device})"
+    peak = "profiler" if device == "cpu" else "max_memory_allocated"
+    rows = [
         ratio_row(f"train step ms: MINE (k=1, λ=1) vs plain Trainer {label}", "ms", seconds, 1000, 1.10),
-        ratio_row("peak tensor MiB: resident + in-step high-water (profiler)", "MiB", tensor_peaks, 2**-20, 1.05),
-        ratio_row(
-            f"peak RSS MiB over pre-step peak: fresh processes, {args.rss_steps} steps", "MiB", rss_peaks, 2**-20, 1.05
-        ),
+        ratio_row(f"peak tensor MiB: resident + in-step high-water ({peak})", "MiB", tensor_peaks, 2**-20, 1.05),
     ]
+    if device == "cpu" and args.rss_runs > 0:  # what the OS sees of the host process; a GPU's is the row above
+        rss_peaks = median_step_rss(args.rss_steps, args.rss_runs, args.threads)
+        what = f"peak RSS MiB over pre-step peak: fresh processes, {args.rss_steps} steps"
+        rows.append(ratio_row(what, "MiB", rss_peaks, 2**-20, 1.05))
+    return rows
 
 
 def ratio_row(what: str, unit: str, values: dict[str, float], scale: float, limit: float) -> Row:
@@ -420,6 +543,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iw-repeats", type=int, default=None, help="timed rounds of the IW-NLL row (default 5, or 2)")
     parser.add_argument("--rss-runs", type=int, default=None, help="fresh processes per variant (default 3, or 1)")
     parser.add_argument("--rss-steps", type=int, default=None, help="steps per fresh process (default 4, or 2)")
+    parser.add_argument(
+        "--skip-pretrained", action="store_true", help="no MiniLM+SmolLM2 row (it needs requirements-assets.txt)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="of the MiniLM+SmolLM2 row: wall time (default), or cpu: torch on one thread and that thread's CPU time "
+        "(steadier on a shared machine)",
+    )
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -438,14 +571,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     transformers.logging.set_verbosity_error()
     shape = Shape(importance_samples=10) if args.quick else Shape()
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     rows = training_rows(shape, args) + importance_rows(shape, args.iw_repeats, min(args.warmup, 1), args.device)
+    if not args.skip_pretrained:
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        rows.append(pretrained_row(args.repeats, args.warmup, clock=clock))
     print(
         f"medians of {args.repeats} (training) / {args.iw_repeats} (IW-NLL) interleaved repeats after warm-up; "
         f"env: {environment()}"
     )
     print(format_table(rows))
     if args.json is not None:
-        settings = ("repeats", "warmup", "iw_repeats", "rss_runs", "rss_steps", "device")
+        settings = ("repeats", "warmup", "iw_repeats", "rss_runs", "rss_steps", "device", "clock")
         payload = {"shape": asdict(shape), "settings": {name: getattr(args, name) for name in settings}}
         payload.update(env=environment(), rows=[asdict(row) for row in rows])
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

@@ -7,6 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import transformers
@@ -56,6 +57,16 @@ def build_model(shape: ModelShape, **config: object) -> MineVaeModel:
         eos_token_id=EOS_ID,
     )
     return MineVaeModel(MineVaeConfig(encoder=encoder, decoder=decoder, latent_size=shape.latent_size, **config))
+
+
+def ptb_batch(
+    processor: Any, texts: Sequence[str], size: int, seed: int, max_words: int = 40
+) -> dict[str, torch.Tensor]:
+    """`size` random training sentences of at most `max_words` words, padded by the processor."""
+    generator = torch.Generator().manual_seed(seed)
+    fitting = [text for text in texts if len(text.split()) <= max_words]
+    chosen = torch.randperm(len(fitting), generator=generator)[:size].tolist()
+    return dict(processor([fitting[i] for i in chosen]))
 
 
 @dataclass

@@ -55,6 +55,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DOC = REPO / "docs" / "benchmarks.md"
 sys.path.insert(0, str(BENCH))  # bench_model.py and bench_trainer.py, imported by the ratio rows
+from common import ptb_batch  # noqa: E402
 
 SECTION = "speed"
 
@@ -75,7 +76,7 @@ class Row:
 # --------------------------------------------------------------------------------------------------------------------
 # 1. The ratios of bench_model.py and bench_trainer.py
 # --------------------------------------------------------------------------------------------------------------------
-def _row(source: str, row: Any) -> Row:
+def table_row(source: str, row: Any) -> Row:
     """A row of either script (its dataclass, or its JSON dict) in this table's shape."""
     fields = row if isinstance(row, dict) else dataclasses.asdict(row)
     unit = fields["unit"]
@@ -109,18 +110,21 @@ def model_rows(quick: bool, clock: str) -> list[Row]:
     timer = bench_model.CLOCKS[args.clock]
     rows = bench_model.generation_rows(model, shape, args.repeats, args.warmup, timer)
     rows.append(bench_model.training_row(model, shape, args.repeats, args.warmup, timer))
-    return [_row("bench_model", row) for row in rows]
+    return [table_row("bench_model", row) for row in rows]
 
 
-def trainer_rows(quick: bool, threads: int | None) -> list[Row]:
-    """bench_trainer.py: MINE step vs λ = 0 step (time, memory), batched vs looped IW-NLL."""
+def trainer_rows(quick: bool, threads: int | None, clock: str = "wall") -> list[Row]:
+    """bench_trainer.py: MINE step vs λ = 0 step (time, memory), batched vs looped IW-NLL, the pretrained pair's step
+    vs its decoder's."""
     import bench_trainer
 
     args = bench_trainer.parse_args(_flags(quick, threads=threads))
     shape = bench_trainer.Shape(importance_samples=10) if quick else bench_trainer.Shape()
     rows = bench_trainer.training_rows(shape, args)
     rows += bench_trainer.importance_rows(shape, args.iw_repeats, min(args.warmup, 1), args.device)
-    return [_row("bench_trainer", row) for row in rows]
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
+    rows.append(bench_trainer.pretrained_row(args.repeats, args.warmup, clock=timer))
+    return [table_row("bench_trainer", row) for row in rows]
 
 
 def subprocess_rows(script: str, quick: bool, extra: Sequence[str] = ()) -> list[Row]:
@@ -131,14 +135,14 @@ def subprocess_rows(script: str, quick: bool, extra: Sequence[str] = ()) -> list
         subprocess.run(command + (["--quick"] if quick else []), check=False, cwd=REPO)
         if not path.is_file():
             raise RuntimeError(f"{script}.py wrote no results ({' '.join(command)}).")
-        return [_row(script, row) for row in json.loads(path.read_text())["rows"]]
+        return [table_row(script, row) for row in json.loads(path.read_text())["rows"]]
 
 
 def ratio_rows(quick: bool, clock: str, threads: int | None) -> list[Row]:
     rows = []
     for script, by_import, extra in (
         ("bench_model", lambda: model_rows(quick, clock), _flags(False, clock=clock)),
-        ("bench_trainer", lambda: trainer_rows(quick, threads), _flags(False, threads=threads)),
+        ("bench_trainer", lambda: trainer_rows(quick, threads, clock), _flags(False, threads=threads, clock=clock)),
     ):
         try:
             rows += by_import()
@@ -158,14 +162,6 @@ VARIANTS = {
     "torch.compile, float32": (True, False),
     "torch.compile, bf16 autocast": (True, True),
 }
-
-
-def ptb_batch(processor: Any, texts: Sequence[str], size: int, seed: int) -> dict[str, torch.Tensor]:
-    """`size` random training sentences of at most 40 words, padded by the processor."""
-    generator = torch.Generator().manual_seed(seed)
-    fitting = [text for text in texts if len(text.split()) <= 40]
-    chosen = torch.randperm(len(fitting), generator=generator)[:size].tolist()
-    return dict(processor([fitting[i] for i in chosen]))
 
 
 def small_trainer(data: StudyData, output_dir: str) -> Any:

@@ -553,7 +553,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         **decoder_kwargs,
     ) -> ModelOutput:
         """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
-        if use_cache and self.is_activation_checkpointing and self.training and torch.is_grad_enabled():
+        # is_activation_checkpointing walks every module: test it last, so that generation steps (eval mode, no grad)
+        # never pay for it.
+        if use_cache and self.training and torch.is_grad_enabled() and self.is_activation_checkpointing:
             use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
         embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
         if self.config.injects_memory:
@@ -1061,6 +1063,12 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         inputs["decoder_input_ids"] = inputs.pop("input_ids")
         inputs["decoder_attention_mask"] = inputs.pop("attention_mask", None)
         return inputs
+
+
+# GenerationMixin.prepare_inputs_for_generation reads forward's signature at every decoding step of a model registered
+# for the auto classes (a check for a `cache_position` argument), and inspect.signature through forward's two decorators
+# costs as much Python as the rest of the step's bookkeeping. The signature never changes: compute it once.
+MineVaeModel.forward.__signature__ = inspect.signature(MineVaeModel.forward)
 
 
 class LatentPrefixLayer(DynamicLayer):

@@ -97,6 +97,30 @@ def test_different_latents_decode_differently():
     assert len({tuple(row.tolist()) for row in out}) > 1
 
 
+def test_decoding_steps_do_not_walk_the_modules(monkeypatch):
+    """A decoding step's bookkeeping does not grow with the model: nothing per step iterates over its modules (the
+    activation-checkpointing test in _decode did, at every step, when it ran before the eval-mode test)."""
+    model = tiny.model("gpt2").eval()
+    z = model.sample_prior(2, generator=torch.Generator().manual_seed(0))
+    walks = 0
+    modules = torch.nn.Module.modules
+
+    def counted(self):
+        nonlocal walks
+        walks += 1
+        return modules(self)
+
+    monkeypatch.setattr(torch.nn.Module, "modules", counted)
+
+    def walks_for(steps: int) -> int:
+        nonlocal walks
+        walks = 0
+        model.generate(latent=z, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+        return walks
+
+    assert walks_for(2) == walks_for(10)
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(8), torch.zeros(2, 5), torch.zeros(0, 8), torch.zeros(1, 2, 8)])
 def test_latent_of_wrong_shape_is_refused(model, bad):
     with pytest.raises(ValueError, match=r"latent must have shape \(batch_size, 8\)"):
