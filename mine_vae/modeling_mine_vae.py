@@ -283,8 +283,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             self.latent_to_residual = nn.ModuleList(
                 nn.Linear(config.latent_size, decoder_hidden) for _ in config.latent_residual_layers
             )
-            for index in config.latent_residual_layers:
-                layers[index].register_forward_hook(_add_latent_residual)
+            # The hooked layers, found once: generation calls `_set_residual_shifts` at every step.
+            self._residual_layers = [layers[index] for index in config.latent_residual_layers]
+            for layer in self._residual_layers:
+                layer.register_forward_hook(_add_latent_residual)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
             latent_size=config.latent_size,
@@ -582,7 +584,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         finally:
             # Checkpointed layers run again in the backward pass and must see the same shifts then; otherwise the
             # decoder is left as it was, so that a call to the bare decoder adds nothing.
-            if not (self.is_activation_checkpointing and self.training and torch.is_grad_enabled()):
+            if not (self.training and torch.is_grad_enabled() and self.is_activation_checkpointing):
                 self._set_residual_shifts(None)
         if self.config.latent_vocab_bias:
             bias = self.latent_to_vocab(latent.to(self.latent_to_vocab.weight.dtype))
@@ -594,11 +596,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         `latent`, or take the shifts away (None); `_add_latent_residual` adds them to the layers' outputs."""
         if not self.config.latent_residual_layers:
             return
-        layers = _decoder_layers(self.decoder)
         scale = self.config.latent_residual_scale
-        for index, projection in zip(self.config.latent_residual_layers, self.latent_to_residual):
+        for layer, projection in zip(self._residual_layers, self.latent_to_residual):
             shift = None if latent is None else scale * projection(latent.to(projection.weight.dtype))
-            layers[index]._mine_vae_residual = shift
+            layer._mine_vae_residual = shift
 
     def decoder_log_likelihood(
         self,

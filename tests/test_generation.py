@@ -97,10 +97,12 @@ def test_different_latents_decode_differently():
     assert len({tuple(row.tolist()) for row in out}) > 1
 
 
-def test_decoding_steps_do_not_walk_the_modules(monkeypatch):
+@pytest.mark.parametrize("settings", [{}, {"latent_residual_layers": [1], "latent_vocab_bias": True}])
+def test_decoding_steps_do_not_walk_the_modules(monkeypatch, settings):
     """A decoding step's bookkeeping does not grow with the model: nothing per step iterates over its modules (the
-    activation-checkpointing test in _decode did, at every step, when it ran before the eval-mode test)."""
-    model = tiny.model("gpt2").eval()
+    activation-checkpointing test in _decode did, at every step, when it ran before the eval-mode test; so did the
+    search for the residual layers before they were found once)."""
+    model = tiny.model("gpt2", **settings).eval()
     z = model.sample_prior(2, generator=torch.Generator().manual_seed(0))
     walks = 0
     modules = torch.nn.Module.modules
