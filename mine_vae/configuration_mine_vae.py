@@ -45,6 +45,11 @@ def check_transformers_version(version: str = transformers.__version__) -> None:
 check_transformers_version()
 
 POOLING_MODES = ("pooler", "first", "mean")
+# The pipeline every saved config names (`custom_pipelines`, read by `transformers.pipeline`): one entry, so that
+# `pipeline(model=folder, trust_remote_code=True)` without a task picks it, and under `feature-extraction`, whose
+# standard pipeline would return the decoder's logits for the start token instead of an embedding. The file travels
+# with the modelling code (see `MineVaeModel.pipeline`).
+CUSTOM_PIPELINES = {"feature-extraction": {"impl": "pipeline_mine_vae.MineVaePipeline", "pt": ["AutoModel"]}}
 LATENT_INJECTIONS = ("memory", "embedding", "both")
 XI_MODES = ("dv", "ema")
 
@@ -160,6 +165,8 @@ class MineVaeConfig(PreTrainedConfig):
                 setattr(self, name, getattr(self.decoder, name, None))
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id if self.bos_token_id is not None else self.eos_token_id
+        if not getattr(self, "custom_pipelines", None):
+            self.custom_pipelines = {task: dict(info) for task, info in CUSTOM_PIPELINES.items()}
         self._check_fields()
 
     def _check_fields(self) -> None:

@@ -794,6 +794,17 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             return super().push_to_hub(repo_id, **kwargs)
         return push(self, repo_id, processor, **kwargs)
 
+    def pipeline(self, processor: Any = None, **kwargs: Any) -> Any:
+        """The MINE-VAE pipeline (embed, reconstruct, sample, interpolate) around this model: what
+        `transformers.pipeline(model=folder, trust_remote_code=True)` returns for a saved model. `processor` is the
+        model's `MineVaeProcessor` (default: the tokenizers saved with the model); `kwargs` go to the pipeline
+        (`device`, `batch_size`, default generation options)."""
+        # A relative import here, not at the top: transformers copies (and downloads) the modules a modelling file
+        # imports relatively, so the pipeline's file travels with every saved model without loading at import time.
+        from .pipeline_mine_vae import MineVaePipeline
+
+        return MineVaePipeline(model=self, processor=processor, task="feature-extraction", **kwargs)
+
     # ----------------------------------------------------------------------------------------------------------------
     # Latent-space helpers
     # ----------------------------------------------------------------------------------------------------------------
@@ -1066,8 +1077,9 @@ def _called_from_pipeline() -> bool:
     for _ in range(3):  # a few frames up: wrappers (no_grad, peft) may stand between the pipeline and generate
         if frame is None:
             return False
-        if isinstance(frame.f_locals.get("self"), base.Pipeline):
-            return True
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, base.Pipeline):
+            return not getattr(caller, "drives_mine_vae", False)  # the MINE-VAE pipeline passes latents itself
         frame = frame.f_back
     return False
 

@@ -210,7 +210,7 @@ def test_model_card_is_yaml_front_matter_plus_markdown_with_the_metrics(tmp_path
     )
     meta, body = front_matter(card)
 
-    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "feature-extraction"
     assert {"mine-vae", "text-vae", "vae", "ptb"} <= set(meta["tags"])
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["ptb_text_only"]
     assert "base_model" not in meta  # built from configs: no pretrained parent to name
