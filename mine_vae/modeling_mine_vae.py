@@ -37,6 +37,14 @@ from .critic import MineCritic, derangement
 
 logger = logging.get_logger(__name__)
 
+# peft's task wrappers (PeftModelForCausalLM, ...) call the model as the task's own model class (inputs_embeds,
+# classification heads); a MINE-VAE is none of them. Its idiom is the plain wrapper, as docs/api.md shows.
+PEFT_TASK_TYPE_REFUSAL = (
+    "MineVaeModel.forward takes no inputs_embeds (it embeds the decoder's tokens itself and adds z): peft's "
+    "task_type wrappers (task_type='CAUSAL_LM', 'SEQ_2_SEQ_LM', ...) pass them. Leave task_type unset: "
+    "get_peft_model(vae, LoraConfig(target_modules=[...])), or mine_vae.adapters.add_decoder_lora(vae, r=8)."
+)
+
 
 @dataclass
 class MineVaePosterior(ModelOutput):
@@ -200,8 +208,15 @@ class MineVaePreTrainedModel(PreTrainedModel):
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft: its
-        weights would be saved under the wrapper's names and load back as a random sub-model."""
+        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft (see
+        `check_savable`)."""
+        self.check_savable()
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def check_savable(self) -> None:
+        """Raise a `ValueError` naming the fix when the encoder or decoder is wrapped by peft: its weights would be
+        saved under the wrapper's names and load back as a random sub-model. `MineVaeTrainer` asks before training
+        when checkpoints are to be saved."""
         for side in ("encoder", "decoder"):
             if hasattr(getattr(self, side, None), "peft_config"):
                 raise ValueError(
@@ -209,7 +224,6 @@ class MineVaePreTrainedModel(PreTrainedModel):
                     f"merge it first (model.{side} = model.{side}.merge_and_unload()), or wrap the whole MINE-VAE "
                     "with get_peft_model and save the adapter with its save_pretrained."
                 )
-        super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -654,6 +668,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         Returns:
             [`MineVaeOutput`], or a tuple with `return_dict=False`.
         """
+        if "inputs_embeds" in decoder_kwargs:
+            # The model builds the decoder's input embeddings itself (z is added to them); peft's task wrappers
+            # (task_type="CAUSAL_LM", ...) pass inputs_embeds=None on every call.
+            raise ValueError(PEFT_TASK_TYPE_REFUSAL)
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
