@@ -154,6 +154,8 @@ class MineVaePreTrainedModel(PreTrainedModel):
     base_model_prefix = "mine_vae"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # A decoding step with a static cache compiles to one graph (torch.compile fullgraph; tests/test_generation.py).
+    _can_compile_fullgraph = True
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -933,6 +935,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 "token ids, but generate() reads encoder input_ids (text to reconstruct) or a latent. Call "
                 "model.generate(**processor(texts)) or model.generate(latent=...) instead."
             )
+        _refuse_assistants(kwargs)
         token_type_ids = kwargs.pop("token_type_ids", None)
         for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
             kwargs.pop(key, None)  # the text to reconstruct is read through the encoder, not continued
@@ -970,12 +973,27 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                     f"decoder_prompt_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give "
                     "one prefix row per latent, or one row for all."
                 )
+        self._check_cache_is_shorter_than_prefix(kwargs.get("cache"), prompt.shape[1])
         if self.config.injects_memory:
             # The mask generate() carries covers z's key/value positions too (the first): generate() then builds the
             # masks and positions of every cache type, static ones included, over what the cache really holds.
             latent_columns = prompt_mask.new_ones(prompt_mask.shape[0], self.config.latent_memory_positions)
             prompt_mask = torch.cat([latent_columns, prompt_mask], dim=1)
         return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
+
+    def _check_cache_is_shorter_than_prefix(self, cache: Cache | None, prefix_length: int) -> None:
+        """A cache continues the decoding it came from: the prefix is that text, and at least its last token is new.
+        A shorter prefix would leave no token to run (transformers then fails reshaping an empty tensor) or silently
+        continue from the wrong place."""
+        if cache is None:
+            return
+        cached = int(cache.get_seq_length()) - self.config.num_latent_positions
+        if cached >= prefix_length:
+            raise ValueError(
+                f"The cache holds {cached} decoder tokens but the decoder prefix has {prefix_length}: pass the whole "
+                "text decoded so far as decoder_prompt_ids (generate(..., return_dict_in_generate=True).sequences, "
+                "whose last token the cache has not run yet) together with its cache."
+            )
 
     def _generation_prefix(
         self, prompt_ids: torch.LongTensor | None, prompt_mask: torch.Tensor | None
@@ -1084,6 +1102,20 @@ def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
     )
     return flat.view(labels.shape)
+
+
+def _refuse_assistants(generate_kwargs: dict[str, Any]) -> None:
+    """Assisted decoding with a second model is refused in one line: the assistant drafts from the decoder's tokens
+    alone (a plain decoder has no z; a MINE-VAE's `generate` reads `input_ids` as text to encode), and its cache
+    bookkeeping does not count z's positions. Prompt lookup (`prompt_lookup_num_tokens`) drafts from the prefix
+    itself and works."""
+    for key in ("assistant_model", "assistant_early_exit"):
+        if generate_kwargs.get(key) is not None:
+            raise ValueError(
+                f"MINE-VAE's generate() does not take {key}: a draft model would decode without z. Generate without "
+                "it, or use prompt_lookup_num_tokens=n (assisted decoding that drafts from the prefix, no second "
+                "model)."
+            )
 
 
 def _called_from_pipeline() -> bool:
