@@ -7,6 +7,7 @@ modules `configuration_mine_vae` and `critic`, relatively.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -36,6 +37,12 @@ from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
 
 logger = logging.get_logger(__name__)
+
+# `modules.json` of every saved folder (see `save_pretrained`): sentence-transformers chains the one module of
+# `sentence_mine_vae.py`, which needs sentence-transformers (an optional extra), so this file does not import it.
+SENTENCE_TRANSFORMERS_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_mine_vae.MineVaeSentenceEncoder"}
+]
 
 # peft's task wrappers (PeftModelForCausalLM, ...) call the model as the task's own model class (inputs_embeds,
 # classification heads); a MINE-VAE is none of them. Its idiom is the plain wrapper, as docs/api.md shows.
@@ -214,6 +221,11 @@ class MineVaePreTrainedModel(PreTrainedModel):
         `check_savable`)."""
         self.check_savable()
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            # sentence-transformers reads the modules a folder chains from `modules.json`: here the one module
+            # (`sentence_mine_vae.py`, copied with this file) that embeds texts as posterior means.
+            with open(os.path.join(save_directory, "modules.json"), "w", encoding="utf-8") as f:
+                json.dump(SENTENCE_TRANSFORMERS_MODULES, f, indent=2)
 
     def check_savable(self) -> None:
         """Raise a `ValueError` naming the fix when the encoder or decoder is wrapped by peft: its weights would be
@@ -824,6 +836,18 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         from .pipeline_mine_vae import MineVaePipeline
 
         return MineVaePipeline(model=self, processor=processor, task="feature-extraction", **kwargs)
+
+    def sentence_transformer(self, processor: Any, **kwargs: Any) -> Any:
+        """This model as a `sentence_transformers.SentenceTransformer` (posterior means as embeddings): what
+        `SentenceTransformer(folder, trust_remote_code=True)` loads from a saved model. `processor` is the model's
+        `MineVaeProcessor`; `kwargs` go to `SentenceTransformer` (`device`, ...)."""
+        from sentence_transformers import SentenceTransformer
+
+        # Relative, as `pipeline` above: transformers copies the module's file with every saved model.
+        from .sentence_mine_vae import MineVaeSentenceEncoder
+
+        encoder = MineVaeSentenceEncoder(self, processor.encoder_tokenizer, processor.max_encoder_length)
+        return SentenceTransformer(modules=[encoder], **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Latent-space helpers
