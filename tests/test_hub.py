@@ -92,6 +92,12 @@ for i, revision in enumerate(revisions.split(",")):
         assert "mine_vae" not in sys.modules, "mine_vae was imported"
         encoder_tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="encoder_tokenizer", revision=revision)
         decoder_tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="decoder_tokenizer", revision=revision)
+        if i == 0:  # the pipeline and the top-level tokenizer of a pushed model, from its Hub id
+            from transformers import pipeline
+
+            report["pipeline"] = pipeline(model=repo, trust_remote_code=True, device="cpu")(SENTENCES)
+            # trust_remote_code: AutoTokenizer reads config.json, whose auto_map names the remote code.
+            report["auto_tokenizer"] = describe(AutoTokenizer.from_pretrained(repo, trust_remote_code=True), False)
     save_file({k: v.contiguous() for k, v in forward(model, inputs).items()}, f"{out_prefix}-{i}.safetensors")
     report["loaded"].append(type(model).__module__ + "." + type(model).__name__)
     report["encoder_tokenizer"] = describe(encoder_tokenizer, True)
@@ -368,6 +374,8 @@ def test_trust_remote_code_loads_without_mine_vae_and_refuses_pickles(local_hub:
     namespace: dict[str, Any] = {"SENTENCES": SENTENCES}
     exec(FORWARD, namespace)
     assert report["encoder_tokenizer"] == namespace["describe"](processor.encoder_tokenizer, True)
+    torch.testing.assert_close(torch.tensor(report["pipeline"]), new["mu"], atol=1e-6, rtol=0)
+    assert report["auto_tokenizer"] == namespace["describe"](processor.decoder_tokenizer, False)
     assert "no safetensors weights" in report["pickle"] and "never loads pickled weights" in report["pickle"]
     assert local_hub.unknown_requests == []
 
