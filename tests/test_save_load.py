@@ -39,7 +39,14 @@ def test_saved_folder_carries_auto_map_and_code(tmp_path):
         "AutoConfig": "configuration_mine_vae.MineVaeConfig",
         "AutoModel": "modeling_mine_vae.MineVaeModel",
     }
-    assert {"modeling_mine_vae.py", "configuration_mine_vae.py", "critic.py"} <= set(os.listdir(tmp_path))
+    code = {
+        "modeling_mine_vae.py",
+        "configuration_mine_vae.py",
+        "critic.py",
+        "pipeline_mine_vae.py",
+        "sentence_mine_vae.py",
+    }
+    assert code | {"modules.json"} <= set(os.listdir(tmp_path))
 
 
 def test_auto_model_loads_after_import(tmp_path):
