@@ -113,10 +113,8 @@ class MineVaePipeline(Pipeline):
             if len(texts) != 2:
                 raise ValueError(f"mode='interpolate' takes two texts (start and end), got {len(texts)}.")
             means = self._encode(texts, batch_size, sample_latent=False)
-            weights = torch.linspace(0, 1, num_steps, device=means.device).unsqueeze(1) if num_steps >= 2 else None
-            if weights is None:
-                raise ValueError(f"num_steps must be at least 2 (both endpoints), got {num_steps}.")
-            return self._decode_latents((1 - weights) * means[0] + weights * means[1], batch_size, generate_kwargs)
+            path = self.model.interpolate(means[0], means[1], num_steps)  # refuses num_steps < 2
+            return self._decode_latents(path, batch_size, generate_kwargs)
         if mode == "embed":
             if generate_kwargs:
                 raise ValueError(f"mode='embed' does not generate; drop {', '.join(sorted(generate_kwargs))}.")

@@ -78,6 +78,7 @@ def test_sample_and_interpolate(pipe, model_and_processor):
         (lambda p: p(TEXTS, mode="paraphrase"), "choose one of embed, reconstruct, sample, interpolate"),
         (lambda p: p(TEXTS, mode="sample"), "takes no texts"),
         (lambda p: p(TEXTS, mode="interpolate"), "takes two texts"),
+        (lambda p: p(TEXTS[:2], mode="interpolate", num_steps=1), "num_steps must be at least 2"),
         (lambda p: p(TEXTS, max_new_tokens=3), "mode='embed' does not generate"),
     ],
 )
