@@ -51,6 +51,7 @@ def train_heads_with_adapters(model: nn.Module) -> nn.Module:
     vae = peft_base_vae(model)
     if vae is None:
         return model
+    check_peft_task_type(model)
     from peft.tuners.tuners_utils import BaseTuner
     from peft.utils import set_additional_trainable_modules
 
@@ -70,6 +71,21 @@ def train_heads_with_adapters(model: nn.Module) -> nn.Module:
             activate_adapter=adapter_name in _active_adapters(model),
         )
     return model
+
+
+def check_peft_task_type(model: nn.Module) -> None:
+    """Raise a `ValueError` naming the idiom that works when a MINE-VAE was wrapped with a peft `task_type`: the task
+    wrappers (`PeftModelForCausalLM`, ...) call the model as that task's model class, which fails at the first step
+    (or, for classification types, adds a head the MINE-VAE has not). `MineVaeTrainer` and `add_decoder_lora` check
+    through `train_heads_with_adapters`, before training."""
+    for config in getattr(model, "peft_config", {}).values():
+        task_type = getattr(config, "task_type", None)
+        if task_type is not None:
+            raise ValueError(
+                f"A MINE-VAE wrapped with peft task_type={str(task_type)!r} ({type(model).__name__}) cannot train: "
+                "the wrapper calls it as that task's model. Leave task_type unset: get_peft_model(vae, "
+                f"{type(config).__name__}(target_modules=[...])), or mine_vae.adapters.add_decoder_lora(vae, r=8)."
+            )
 
 
 def _active_adapters(model: Any) -> list[str]:
@@ -230,6 +246,7 @@ __all__ = [
     "LORA_BASE_JSON",
     "add_decoder_lora",
     "base_mismatch",
+    "check_peft_task_type",
     "base_record",
     "check_adapter_base",
     "decoder_lora_targets",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import transformers
@@ -10,26 +11,45 @@ from packaging.version import Version
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# The transformers releases this package supports: setup.cfg declares the same range and CI tests both ends of it.
-# The floor is 5.24, where the decoder cache became `cache` (in `forward` and in model outputs); this file and the
-# modelling files also ship as remote code, which runs under whatever transformers the downloading user has, so an
-# unsupported release gets this one message instead of an error deep inside the model.
-SUPPORTED_TRANSFORMERS = (Version("5.24.0"), Version("5.25.0"))
+# The transformers releases this package is tested on: setup.cfg declares the same range and CI tests both ends of it.
+# The floor is 5.24, where the decoder cache became `cache` (in `forward` and in model outputs); the ceiling is the
+# first release not yet tested. This file and the modelling files also ship as remote code, which runs under whatever
+# transformers the downloading user has, months later: below the floor the model cannot work, so the import stops with
+# one line; above the ceiling it most likely still does (a shared model must keep loading when its users upgrade), so
+# the import goes on after one warning that names the tested range.
+SUPPORTED_TRANSFORMERS = (Version("5.24.0"), Version("5.26.0"))
+
+
+class UntestedTransformersWarning(UserWarning):
+    """transformers is newer than the releases this MINE-VAE code was tested with."""
 
 
 def check_transformers_version(version: str = transformers.__version__) -> None:
-    """Raise an `ImportError` naming the installed and the supported transformers releases when they differ."""
+    """Raise an `ImportError` when transformers is older than the supported floor; warn (once per process, Python's
+    default filter) when it is at or above the tested ceiling."""
     low, high = SUPPORTED_TRANSFORMERS
-    if not low <= Version(version) < high:
+    if Version(version) < low:
         raise ImportError(
-            f"MINE-VAE needs transformers>={low},<{high}; transformers {version} is installed. "
+            f"MINE-VAE needs transformers>={low}; transformers {version} is installed. "
             f'Install a supported release: pip install "transformers>={low},<{high}".'
+        )
+    if Version(version) >= high:
+        warnings.warn(
+            f"MINE-VAE was tested with transformers>={low},<{high}; transformers {version} is installed and is used "
+            f'as is. If loading or generating fails, install a tested release: pip install "transformers<{high}".',
+            UntestedTransformersWarning,
+            stacklevel=2,
         )
 
 
 check_transformers_version()
 
 POOLING_MODES = ("pooler", "first", "mean")
+# The pipeline every saved config names (`custom_pipelines`, read by `transformers.pipeline`): one entry, so that
+# `pipeline(model=folder, trust_remote_code=True)` without a task picks it, and under `feature-extraction`, whose
+# standard pipeline would return the decoder's logits for the start token instead of an embedding. The file travels
+# with the modelling code (see `MineVaeModel.pipeline`).
+CUSTOM_PIPELINES = {"feature-extraction": {"impl": "pipeline_mine_vae.MineVaePipeline", "pt": ["AutoModel"]}}
 LATENT_INJECTIONS = ("memory", "embedding", "both")
 XI_MODES = ("dv", "ema")
 
@@ -156,6 +176,8 @@ class MineVaeConfig(PreTrainedConfig):
                 setattr(self, name, getattr(self.decoder, name, None))
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id if self.bos_token_id is not None else self.eos_token_id
+        if not getattr(self, "custom_pipelines", None):
+            self.custom_pipelines = {task: dict(info) for task, info in CUSTOM_PIPELINES.items()}
         self._check_fields()
 
     def _check_fields(self) -> None:

@@ -179,7 +179,9 @@ def model_card(
         tags=list(dict.fromkeys([*TAGS, *_as_list(tags)])),
         base_model=base_models or None,
         datasets=[d for d in datasets if _HUB_ID.fullmatch(d)] or None,
-        pipeline_tag="text-generation",
+        # What `transformers.pipeline(model=repo, trust_remote_code=True)` serves: the MINE-VAE pipeline, registered
+        # under feature-extraction (posterior means by default; reconstruct, sample, interpolate by `mode=`).
+        pipeline_tag="feature-extraction",
         model_name=model_name,
         eval_results=eval_results or None,
     )
@@ -322,6 +324,17 @@ from transformers import AutoModel, AutoTokenizer
 model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
 encoder_tokenizer = AutoTokenizer.from_pretrained("{repo_id}", subfolder="encoder_tokenizer")
 decoder_tokenizer = AutoTokenizer.from_pretrained("{repo_id}", subfolder="decoder_tokenizer")
+```
+
+Or as a pipeline (embeddings by default; `mode="reconstruct"`, `"sample"`, `"interpolate"` generate, with any option of
+`generate`):
+
+```python
+from transformers import pipeline
+
+pipe = pipeline(model="{repo_id}", trust_remote_code=True)
+embeddings = pipe(["the cat sat on the mat"])                     # posterior means
+print(pipe(mode="sample", num_samples=3, do_sample=True, top_p=0.9))
 ```"""
 
 
@@ -332,7 +345,8 @@ def _files(with_tokenizers: bool) -> str:
         "- `model.safetensors`: the weights (encoder, decoder, posterior and injection heads, critic). MINE-VAE loads "
         "safetensors only and refuses pickled weights (`.bin`, `.pt`), which can run code when loaded.",
         "- `config.json` (with `auto_map`), `generation_config.json`, and the modelling code "
-        "(`configuration_mine_vae.py`, `modeling_mine_vae.py`, `critic.py`) that `trust_remote_code=True` runs.",
+        "(`configuration_mine_vae.py`, `modeling_mine_vae.py`, `critic.py`, `pipeline_mine_vae.py`, "
+        "`sentence_mine_vae.py` with `modules.json` for sentence-transformers) that `trust_remote_code=True` runs.",
     ]
     if with_tokenizers:
         lines.append(

@@ -7,6 +7,7 @@ modules `configuration_mine_vae` and `critic`, relatively.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -36,6 +37,20 @@ from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
 
 logger = logging.get_logger(__name__)
+
+# `modules.json` of every saved folder (see `save_pretrained`): sentence-transformers chains the one module of
+# `sentence_mine_vae.py`, which needs sentence-transformers (an optional extra), so this file does not import it.
+SENTENCE_TRANSFORMERS_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_mine_vae.MineVaeSentenceEncoder"}
+]
+
+# peft's task wrappers (PeftModelForCausalLM, ...) call the model as the task's own model class (inputs_embeds,
+# classification heads); a MINE-VAE is none of them. Its idiom is the plain wrapper, as docs/api.md shows.
+PEFT_TASK_TYPE_REFUSAL = (
+    "MineVaeModel.forward takes no inputs_embeds (it embeds the decoder's tokens itself and adds z): peft's "
+    "task_type wrappers (task_type='CAUSAL_LM', 'SEQ_2_SEQ_LM', ...) pass them. Leave task_type unset: "
+    "get_peft_model(vae, LoraConfig(target_modules=[...])), or mine_vae.adapters.add_decoder_lora(vae, r=8)."
+)
 
 
 @dataclass
@@ -146,6 +161,8 @@ class MineVaePreTrainedModel(PreTrainedModel):
     base_model_prefix = "mine_vae"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # A decoding step with a static cache compiles to one graph (torch.compile fullgraph; tests/test_generation.py).
+    _can_compile_fullgraph = True
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -200,8 +217,20 @@ class MineVaePreTrainedModel(PreTrainedModel):
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft: its
-        weights would be saved under the wrapper's names and load back as a random sub-model."""
+        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft (see
+        `check_savable`)."""
+        self.check_savable()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            # sentence-transformers reads the modules a folder chains from `modules.json`: here the one module
+            # (`sentence_mine_vae.py`, copied with this file) that embeds texts as posterior means.
+            with open(os.path.join(save_directory, "modules.json"), "w", encoding="utf-8") as f:
+                json.dump(SENTENCE_TRANSFORMERS_MODULES, f, indent=2)
+
+    def check_savable(self) -> None:
+        """Raise a `ValueError` naming the fix when the encoder or decoder is wrapped by peft: its weights would be
+        saved under the wrapper's names and load back as a random sub-model. `MineVaeTrainer` asks before training
+        when checkpoints are to be saved."""
         for side in ("encoder", "decoder"):
             if hasattr(getattr(self, side, None), "peft_config"):
                 raise ValueError(
@@ -209,7 +238,6 @@ class MineVaePreTrainedModel(PreTrainedModel):
                     f"merge it first (model.{side} = model.{side}.merge_and_unload()), or wrap the whole MINE-VAE "
                     "with get_peft_model and save the adapter with its save_pretrained."
                 )
-        super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -706,6 +734,10 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         Returns:
             [`MineVaeOutput`], or a tuple with `return_dict=False`.
         """
+        if "inputs_embeds" in decoder_kwargs:
+            # The model builds the decoder's input embeddings itself (z is added to them); peft's task wrappers
+            # (task_type="CAUSAL_LM", ...) pass inputs_embeds=None on every call.
+            raise ValueError(PEFT_TASK_TYPE_REFUSAL)
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
@@ -846,6 +878,29 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             return super().push_to_hub(repo_id, **kwargs)
         return push(self, repo_id, processor, **kwargs)
 
+    def pipeline(self, processor: Any = None, **kwargs: Any) -> Any:
+        """The MINE-VAE pipeline (embed, reconstruct, sample, interpolate) around this model: what
+        `transformers.pipeline(model=folder, trust_remote_code=True)` returns for a saved model. `processor` is the
+        model's `MineVaeProcessor` (default: the tokenizers saved with the model); `kwargs` go to the pipeline
+        (`device`, `batch_size`, default generation options)."""
+        # A relative import here, not at the top: transformers copies (and downloads) the modules a modelling file
+        # imports relatively, so the pipeline's file travels with every saved model without loading at import time.
+        from .pipeline_mine_vae import MineVaePipeline
+
+        return MineVaePipeline(model=self, processor=processor, task="feature-extraction", **kwargs)
+
+    def sentence_transformer(self, processor: Any, **kwargs: Any) -> Any:
+        """This model as a `sentence_transformers.SentenceTransformer` (posterior means as embeddings): what
+        `SentenceTransformer(folder, trust_remote_code=True)` loads from a saved model. `processor` is the model's
+        `MineVaeProcessor`; `kwargs` go to `SentenceTransformer` (`device`, ...)."""
+        from sentence_transformers import SentenceTransformer
+
+        # Relative, as `pipeline` above: transformers copies the module's file with every saved model.
+        from .sentence_mine_vae import MineVaeSentenceEncoder
+
+        encoder = MineVaeSentenceEncoder(self, processor.encoder_tokenizer, processor.max_encoder_length)
+        return SentenceTransformer(modules=[encoder], **kwargs)
+
     # ----------------------------------------------------------------------------------------------------------------
     # Latent-space helpers
     # ----------------------------------------------------------------------------------------------------------------
@@ -958,6 +1013,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                 "token ids, but generate() reads encoder input_ids (text to reconstruct) or a latent. Call "
                 "model.generate(**processor(texts)) or model.generate(latent=...) instead."
             )
+        _refuse_assistants(kwargs)
         token_type_ids = kwargs.pop("token_type_ids", None)
         for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
             kwargs.pop(key, None)  # the text to reconstruct is read through the encoder, not continued
@@ -995,12 +1051,27 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
                     f"decoder_prompt_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give "
                     "one prefix row per latent, or one row for all."
                 )
+        self._check_cache_is_shorter_than_prefix(kwargs.get("cache"), prompt.shape[1])
         if self.config.injects_memory:
             # The mask generate() carries covers z's key/value positions too (the first): generate() then builds the
             # masks and positions of every cache type, static ones included, over what the cache really holds.
             latent_columns = prompt_mask.new_ones(prompt_mask.shape[0], self.config.latent_memory_positions)
             prompt_mask = torch.cat([latent_columns, prompt_mask], dim=1)
         return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
+
+    def _check_cache_is_shorter_than_prefix(self, cache: Cache | None, prefix_length: int) -> None:
+        """A cache continues the decoding it came from: the prefix is that text, and at least its last token is new.
+        A shorter prefix would leave no token to run (transformers then fails reshaping an empty tensor) or silently
+        continue from the wrong place."""
+        if cache is None:
+            return
+        cached = int(cache.get_seq_length()) - self.config.num_latent_positions
+        if cached >= prefix_length:
+            raise ValueError(
+                f"The cache holds {cached} decoder tokens but the decoder prefix has {prefix_length}: pass the whole "
+                "text decoded so far as decoder_prompt_ids (generate(..., return_dict_in_generate=True).sequences, "
+                "whose last token the cache has not run yet) together with its cache."
+            )
 
     def _generation_prefix(
         self, prompt_ids: torch.LongTensor | None, prompt_mask: torch.Tensor | None
@@ -1117,6 +1188,20 @@ def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
     return flat.view(labels.shape)
 
 
+def _refuse_assistants(generate_kwargs: dict[str, Any]) -> None:
+    """Assisted decoding with a second model is refused in one line: the assistant drafts from the decoder's tokens
+    alone (a plain decoder has no z; a MINE-VAE's `generate` reads `input_ids` as text to encode), and its cache
+    bookkeeping does not count z's positions. Prompt lookup (`prompt_lookup_num_tokens`) drafts from the prefix
+    itself and works."""
+    for key in ("assistant_model", "assistant_early_exit"):
+        if generate_kwargs.get(key) is not None:
+            raise ValueError(
+                f"MINE-VAE's generate() does not take {key}: a draft model would decode without z. Generate without "
+                "it, or use prompt_lookup_num_tokens=n (assisted decoding that drafts from the prefix, no second "
+                "model)."
+            )
+
+
 def _called_from_pipeline() -> bool:
     """True when the caller of `generate` is a transformers pipeline (which would pass decoder prompt ids)."""
     base = sys.modules.get("transformers.pipelines.base")  # only loaded once a pipeline exists
@@ -1126,8 +1211,9 @@ def _called_from_pipeline() -> bool:
     for _ in range(3):  # a few frames up: wrappers (no_grad, peft) may stand between the pipeline and generate
         if frame is None:
             return False
-        if isinstance(frame.f_locals.get("self"), base.Pipeline):
-            return True
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, base.Pipeline):
+            return not getattr(caller, "drives_mine_vae", False)  # the MINE-VAE pipeline passes latents itself
         frame = frame.f_back
     return False
 

@@ -231,8 +231,9 @@ class MineVaeProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         """
-        Write both tokenizers (in `encoder_tokenizer/` and `decoder_tokenizer/`) and the processor's settings
-        (`processor_config.json`, plus the same settings in `mine_vae_processor.json` for older mine_vae versions).
+        Write both tokenizers (in `encoder_tokenizer/` and `decoder_tokenizer/`; the decoder's also at the top, for
+        `AutoTokenizer.from_pretrained(folder)`) and the processor's settings (`processor_config.json`, plus the same
+        settings in `mine_vae_processor.json` for older mine_vae versions).
 
         Args:
             save_directory: the folder (created if missing); a model folder is fine, the names do not clash.
@@ -253,6 +254,9 @@ class MineVaeProcessor(ProcessorMixin):
             repo_id = hf_api().create_repo(repo_id, exist_ok=True, **kwargs).repo_id
             files_timestamps = self._get_files_timestamps(save_directory)
         files = list(super().save_pretrained(save_directory))
+        # The decoder's tokenizer (`self.tokenizer`, whose ids the model reads and generates) also at the top of the
+        # folder, where `AutoTokenizer.from_pretrained(folder)` and transformers' pipelines look for a tokenizer.
+        self.decoder_tokenizer.save_pretrained(save_directory)
         legacy_file = os.path.join(save_directory, PROCESSOR_CONFIG_NAME)
         with open(legacy_file, "w", encoding="utf-8") as f:
             json.dump(

@@ -127,6 +127,8 @@ class MineVaeTrainer(Trainer):
         if processing_class is not None:
             processing_class.check_model(model)
         train_heads_with_adapters(model)  # a peft-wrapped VAE's heads and critic train (and save) with its adapters
+        if args.save_strategy != "no":  # refused now, not at the first checkpoint (which would be left empty)
+            (peft_base_vae(model) or model).check_savable()
         _freeze_pretrained_parts(model, args)
         # Checked before the Trainer's set-up so a wrong dataset fails first, with the fix named.
         check_train_dataset(kwargs.get("train_dataset"))

@@ -78,6 +78,39 @@ def test_a_peft_wrapped_decoder_is_refused_at_save(tmp_path):
     MineVaeModel.from_pretrained(tmp_path)
 
 
+def test_a_peft_wrapped_decoder_with_checkpoints_is_refused_before_training(tmp_path):
+    """Refused when the trainer is built, not at the first checkpoint (which would be left as an empty folder)."""
+    import datasets
+
+    from mine_vae import MineVaeTrainer
+
+    model = tiny.model()
+    model.decoder = get_peft_model(model.decoder, LoraConfig(target_modules=["c_attn"], r=4))
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(16)})
+    args = tiny.training_args(tmp_path / "out", max_steps=2, save_strategy="steps", save_steps=1)
+    with pytest.raises(ValueError, match=r"decoder is a peft model.*merge_and_unload"):
+        MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data)
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+    args = tiny.training_args(tmp_path / "out", max_steps=2)  # no checkpoints: nothing to refuse
+    MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data).train()
+
+
+@pytest.mark.parametrize("task_type", ["CAUSAL_LM", "SEQ_2_SEQ_LM", "FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS"])
+def test_a_peft_task_type_is_refused_before_training_with_the_idiom_that_works(task_type, batch, tmp_path):
+    import datasets
+
+    from mine_vae import MineVaeTrainer
+
+    model = get_peft_model(tiny.model(), LoraConfig(task_type=task_type, target_modules=TARGETS["gpt2"], r=4))
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(16)})
+    args = tiny.training_args(tmp_path / "out", max_steps=2)
+    with pytest.raises(ValueError, match=rf"task_type='{task_type}'.*Leave task_type unset: get_peft_model\(vae, "):
+        MineVaeTrainer(model=model, args=args, processing_class=tiny.processor(), train_dataset=data)
+    if task_type in ("CAUSAL_LM", "FEATURE_EXTRACTION"):  # called directly: one line, not a TypeError in the decoder
+        with pytest.raises(ValueError, match=r"takes no inputs_embeds.*Leave task_type unset"):
+            model(**batch)
+
+
 def test_weights_that_do_not_fit_the_config_are_an_error(tmp_path):
     tiny.model("gpt2", latent_injection="memory").save_pretrained(tmp_path)
     config = MineVaeModel.config_class.from_pretrained(tmp_path)

@@ -110,7 +110,13 @@ def test_the_critic_learns_ranks_agree_evaluation_runs_and_the_saved_folder_load
     config = read_json(folder / "config.json")
     assert config["auto_map"]["AutoModel"] == "modeling_mine_vae.MineVaeModel"
     code = {path.name for path in folder.glob("*.py")}
-    assert code == {"modeling_mine_vae.py", "configuration_mine_vae.py", "critic.py"}
+    assert code == {
+        "modeling_mine_vae.py",
+        "configuration_mine_vae.py",
+        "critic.py",
+        "pipeline_mine_vae.py",
+        "sentence_mine_vae.py",
+    }
     save_file(critics[0], str(tmp_path / "trained_critic.safetensors"))
     load_in_a_fresh_process(folder, tmp_path / "trained_critic.safetensors", tmp_path)
 
@@ -161,6 +167,20 @@ def test_a_resumed_run_continues_exactly(tmp_path, backend):
     initial = tiny.model(mi_weight=1.0, xi="ema").state_dict()
     assert not torch.equal(resumed["critic.feature_proj.weight"], initial["critic.feature_proj.weight"])
     assert not torch.equal(resumed["posterior.weight"], initial["posterior.weight"])
+    # The pickles the libraries still write into a checkpoint are each named in docs/scaling.md, with why.
+    from mine_vae.hub import PICKLE_SUFFIXES
+
+    checkpoints = list((tmp_path / "interrupted").glob("checkpoint-*"))
+    assert checkpoints
+    pickles = {
+        "global_step*/*.pt" if path.parent.name.startswith("global_step") else path.name
+        for checkpoint in checkpoints
+        for path in checkpoint.rglob("*")
+        if path.is_file() and path.name.endswith(PICKLE_SUFFIXES)
+    }
+    scaling = (REPOSITORY / "docs" / "scaling.md").read_text(encoding="utf-8")
+    unnamed = sorted(name for name in pickles if f"| `{name}` |" not in scaling)
+    assert not unnamed, f"pickles in a {backend} checkpoint that docs/scaling.md does not name: {unnamed}"
 
 
 def test_a_deepspeed_config_with_its_own_optimizer_is_refused_before_training(tmp_path):

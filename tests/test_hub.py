@@ -93,6 +93,12 @@ for i, revision in enumerate(revisions.split(",")):
         assert "mine_vae" not in sys.modules, "mine_vae was imported"
         encoder_tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="encoder_tokenizer", revision=revision)
         decoder_tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="decoder_tokenizer", revision=revision)
+        if i == 0:  # the pipeline and the top-level tokenizer of a pushed model, from its Hub id
+            from transformers import pipeline
+
+            report["pipeline"] = pipeline(model=repo, trust_remote_code=True, device="cpu")(SENTENCES)
+            # trust_remote_code: AutoTokenizer reads config.json, whose auto_map names the remote code.
+            report["auto_tokenizer"] = describe(AutoTokenizer.from_pretrained(repo, trust_remote_code=True), False)
     save_file({k: v.contiguous() for k, v in forward(model, inputs).items()}, f"{out_prefix}-{i}.safetensors")
     report["loaded"].append(type(model).__module__ + "." + type(model).__name__)
     report["encoder_tokenizer"] = describe(encoder_tokenizer, True)
@@ -211,7 +217,7 @@ def test_model_card_is_yaml_front_matter_plus_markdown_with_the_metrics(tmp_path
     )
     meta, body = front_matter(card)
 
-    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "feature-extraction"
     assert {"mine-vae", "text-vae", "vae", "ptb"} <= set(meta["tags"])
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["ptb_text_only"]
     assert "base_model" not in meta  # built from configs: no pretrained parent to name
@@ -381,6 +387,8 @@ def test_trust_remote_code_loads_without_mine_vae_and_refuses_pickles(local_hub:
     namespace: dict[str, Any] = {"SENTENCES": SENTENCES}
     exec(FORWARD, namespace)
     assert report["encoder_tokenizer"] == namespace["describe"](processor.encoder_tokenizer, True)
+    torch.testing.assert_close(torch.tensor(report["pipeline"]), new["mu"], atol=1e-6, rtol=0)
+    assert report["auto_tokenizer"] == namespace["describe"](processor.decoder_tokenizer, False)
     assert "no safetensors weights" in report["pickle"] and "never loads pickled weights" in report["pickle"]
     assert local_hub.unknown_requests == []
 

@@ -312,3 +312,18 @@ def test_the_length_rule_fits_a_sentence_of_max_length_tokens_exactly() -> None:
     batch = processor(texts[:1])
     assert batch["input_ids"].shape[1] == processor.max_encoder_length
     assert batch["labels"].shape[1] == batch["decoder_input_ids"].shape[1] == processor.max_decoder_length
+
+
+def test_auto_tokenizer_on_a_model_folder_loads_the_decoder_tokenizer(tmp_path: Path) -> None:
+    """The tokenizer transformers looks for at the top of a folder is the one whose ids the model generates."""
+    from transformers import AutoTokenizer
+
+    tiny.saved_model(tmp_path)
+    processor = MineVaeProcessor.from_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.get_vocab() == processor.decoder_tokenizer.get_vocab()
+    assert tokenizer.get_vocab() != processor.encoder_tokenizer.get_vocab()
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
+    texts = tiny.sentences(3)
+    expected = processor.decoder_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert tokenizer(texts, add_special_tokens=False)["input_ids"] == expected

@@ -39,7 +39,14 @@ def test_saved_folder_carries_auto_map_and_code(tmp_path):
         "AutoConfig": "configuration_mine_vae.MineVaeConfig",
         "AutoModel": "modeling_mine_vae.MineVaeModel",
     }
-    assert {"modeling_mine_vae.py", "configuration_mine_vae.py", "critic.py"} <= set(os.listdir(tmp_path))
+    code = {
+        "modeling_mine_vae.py",
+        "configuration_mine_vae.py",
+        "critic.py",
+        "pipeline_mine_vae.py",
+        "sentence_mine_vae.py",
+    }
+    assert code | {"modules.json"} <= set(os.listdir(tmp_path))
 
 
 def test_auto_model_loads_after_import(tmp_path):
@@ -47,33 +54,72 @@ def test_auto_model_loads_after_import(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MineVaeModel)
 
 
+def _load_as_remote_code(tmp_path, body: str, version: str | None = None) -> subprocess.CompletedProcess:
+    """Run `body` after `AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True)` in a process that
+    cannot import mine_vae; with `version`, transformers reports that release (as a user's newer or older install)."""
+    pretend = f"transformers.__version__ = {version!r}" if version else ""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, warnings, torch, transformers
+        {pretend}
+        from transformers import AutoModel
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        print("WARNED", json.dumps([str(w.message) for w in caught if "MINE-VAE" in str(w.message)]))
+        assert "mine_vae" not in sys.modules, "mine_vae was imported"
+        """
+    ) + textwrap.dedent(body)
+    # Run from an empty folder with a clean path so the installed/checked-out package cannot be imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    blocker = tmp_path / "block"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "mine_vae.py").write_text("raise ImportError('mine_vae must not be imported here')\n")
+    env["PYTHONPATH"] = str(blocker)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _printed(result: subprocess.CompletedProcess, tag: str):
+    return json.loads(next(line for line in result.stdout.splitlines() if line.startswith(tag + " "))[len(tag) + 1 :])
+
+
 def test_trust_remote_code_loads_in_a_process_that_never_imported_mine_vae(tmp_path):
     model = tiny.model("llama").eval()
     model.save_pretrained(tmp_path / "model")
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
     expected = model.generate(latent=z, max_new_tokens=6, min_new_tokens=6).tolist()
-    script = textwrap.dedent(
-        f"""
-        import json, sys, torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert "mine_vae" not in sys.modules, "mine_vae was imported"
+    body = """
         z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
-        print(json.dumps(model.generate(latent=z, max_new_tokens=6, min_new_tokens=6).tolist()))
+        print("IDS", json.dumps(model.generate(latent=z, max_new_tokens=6, min_new_tokens=6).tolist()))
         """
-    )
-    # Run from an empty folder with a clean path so the installed/checked-out package cannot be imported.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "mine_vae.py").write_text("raise ImportError('mine_vae must not be imported here')\n")
-    env["PYTHONPATH"] = str(blocker)
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    result = _load_as_remote_code(tmp_path, body)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    assert _printed(result, "IDS") == expected
+    assert _printed(result, "WARNED") == []  # the installed release is in the tested range
+
+
+def test_remote_code_keeps_loading_above_the_tested_ceiling_and_refuses_below_the_floor(tmp_path):
+    """A shared model's code runs under the user's transformers, months later: a newer release loads it (with one
+    warning naming the tested range), an older one than the floor gets one line saying what to install."""
+    model = tiny.model("gpt2").eval()
+    model.save_pretrained(tmp_path / "model")
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    expected = model.generate(latent=z, max_new_tokens=4, min_new_tokens=4).tolist()
+    body = """
+        z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+        print("IDS", json.dumps(model.generate(latent=z, max_new_tokens=4, min_new_tokens=4).tolist()))
+        """
+    newer = _load_as_remote_code(tmp_path, body, version="5.99.0")
+    assert newer.returncode == 0, newer.stderr[-3000:]
+    assert _printed(newer, "IDS") == expected
+    (warning,) = _printed(newer, "WARNED")
+    assert "tested with transformers>=5.24" in warning and "5.99.0 is installed" in warning
+    older = _load_as_remote_code(tmp_path, body, version="5.23.0")
+    assert older.returncode != 0
+    assert "MINE-VAE needs transformers>=5.24.0; transformers 5.23.0 is installed" in older.stderr
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):

@@ -9,7 +9,11 @@ import torch
 from transformers import GPT2LMHeadModel, pipeline
 
 from mine_vae import MineVaeConfig, MineVaeModel
-from mine_vae.configuration_mine_vae import SUPPORTED_TRANSFORMERS, check_transformers_version
+from mine_vae.configuration_mine_vae import (
+    SUPPORTED_TRANSFORMERS,
+    UntestedTransformersWarning,
+    check_transformers_version,
+)
 
 KINDS = ["gpt2", "llama"]
 
@@ -152,11 +156,23 @@ def test_non_finite_latents_are_refused():
         model.generate(latent=latent, max_new_tokens=2)
 
 
-def test_unsupported_transformers_release_gets_one_clear_error():
+def test_release_below_the_floor_gets_one_clear_error():
     low, high = SUPPORTED_TRANSFORMERS
-    check_transformers_version(str(low))
-    for version in ("5.23.0", str(high)):
-        with pytest.raises(ImportError, match=rf"transformers {version} is installed.*pip install"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither end of the tested range warns
+        check_transformers_version(str(low))
+        check_transformers_version("5.25.0")
+    for version in ("5.23.0", "4.57.1"):
+        with pytest.raises(ImportError, match=rf"needs transformers>={low}; transformers {version} is installed"):
+            check_transformers_version(version)
+
+
+def test_release_above_the_tested_ceiling_warns_and_goes_on():
+    """A shared model keeps loading for users who upgrade: the gate names the tested range instead of refusing."""
+    low, high = SUPPORTED_TRANSFORMERS
+    for version in (str(high), "6.0.0"):
+        expected = rf"tested with transformers>={low},<{high}; transformers {version} is installed"
+        with pytest.warns(UntestedTransformersWarning, match=expected):
             check_transformers_version(version)
 
 
