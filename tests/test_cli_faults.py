@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -243,6 +245,86 @@ def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(pr
     assert code == 0, err
     assert json.loads((previous_run / "trainer_state.json").read_text())["global_step"] == 4
     assert not staging[0].exists() and (previous_run / "checkpoint-best" / "weights.bin").is_file()
+
+
+# A `mine-vae train` in a process of its own whose step 2 waits (up to a minute) for its stop to be requested, after
+# announcing itself in a file: the test sends a real signal at that point, with no timing to guess.
+_WAITING_TRAIN = """
+import os, sys, time
+from mine_vae.cli import main
+from mine_vae.trainer import MineVaeTrainer
+
+ready, original = sys.argv[1], MineVaeTrainer.training_step
+
+def training_step(self, *args, **kwargs):
+    if self.state.global_step == 1 and not os.path.exists(ready):
+        open(ready, "w").close()
+        for _ in range(1200):
+            if any(getattr(callback, "requested", False) for callback in self.callback_handler.callbacks):
+                break
+            time.sleep(0.05)
+    return original(self, *args, **kwargs)
+
+MineVaeTrainer.training_step = training_step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _start_waiting_train(argv: list[str], ready: Path) -> subprocess.Popen:
+    command = [sys.executable, "-c", _WAITING_TRAIN, str(ready), *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before step 2: {process.communicate()[1]}")
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.1)
+
+
+def test_sigterm_during_training_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path):
+    # SIGTERM is what SLURM, Kubernetes and `timeout` send: the step finishes, a checkpoint is saved, one line says
+    # where and how to continue, exit code 143; --resume then finishes the run.
+    output_dir, ready = tmp_path / "model", tmp_path / "at-step-2"
+    base = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK]
+    argv = [*base, "--max_steps", "6", "--save_steps", "100", "--num_threads", "1", "--disable_tqdm", "true"]
+    process = _start_waiting_train(argv, ready)
+    _wait_for(ready, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("SIGTERM: stopped at step 2 of 6; checkpoint saved in ") and "--resume" in last, err
+    assert sum("SIGTERM" in line for line in err.splitlines()) == 1, err
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (output_dir / "model.safetensors").exists()
+
+    code, _, err = run([*base, "--max_steps", "6", "--resume"])
+    assert code == 0, err
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_sigterm_outside_training_is_one_line(trained, monkeypatch):
+    def not_taken(signum, frame):
+        raise AssertionError("SIGTERM was not taken by the command")
+
+    previous = signal.signal(signal.SIGTERM, not_taken)  # the test's own, should the command install none
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, taken by the command's handler
+        time.sleep(5)  # the handler raises before this ends
+        pytest.fail("SIGTERM was not taken")
+
+    monkeypatch.setattr("mine_vae.cli.generate.load_trained", terminated)
+    try:
+        code, _, err = run(["generate", "--model", str(trained)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert_one_line(code, err, 143, "mine-vae generate: terminated (SIGTERM)")
 
 
 # --------------------------------------------------------------------------------------------------------------------

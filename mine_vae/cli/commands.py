@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +24,31 @@ import torch
 PROG = "mine-vae"
 EXIT_USAGE = 2  # bad input: the convention of argparse and most Unix tools
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `timeout` send to stop a job), taken the way Ctrl-C is: a KeyboardInterrupt
+    wherever the command does not handle it itself (`train` saves a checkpoint first), reported in one line with exit
+    code 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise `Terminated` on SIGTERM while the command runs (the default would end the process on the spot: no line,
+    no partial results kept, no checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CliError(Exception):

@@ -22,8 +22,10 @@ from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
 from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     INPUT_ERRORS,
     CliError,
+    Terminated,
     inform,
     json_default,
     one_line,
@@ -51,11 +53,13 @@ ADAPTER_CONFIG = "adapter_config.json"  # what a checkpoint of a LoRA run holds 
 
 
 class _StopOnInterrupt(TrainerCallback):
-    """The first Ctrl-C asks the Trainer to save a checkpoint and stop at the end of the current step (a step cut in
-    half, with the critic updated but not the VAE, would not resume exactly); a second Ctrl-C stops at once."""
+    """The first Ctrl-C or SIGTERM asks the Trainer to save a checkpoint and stop at the end of the current step (a
+    step cut in half, with the critic updated but not the VAE, would not resume exactly); a second one stops at
+    once."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal = signal.SIGINT  # the one that asked
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
@@ -72,15 +76,17 @@ def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
 
     def handle(signum: int, frame: Any) -> None:
         if stopper.requested:
-            raise KeyboardInterrupt
-        stopper.requested = True
-        inform("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        stopper.requested, stopper.signal = True, signum
+        if signum == signal.SIGINT:  # at a terminal: say at once why the step goes on (SIGTERM's one line comes last)
+            inform("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
 
-    previous = signal.signal(signal.SIGINT, handle)
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _LogLines(TrainerCallback):
@@ -388,11 +394,13 @@ def run_train(
                 raise CliError(str(error) + _kept_note(run_dir, output_dir), exit_code=1) from error
         if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
             folder.keep = True
+            terminated = stopper.signal == signal.SIGTERM
             inform(
-                f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
-                f"{newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
+                f"{'SIGTERM: s' if terminated else 'S'}topped at step {trainer.state.global_step} of "
+                f"{trainer.state.max_steps}; checkpoint saved in {newest_checkpoint(run_dir)}. "
+                f"{_continue_hint(run_dir, output_dir)}"
             )
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         # LoRA's adapters merge into the decoder's weights: the saved model is a plain MINE-VAE that loads, generates
         # and is evaluated below without peft (checkpoints keep the adapters alone, which is what resuming needs).
         model = trainer.model = merged_vae(trainer.model)
