@@ -26,6 +26,7 @@ import tiny
 
 from mine_vae import MineVaeModel
 from mine_vae.cli import main
+from mine_vae.cli.output import LOCK_FILE
 from mine_vae.trainer import MineVaeTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -252,6 +253,7 @@ def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(pr
 _WAITING_TRAIN = """
 import os, sys, time
 from mine_vae.cli import main
+from mine_vae.cli.output import LOCK_FILE
 from mine_vae.trainer import MineVaeTrainer
 
 ready, original = sys.argv[1], MineVaeTrainer.training_step
@@ -306,6 +308,62 @@ def test_sigterm_during_training_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path
     code, _, err = run([*base, "--max_steps", "6", "--resume"])
     assert code == 0, err
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One run at a time in an output folder; a resumed run continues the model it began with
+# --------------------------------------------------------------------------------------------------------------------
+def test_a_second_run_into_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(corpus, tmp_path):
+    output_dir, ready = tmp_path / "model", tmp_path / "at-step-2"
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK]
+    first = _start_waiting_train([*argv, "--max_steps", "4", "--num_threads", "1", "--disable_tqdm", "true"], ready)
+    try:
+        _wait_for(ready, first)
+        code, _, err = run(argv)
+        assert_one_line_error(code, err, str(output_dir), "in use by another `mine-vae train`", f"PID {first.pid}")
+        assert not (output_dir / "model.safetensors").exists()
+    finally:
+        first.kill()  # SIGKILL: no handler runs, its lock file stays behind
+        first.communicate(timeout=60)
+    assert (output_dir / LOCK_FILE).read_text().strip() == str(first.pid)
+
+    code, _, err = run(argv)
+    assert code == 0, err
+    assert (output_dir / "model.safetensors").is_file() and not (output_dir / LOCK_FILE).exists()
+
+
+@pytest.fixture
+def interrupted_run(trained, tmp_path) -> Path:
+    """A copy of a finished 2-step run reduced to its checkpoint: a run to --resume."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained / "checkpoint-2", folder / "checkpoint-2")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--latent_size", "4"], ("--latent_size 4 differs from the checkpoint's 8", "resume with --latent_size 8")),
+        (["--critic_num_layers", "3"], ("--critic_num_layers 3 differs",)),
+        (["--preset", "small"], ("--preset small differs from the run's preset tiny", "resume with --preset tiny")),
+    ],
+)
+def test_resume_with_another_architecture_or_preset_is_refused(interrupted_run, corpus, monkeypatch, flags, fragments):
+    before = snapshot(interrupted_run)
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("resumed with another model"))
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK]
+    code, _, err = run([*argv, "--max_steps", "4", "--resume", *flags])
+    assert_one_line_error(code, err, *fragments)
+    assert snapshot(interrupted_run) == before
+
+
+def test_resume_names_the_training_settings_it_changes(interrupted_run, corpus):
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK]
+    code, _, err = run([*argv, "--max_steps", "3", "--resume"])
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "changed training settings" in line]
+    assert lines == [f"Resuming {interrupted_run / 'checkpoint-2'} with changed training settings: --max_steps 2 -> 3."]
+    assert json.loads((interrupted_run / "trainer_state.json").read_text())["global_step"] == 3
 
 
 def test_sigterm_outside_training_is_one_line(trained, monkeypatch):

@@ -43,6 +43,7 @@ from .output import (
     foreign_checkpoint_folders,
     holds_model,
     make_staging_folder,
+    output_dir_lock,
     replace_previous_run,
     staging_folder_of,
     trainer_checkpoints,
@@ -50,6 +51,7 @@ from .output import (
 from .train_report import data_summary, final_report, model_summary, print_report
 
 ADAPTER_CONFIG = "adapter_config.json"  # what a checkpoint of a LoRA run holds in place of config.json (peft's name)
+RUN_FILE = "mine_vae_run.json"  # in each checkpoint: the preset the run began with
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -163,6 +165,79 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
             "without --resume."
         )
     return checkpoint
+
+
+class _RecordRun(TrainerCallback):
+    """Writes `RUN_FILE` (the preset the run began with) into every checkpoint: --resume compares it with --preset,
+    whose training defaults would otherwise mix silently with the checkpoint's architecture."""
+
+    def __init__(self, preset: str) -> None:
+        self.preset = preset
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            (folder / RUN_FILE).write_text(json.dumps({"preset": self.preset}) + "\n", encoding="utf-8")
+
+
+# Settings a resumed run may change (the rest of the run goes on as it began): one line names those that differ.
+RESUMABLE_CHANGES = (
+    "max_steps",
+    "num_train_epochs",
+    "learning_rate",
+    "critic_learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "save_steps",
+    "logging_steps",
+    "eval_steps",
+)
+
+
+def _check_resumed_settings(checkpoint: str, preset: Preset, model_args: ModelArguments, training_args: Any) -> None:
+    """A resumed run continues the model the checkpoint holds: a --preset or model setting (--latent_size, ...) that
+    differs from the run's is refused, naming it, rather than ignored or mixed in; changed training settings are
+    named in one line."""
+    folder = Path(checkpoint)
+    recorded = _read_json_file(folder / RUN_FILE)
+    if recorded.get("preset") not in (None, preset.name):
+        raise CliError(
+            f"--preset {preset.name} differs from the run's preset {recorded['preset']} (recorded in {checkpoint}); "
+            f"resume with --preset {recorded['preset']}, or start a new run in another --output_dir."
+        )
+    saved = _read_json_file(folder / "config.json")
+    if not _is_adapter_checkpoint(checkpoint):  # a LoRA checkpoint's base is checked against the flags when loaded
+        for name, value in model_args.config_kwargs().items():
+            if name in saved and not _same_value(value, saved[name]):
+                raise CliError(
+                    f"--{name} {value} differs from the checkpoint's {saved[name]} ({checkpoint}/config.json): a run's "
+                    f"model is fixed when it starts; resume with --{name} {saved[name]} (or without it), or start a "
+                    "new run in another --output_dir."
+                )
+    before = _read_json_file(folder / "training_args.json")
+    changed = [
+        f"--{name} {before[name]} -> {getattr(training_args, name)}"
+        for name in RESUMABLE_CHANGES
+        if name in before and not _same_value(getattr(training_args, name, before[name]), before[name])
+    ]
+    if changed:
+        inform(f"Resuming {checkpoint} with changed training settings: {', '.join(changed)}.")
+
+
+def _same_value(given: Any, saved: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(given, numbers) and isinstance(saved, numbers) and not isinstance(given, bool):
+        return float(given) == float(saved)
+    return given == saved
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    """A small JSON file of a checkpoint, or {} where it is missing or unreadable (the resume reports those)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _build_model(
@@ -336,7 +411,14 @@ class _QuietProgress(ProgressCallback):
         return None
 
 
-def run_train(
+def run_train(*arguments: Any) -> int:
+    """`mine-vae train`; the lock on --output_dir, taken once the inputs are checked, is released when it ends."""
+    with contextlib.ExitStack() as locks:
+        return _run_train(locks, *arguments)
+
+
+def _run_train(
+    locks: contextlib.ExitStack,
     training_args: Any,
     model_args: ModelArguments,
     data: DataArguments,
@@ -352,9 +434,14 @@ def run_train(
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
     _check_training_values(training_args)
     checkpoint = _resume_checkpoint(training_args, run)
+    if checkpoint is not None:
+        _check_resumed_settings(checkpoint, preset, model_args, training_args)
     _check_lora(lora, training_args, checkpoint)
     replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
     check_writable(output_dir, "--output_dir")
+    # One run at a time in a folder; what is there is checked again under the lock (a run that ended meanwhile).
+    locks.enter_context(output_dir_lock(output_dir))
+    replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
 
     # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
     set_seed(training_args.seed)
@@ -386,6 +473,7 @@ def run_train(
         # accelerator there); stdout carries the results only.
         with _stdout_to_stderr(run.json_output):
             trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
+            trainer.add_callback(_RecordRun(preset.name))
         with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output), _write_errors(run_dir):
             try:
                 trainer.train(resume_from_checkpoint=checkpoint)
