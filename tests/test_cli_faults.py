@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import tiny
+import torch
 
 from mine_vae import MineVaeModel
 from mine_vae.cli import main
@@ -629,6 +630,63 @@ def test_bad_evaluation_values(trained, corpus, flags, fragment):
     code, out, err = run(["evaluate", "--model", str(trained), "--file", str(corpus["validation"]), *flags])
     assert_one_line_error(code, err, fragment)
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["generate", "--num_return_sequences", "1000000000", "--do_sample"], ("--num_return_sequences", "at most")),
+        (["generate", "--num_samples", str(10**13)], ("--num_samples", "does not fit in memory: at most")),
+        (["interpolate", "a dog", "a cat", "--steps", str(10**13)], ("--steps", "does not fit in memory: at most")),
+        (["generate", "--device", "meta"], ("--device meta holds no data",)),
+        (["generate", "--device", "gpu7"], ("--device 'gpu7' is not a device",)),
+        (["generate", "--seed", str(2**70)], (f"--seed must be between 0 and {2**32 - 1}",)),
+        (["generate", "--seed", "-1"], ("--seed must be between 0",)),
+        (["train", "--output_dir", ""], ("--output_dir is empty",)),
+        (["train", "--output_dir", "x", "--seed", str(2**40)], ("--seed must be between 0",)),
+    ],
+)
+def test_sizes_devices_and_seeds_that_cannot_work_are_refused_naming_the_flag(trained, argv, fragments, monkeypatch):
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained with a bad value"))
+    model = [] if argv[0] == "train" else ["--model", str(trained)]
+    code, out, err = run([argv[0], *model, *argv[1:]])
+    assert_one_line_error(code, err, *fragments)
+    assert out == ""
+
+
+def test_counts_that_fit_only_in_smaller_batches_are_decoded_in_smaller_batches(trained, monkeypatch):
+    from mine_vae.cli import decoding
+
+    model = MineVaeModel.from_pretrained(trained)
+    each = decoding.sequence_bytes(model, 4)
+    monkeypatch.setattr(decoding, "available_memory", lambda device: each * 28 // 3 + 3)  # 7 sequences fit
+    original, calls = MineVaeModel.generate, []
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs["latent"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MineVaeModel, "generate", recording)
+    argv = ["generate", "--model", str(trained), "--num_samples", "7", "--max_new_tokens", "4", "--json"]
+    code, out, err = run([*argv, "--num_return_sequences", "3", "--do_sample"])
+    assert code == 0, err
+    assert calls == [2, 2, 2, 1] and len(json.loads(out)["results"]) == 7 * 3
+    assert "Decoding 2 inputs at a time: --batch_size 32 does not fit in memory." in err
+    code, out, err = run([*argv, "--num_return_sequences", "8", "--do_sample"])
+    assert_one_line_error(code, err, "--num_return_sequences 8", "at most 7")
+
+
+def test_num_threads_above_the_core_count_is_capped_with_a_note(trained):
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = run(["generate", "--model", str(trained), "--num_threads", "100000", "--max_new_tokens", "2"])
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    cores = len(os.sched_getaffinity(0))
+    assert used == cores
+    assert f"--num_threads 100000 is more than the {cores} CPU core(s) here; using {cores}." in err.splitlines()
 
 
 def test_an_input_file_that_is_not_utf8(trained, tmp_path):

@@ -188,6 +188,9 @@ class LoadArguments:
     json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
     num_threads: int | None = field(default=None, metadata={"help": NUM_THREADS_HELP})
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+
 
 @dataclass
 class EvaluateArguments:
@@ -299,6 +302,13 @@ class InterpolateArguments:
     _argument_group_name = "interpolation"
 
     steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds python, numpy and torch) end there
+
+
+def check_seed(seed: int) -> None:
+    _require(0 <= seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {seed}.")
 
 
 def _require(condition: bool, message: str) -> None:

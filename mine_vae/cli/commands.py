@@ -201,6 +201,13 @@ def busy_cores(window: float = 0.5) -> float:
     return (1 - (idle_end - idle_start) / total) * (os.cpu_count() or 1)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells, else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def set_threads(requested: int | None) -> None:
     """Use `requested` CPU threads, or pick them: torch's default (one per core) on an idle machine, fewer when
     the load average says other processes already use the cores. Oversubscribed OpenMP threads spin at every
@@ -209,6 +216,10 @@ def set_threads(requested: int | None) -> None:
     if requested is not None:
         if requested < 1:
             raise CliError(f"--num_threads must be at least 1, got {requested}.")
+        cores = _usable_cores()
+        if requested > cores:  # thousands of OpenMP threads end the process; more than the cores never helps
+            inform(f"--num_threads {requested} is more than the {cores} CPU core(s) here; using {cores}.")
+            requested = cores
         torch.set_num_threads(requested)
         return
     if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):

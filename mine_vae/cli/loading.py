@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .arguments import DataArguments
-from .commands import INPUT_ERRORS, PROG, CliError, inform, user_errors
+from .commands import INPUT_ERRORS, PROG, CliError, inform, one_line, user_errors
 from .output import describe_os_error
 
 
@@ -136,8 +136,14 @@ def _looks_like_hub_id(location: str) -> bool:
 
 def _device(name: str | None) -> torch.device:
     if name:
-        with user_errors(RuntimeError):
-            return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            message = one_line(str(error))
+            raise CliError(f"--device {name!r} is not a device ({message}); use cpu, cuda or cuda:N.") from None
+        if device.type == "meta":  # tensors without data: every computation would fail
+            raise CliError("--device meta holds no data to compute with; use cpu, cuda or cuda:N.")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

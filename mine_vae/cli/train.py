@@ -19,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..adapters import merged_vae
 from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
-from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments, check_seed
 from .commands import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -135,6 +135,10 @@ def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite
 def _check_training_values(training_args: Any) -> None:
     """Values the Trainer accepts without complaint and then misuses: --max_steps 0 trains one step ("step 1/0").
     (Negative, NaN and infinite rates are refused by MineVaeTrainingArguments itself.)"""
+    if not str(training_args.output_dir or "").strip():
+        raise CliError("--output_dir is empty; give a folder, e.g. --output_dir runs/ptb.")
+    with user_errors(ValueError):
+        check_seed(training_args.seed)
     if training_args.max_steps == 0 or training_args.max_steps < -1:
         raise CliError(
             f"--max_steps must be at least 1 (or -1 to train for --num_train_epochs), got {training_args.max_steps}."
@@ -194,10 +198,12 @@ RESUMABLE_CHANGES = (
 )
 
 
-def _check_resumed_settings(checkpoint: str, preset: Preset, model_args: ModelArguments, training_args: Any) -> None:
+def _check_resumed_settings(
+    checkpoint: str, preset: Preset, model_args: ModelArguments, training_args: Any
+) -> str | None:
     """A resumed run continues the model the checkpoint holds: a --preset or model setting (--latent_size, ...) that
-    differs from the run's is refused, naming it, rather than ignored or mixed in; changed training settings are
-    named in one line."""
+    differs from the run's is refused, naming it, rather than ignored or mixed in. Returns the line that names the
+    training settings that changed (printed once every input is checked: an error stays one line)."""
     folder = Path(checkpoint)
     recorded = _read_json_file(folder / RUN_FILE)
     if recorded.get("preset") not in (None, preset.name):
@@ -220,8 +226,7 @@ def _check_resumed_settings(checkpoint: str, preset: Preset, model_args: ModelAr
         for name in RESUMABLE_CHANGES
         if name in before and not _same_value(getattr(training_args, name, before[name]), before[name])
     ]
-    if changed:
-        inform(f"Resuming {checkpoint} with changed training settings: {', '.join(changed)}.")
+    return f"Resuming {checkpoint} with changed training settings: {', '.join(changed)}." if changed else None
 
 
 def _same_value(given: Any, saved: Any) -> bool:
@@ -429,13 +434,12 @@ def _run_train(
     quiet_library_logs(show_progress=not training_args.disable_tqdm)
     set_threads(run.num_threads)
     preset = get_preset(model_args.preset)
+    _check_training_values(training_args)
     output_dir = Path(training_args.output_dir)
     if run.resume and run.overwrite:
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
-    _check_training_values(training_args)
     checkpoint = _resume_checkpoint(training_args, run)
-    if checkpoint is not None:
-        _check_resumed_settings(checkpoint, preset, model_args, training_args)
+    resume_note = _check_resumed_settings(checkpoint, preset, model_args, training_args) if checkpoint else None
     _check_lora(lora, training_args, checkpoint)
     replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
     check_writable(output_dir, "--output_dir")
@@ -459,6 +463,8 @@ def _run_train(
     check_free_space(output_dir, parameters * CHECKPOINT_BYTES_PER_PARAMETER, "--output_dir", "a checkpoint")
     inform(data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
     inform(model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
+    if resume_note:
+        inform(resume_note)
 
     # The Trainer's checkpoint rotation deletes every older checkpoint-* folder where it trains, a user's
     # checkpoint-best/ included: such folders stay out of its reach when it trains in a staging folder.
