@@ -408,6 +408,44 @@ def test_config_values_are_checked_like_flags(previous_run, corpus, tmp_path, se
     assert snapshot(previous_run) == before
 
 
+def _alias_bomb() -> str:
+    """Each level a list of nine aliases of the one before: a few hundred bytes, 9**levels values once expanded."""
+    lines = ['  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        lines.append(f"  a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]")
+    return "lr_scheduler_kwargs:\n" + "\n".join(lines) + "\n"
+
+
+def _block_nested(levels: int) -> str:
+    return "lr_scheduler_kwargs:\n" + "".join(f"{' ' * (2 * level)}k{level}:\n" for level in range(1, levels)) + (
+        f"{' ' * (2 * levels)}k: 1\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragments"),
+    [
+        ("deep.json", '{"lr_scheduler_kwargs": ' + "[" * 200_000 + "]" * 200_000 + "}", ("200001 deep", "at most 32")),
+        ("deep.yaml", "lr_scheduler_kwargs: " + "[" * 100_000 + "]" * 100_000 + "\n", ("100000 deep", "at most 32")),
+        ("indented.yaml", _block_nested(600), ("too deep to read", "at most 32")),
+        ("big.yaml", "# a comment\n" * 100_000, ("is over 1,000,000 bytes",)),
+        ("bomb.yaml", _alias_bomb(), ("aliases (*a0) are not allowed",)),
+        ("twice.yaml", "max_steps: 2\nmax_steps: 3\n", ("the key 'max_steps' appears twice",)),
+        ("twice.json", '{"max_steps": 2, "max_steps": 3}', ("the key 'max_steps' appears twice",)),
+        ("twins.yaml", "max-steps: 2\nmax_steps: 3\n", ("sets 'max-steps' and 'max_steps'", "the same setting")),
+    ],
+)
+def test_config_files_that_cannot_be_read_safely_are_one_line(corpus, tmp_path, monkeypatch, name, text, fragments):
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained from a bad config file"))
+    config = tmp_path / name
+    config.write_text(text)
+    argv = ["train", str(config), *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(tmp_path / "model")]
+    code, _, err = run(argv)
+    line = assert_one_line_error(code, err, str(config), *fragments)
+    assert len(line) < 1000  # never the expanded value
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_false_overwrite_in_a_config_file_is_false(previous_run, corpus, tmp_path):
     before = snapshot(previous_run)
     config = tmp_path / "run.yaml"
