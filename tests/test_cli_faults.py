@@ -616,6 +616,57 @@ def test_a_tokenizer_larger_than_the_model(trained, corpus, tmp_path, command):
     assert_one_line_error(code, err, "tokenizers do not fit the model", "encoder tokenizer has")
 
 
+def _remove(path: Path) -> None:
+    path.unlink()
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(b"\x00garbage\xff")
+
+
+@pytest.mark.parametrize(
+    ("side", "file", "damage", "fragment"),
+    [
+        ("encoder_tokenizer", "tokenizer.json", _remove, "lacks tokenizer.json"),
+        ("decoder_tokenizer", "tokenizer.json", _remove, "lacks tokenizer.json"),
+        ("decoder_tokenizer", "tokenizer.json", _garble, "tokenizer.json cannot be read"),
+        ("decoder_tokenizer", "tokenizer_config.json", _garble, "tokenizer_config.json cannot be read"),
+        ("encoder_tokenizer", "tokenizer_config.json", _remove, "lacks tokenizer_config.json"),
+    ],
+)
+@pytest.mark.parametrize("command", ["embed", "generate"])
+def test_damaged_tokenizers_are_refused_naming_the_file(trained, tmp_path, command, side, file, damage, fragment):
+    # Never rebuilt in silence: without encoder_tokenizer/tokenizer.json transformers builds a tokenizer of the special
+    # tokens alone, and `embed` wrote embeddings of [UNK]s.
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    damage(folder / side / file)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("the cat sees the moon\n")
+    output = tmp_path / "means.npy"
+    argv = {
+        "embed": ["embed", str(folder), str(sentences), "--output", str(output), "--device", "cpu"],
+        "generate": ["generate", "--model", str(folder), "the cat sees the moon", "--max_new_tokens", "2"],
+    }[command]
+    code, out, err = run(argv)
+    assert_one_line_error(code, err, str(folder / side), fragment)
+    assert out == "" and not output.exists()
+
+
+def test_the_processor_loads_from_either_of_its_settings_files(trained, tmp_path):
+    from mine_vae import MineVaeProcessor
+
+    for kept in ("processor_config.json", "mine_vae_processor.json"):
+        folder = tmp_path / kept
+        shutil.copytree(trained, folder)
+        removed = ({"processor_config.json", "mine_vae_processor.json"} - {kept}).pop()
+        (folder / removed).unlink()
+        assert MineVaeProcessor.from_pretrained(folder).max_decoder_length > 0
+        code, out, err = run(["generate", "--model", str(folder), "the cat sees the moon", "--max_new_tokens", "2"])
+        assert code == 0, err
+        assert "the cat sees the moon" in out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Values out of range: refused before any work, never accepted
 # --------------------------------------------------------------------------------------------------------------------

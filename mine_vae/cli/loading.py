@@ -43,7 +43,7 @@ def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: st
 
 def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
     """A model folder written by `mine-vae train` (model + both tokenizers), on `device`, in eval mode."""
-    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME
+    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME, has_processor_config
 
     path = Path(location).expanduser()
     if not path.exists():
@@ -60,9 +60,10 @@ def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
             f"{location!r} holds no trained model (no config.json).{hint} Train one with `{PROG} train --output_dir "
             f"{location}`, or pass --model <folder written by mine-vae train>."
         )
-    elif not (path / PROCESSOR_CONFIG_NAME).is_file():
+    elif not has_processor_config(path):
         raise CliError(
-            f"{location!r} has a model but no {PROCESSOR_CONFIG_NAME} (its two tokenizers); save them there with "
+            f"{location!r} has a model but no processor_config.json nor {PROCESSOR_CONFIG_NAME} (its two "
+            "tokenizers); save them there with "
             "`MineVaeProcessor(...).save_pretrained(folder)`, or use a folder written by `mine-vae train`."
         )
     source = str(path) if path.exists() else location
