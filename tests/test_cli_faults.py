@@ -358,6 +358,32 @@ def test_resume_with_another_architecture_or_preset_is_refused(interrupted_run, 
     assert snapshot(interrupted_run) == before
 
 
+class _Planted:
+    """Unpickling this runs code: it writes the file named, as an attacker's payload would do anything else."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "the payload ran"))
+
+
+@pytest.mark.parametrize("names", [("optimizer.pt", "scheduler.pt"), ("rng_state.pth",)])
+def test_a_checkpoint_with_legacy_pickles_is_refused_in_one_line(interrupted_run, corpus, tmp_path, names):
+    import pickle
+
+    checkpoint = interrupted_run / "checkpoint-2"
+    for new_file in ("optimizer.safetensors", "optimizer_state.json", "rng_state.safetensors", "rng_state.json"):
+        (checkpoint / new_file).unlink(missing_ok=True)  # as an earlier version's checkpoint: the pickles only
+    marker = tmp_path / "payload-ran"
+    for name in names:
+        (checkpoint / name).write_bytes(pickle.dumps(_Planted(marker)))
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK, "--resume"]
+    code, _, err = run([*argv, "--max_steps", "4"])
+    assert_one_line_error(code, err, str(checkpoint), names[0], "pickled training state", "does not load")
+    assert not marker.exists()
+
+
 def test_resume_names_the_training_settings_it_changes(interrupted_run, corpus):
     argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK]
     code, _, err = run([*argv, "--max_steps", "3", "--resume"])

@@ -159,7 +159,7 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
                 f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint; pass a checkpoint-N folder "
                 "holding trainer_state.json, or use --resume for the newest one in --output_dir."
             )
-        return explicit
+        return _without_legacy_pickles(explicit)
     if not run.resume:
         return None
     checkpoint = last_complete_checkpoint(training_args.output_dir)
@@ -167,6 +167,23 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
         raise CliError(
             f"--resume: no complete checkpoint in {training_args.output_dir!r}; check --output_dir, or start a new run "
             "without --resume."
+        )
+    return _without_legacy_pickles(checkpoint)
+
+
+# The Trainer's pickled optimizer and RNG state, which checkpoints of earlier versions hold in place of this version's
+# safetensors + JSON (a DeepSpeed or FSDP run's own scheduler.pt and optimizer folders are not among them).
+LEGACY_PICKLES = ("optimizer.pt", "rng_state*.pth")
+
+
+def _without_legacy_pickles(checkpoint: str) -> str:
+    """`checkpoint`, refused in one line when it holds pickled state: nothing here loads a pickle (unpickling can run
+    whatever code a planted file holds), and resuming without that state would not continue the run as it was."""
+    found = sorted(path.name for pattern in LEGACY_PICKLES for path in Path(checkpoint).glob(pattern))
+    if found:
+        raise CliError(
+            f"{checkpoint} holds pickled training state ({', '.join(found)}) of an earlier version, which mine-vae "
+            "does not load (a pickle can run code); resume from a checkpoint this version wrote, or start a new run."
         )
     return checkpoint
 
