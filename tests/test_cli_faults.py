@@ -804,6 +804,18 @@ def test_num_threads_above_the_core_count_is_capped_with_a_note(trained):
     assert f"--num_threads 100000 is more than the {cores} CPU core(s) here; using {cores}." in err.splitlines()
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_sentence(trained, tmp_path):
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_bytes(b"\xef\xbb\xbfthe cat sees the moon\na dog\n")  # UTF-8 with a BOM, as Notepad saves it
+    code, out, err = run(["generate", "--model", str(trained), "--input_file", str(sentences), "--json"])
+    assert code == 0, err
+    assert [row["input"] for row in json.loads(out)["results"]] == ["the cat sees the moon", "a dog"]
+    config = tmp_path / "run.json"
+    config.write_bytes(b"\xef\xbb\xbf" + json.dumps({"max_new_tokens": 2}).encode())
+    code, out, err = run(["generate", "--model", str(trained), "--config", str(config), "a dog"])
+    assert code == 0, err
+
+
 def test_an_input_file_that_is_not_utf8(trained, tmp_path):
     latin1 = tmp_path / "sentences.txt"
     latin1.write_bytes("the café is open\n".encode("latin-1"))

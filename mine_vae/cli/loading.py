@@ -168,7 +168,7 @@ def read_sentences(path: str, flag: str) -> list[str]:
         what = "is a folder" if file.is_dir() else "does not exist"
         raise CliError(f"{flag} {path!r} {what}; give a text file with one sentence a line.")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the text
     except UnicodeDecodeError as error:
         raise CliError(
             f"{flag} {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); "

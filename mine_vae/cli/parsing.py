@@ -159,7 +159,7 @@ def _read_config(path: str) -> dict[str, Any]:
                 f"config file {path!r} is over {MAX_CONFIG_BYTES:,} bytes; a config file holds flag values (is it the "
                 "right file?)."
             )
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the settings
     except UnicodeDecodeError as error:
         raise CliError(
             f"config file {path!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8."
