@@ -280,11 +280,12 @@ def _start_waiting_train(argv: list[str], ready: Path) -> subprocess.Popen:
 
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    """Until the child creates `path` (it then waits for the test's signal): no guess of how long it takes."""
     deadline = time.monotonic() + seconds
     while not path.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended before step 2: {process.communicate()[1]}")
-        assert time.monotonic() < deadline, "the run never reached step 2"
+            pytest.fail(f"the process ended before it created {path.name}: {process.communicate()[1]}")
+        assert time.monotonic() < deadline, f"the process never created {path.name}"
         time.sleep(0.1)
 
 
@@ -874,19 +875,32 @@ def test_ctrl_c_while_writing_an_output_file_keeps_the_rows_done(trained, tmp_pa
     assert partial.parent == tmp_path and len(partial.read_text().splitlines()) == 3 + 2  # title, header, rule, rows
 
 
-def test_ctrl_c_while_the_package_imports_is_one_line():
-    """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback."""
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path):
+    """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback.
 
+    No timing is guessed: an import hook in the child marks the moment `import torch` begins (inside the package's
+    import) and holds it there until the signal arrives."""
+    ready = tmp_path / "importing-torch"
     # A shell that starts a job in the background (`cmd &`, as CI runners may) leaves SIGINT ignored in its children,
     # and Python then installs no KeyboardInterrupt handler: restore the default first, as a terminal has it.
-    startup = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import sys, _mine_vae_cli"
-    command = [sys.executable, "-c", f"{startup}; sys.exit(_mine_vae_cli.main())", "train", "--help"]
+    startup = f"""
+import pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+class HoldTorchImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(120)  # the SIGINT raises KeyboardInterrupt here, inside the package's import
+        return None
+
+sys.meta_path.insert(0, HoldTorchImport())
+import _mine_vae_cli
+sys.exit(_mine_vae_cli.main())
+"""
+    command = [sys.executable, "-c", startup, "train", "--help"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # well inside the seconds the imports take
+    _wait_for(ready, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
