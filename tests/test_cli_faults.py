@@ -738,8 +738,12 @@ def test_bad_decoding_values(trained, flags, fragment):
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--importance_samples", "0"], "--importance_samples must be at least 1"),
-        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--importance_samples", "0"], "--importance_samples must be between 1 and"),
+        (["--importance_samples", str(10**30)], "--importance_samples must be between 1 and 100,000"),
+        (["--batch_size", "0"], "--batch_size must be between 1 and"),
+        (["--batch_size", str(10**30)], "--batch_size must be between 1 and 1,000,000"),
+        (["--max_length", "-1"], "--max_length must be at least 1"),
+        (["--max_eval_examples", "0"], "--max_eval_examples must be at least 1"),
     ],
 )
 def test_bad_evaluation_values(trained, corpus, flags, fragment):
@@ -754,6 +758,8 @@ def test_bad_evaluation_values(trained, corpus, flags, fragment):
         (["generate", "--num_return_sequences", "1000000000", "--do_sample"], ("--num_return_sequences", "at most")),
         (["generate", "--num_samples", str(10**13)], ("--num_samples", "does not fit in memory: at most")),
         (["interpolate", "a dog", "a cat", "--steps", str(10**13)], ("--steps", "does not fit in memory: at most")),
+        (["interpolate", "a dog", "a cat", "--num_beams", str(10**30)], ("--num_beams", "does not fit in memory")),
+        (["generate", "--num_beams", str(10**30)], ("--num_beams", "does not fit in memory")),
         (["generate", "--device", "meta"], ("--device meta holds no data",)),
         (["generate", "--device", "gpu7"], ("--device 'gpu7' is not a device",)),
         (["generate", "--seed", str(2**70)], (f"--seed must be between 0 and {2**32 - 1}",)),

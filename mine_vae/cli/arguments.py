@@ -114,6 +114,12 @@ class DataArguments:
         default=5, metadata={"help": "Held out of the training text when the corpus has no validation split."}
     )
 
+    def __post_init__(self) -> None:
+        for name in ("max_length", "vocab_size", "max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"--{name} must be at least 1 (or left out), got {value}.")
+        _require(self.min_frequency >= 1, f"--min_frequency must be at least 1, got {self.min_frequency}.")
+
 
 @dataclass
 class TrainRunArguments:
@@ -211,10 +217,14 @@ class EvaluateArguments:
     bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU (greedy decoding)."})
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}.")
         _require(
-            self.importance_samples >= 1,
-            f"--importance_samples must be at least 1, got {self.importance_samples} (papers use 100).",
+            1 <= self.batch_size <= MAX_BATCH_SIZE,
+            f"--batch_size must be between 1 and {MAX_BATCH_SIZE:,}, got {self.batch_size}.",
+        )
+        _require(
+            1 <= self.importance_samples <= MAX_IMPORTANCE_SAMPLES,
+            f"--importance_samples must be between 1 and {MAX_IMPORTANCE_SAMPLES:,}, got {self.importance_samples} "
+            "(papers use 100).",
         )
 
 
@@ -304,6 +314,9 @@ class InterpolateArguments:
     steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
 
 
+# Far above any useful value, far below what would loop for ever or overflow the samplers.
+MAX_BATCH_SIZE = 1_000_000
+MAX_IMPORTANCE_SAMPLES = 100_000
 MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds python, numpy and torch) end there
 
 

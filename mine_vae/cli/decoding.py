@@ -104,16 +104,24 @@ INTERPOLATION_BATCH = 64  # latents decoded at once: memory stays bounded howeve
 
 @torch.no_grad()
 def interpolation(
-    model: Any, processor: Any, start: str, end: str, steps: int, seed: int, **generate_kwargs: Any
+    model: Any,
+    processor: Any,
+    start: str,
+    end: str,
+    steps: int,
+    seed: int,
+    batch_size: int = INTERPOLATION_BATCH,
+    **generate_kwargs: Any,
 ) -> list[tuple[float, str]]:
-    """Decode `steps` latents evenly spaced between the posterior means of `start` and `end` (in batches)."""
+    """Decode `steps` latents evenly spaced between the posterior means of `start` and `end`, `batch_size` at a
+    time."""
     batch = processor([start, end]).to(model.device)
     posterior = model.encode(batch["input_ids"], batch["attention_mask"])
     with user_errors(ValueError):
         latents = model.interpolate(posterior.mu[0], posterior.mu[1], steps)
     torch.manual_seed(seed)
     texts: list[str] = []
-    for first in range(0, steps, INTERPOLATION_BATCH):
-        generated = model.generate(latent=latents[first : first + INTERPOLATION_BATCH], **generate_kwargs)
+    for first in range(0, steps, batch_size):
+        generated = model.generate(latent=latents[first : first + batch_size], **generate_kwargs)
         texts += decode(processor, generated)
     return [(index / (steps - 1), text) for index, text in enumerate(texts)]

@@ -20,7 +20,14 @@ from .commands import (
     set_threads,
     user_errors,
 )
-from .decoding import interpolation, most_that_fit, prior_sample_batches, reconstruction_batches, sequence_bytes
+from .decoding import (
+    INTERPOLATION_BATCH,
+    interpolation,
+    most_that_fit,
+    prior_sample_batches,
+    reconstruction_batches,
+    sequence_bytes,
+)
 from .loading import load_trained, read_sentences
 from .output import describe_os_error, replace_on_success, stdout_stream
 
@@ -178,12 +185,17 @@ def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: I
     if options.steps < 2:
         raise CliError(f"--steps must be at least 2 (both endpoints are included), got {options.steps}.")
     model, processor = load_trained(load.model, load.device)
+    kwargs = decoding.generate_kwargs(model)
     # The latents and the texts of every step are held until the table is printed (a text: up to a few dozen bytes
-    # a token as a Python string); the decoding itself goes in batches.
-    most = most_that_fit(4 * model.config.latent_size + 64 * decoding.max_new_tokens, model.device)
+    # a token as a Python string); the decoding itself goes in batches of what fits.
+    most = most_that_fit(4 * model.config.latent_size + 64 * kwargs["max_new_tokens"], model.device)
     if options.steps > most:
         raise CliError(f"--steps {options.steps} does not fit in memory: at most {most} here.")
-    steps = interpolation(model, processor, start, end, options.steps, load.seed, **decoding.generate_kwargs(model))
+    fit = most_that_fit(sequence_bytes(model, kwargs["max_new_tokens"]), model.device)
+    if decoding.num_beams > fit:
+        raise CliError(f"--num_beams {decoding.num_beams} does not fit in memory: at most {fit} here.")
+    batch = min(INTERPOLATION_BATCH, fit // decoding.num_beams)
+    steps = interpolation(model, processor, start, end, options.steps, load.seed, batch_size=batch, **kwargs)
     if load.json_output:
         print_json(
             {
