@@ -184,6 +184,8 @@ class ExplorerServer(ThreadingHTTPServer):
         page = resources.files(__package__).joinpath("explorer.html").read_text(encoding="utf-8")
         self.page = page.replace(TOKEN_PLACEHOLDER, self.token)
         super().__init__((host, port), _Handler)
+        # The names this machine answers to, looked up once (getfqdn may ask DNS): for a server on every address.
+        self.machine_names = ("localhost", socket.gethostname().lower(), socket.getfqdn().lower())
 
     @property
     def url(self) -> str:
@@ -206,7 +208,7 @@ class ExplorerServer(ThreadingHTTPServer):
             return False
         bound = ipaddress.ip_address(str(self.server_address[0]).split("%")[0])
         if bound.is_unspecified:
-            return _is_ip_address(name) or name in ("localhost", socket.gethostname().lower(), socket.getfqdn().lower())
+            return _is_ip_address(name) or name in self.machine_names
         if _is_ip_address(name):
             return ipaddress.ip_address(name) == bound
         return name == "localhost" and bound.is_loopback

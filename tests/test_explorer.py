@@ -244,6 +244,22 @@ def test_another_host_cannot_read_the_page_or_the_info(server):
     assert code == 403 and TOKEN_HEADER in answer["error"]  # localhost is this server too; the API needs the token
 
 
+def test_the_host_names_each_binding_answers_to(server, loaded):
+    port = server.server_address[1]
+    assert server.serves_host(f"127.0.0.1:{port}") and server.serves_host(f"LOCALHOST:{port}")
+    others = (f"127.0.0.2:{port}", f"[::1]:{port}", "127.0.0.1", f"rebind.example:{port}", "", f"127.0.0.1:{port}x")
+    for other in others:
+        assert not server.serves_host(other), other
+    everywhere = make_server(*loaded, host="0.0.0.0", port=0)  # the address of every interface: any IP, no DNS name
+    try:
+        port = everywhere.server_address[1]
+        assert everywhere.serves_host(f"192.0.2.7:{port}") and everywhere.serves_host(f"[2001:db8::1]:{port}")
+        assert everywhere.serves_host(f"localhost:{port}")
+        assert not everywhere.serves_host(f"rebind.example:{port}") and not everywhere.serves_host("192.0.2.7:1")
+    finally:
+        everywhere.server_close()
+
+
 @pytest.mark.parametrize(
     ("length", "status", "fragment"),
     [

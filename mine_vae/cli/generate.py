@@ -92,9 +92,9 @@ def _batch_that_fits(
             f"--num_return_sequences {options.num_return_sequences} (x --num_beams {decoding.num_beams}) does not fit "
             f"in memory: at most {max(fit // decoding.num_beams, 1)} here; ask for fewer, or lower --max_new_tokens."
         )
-    if not inputs and options.num_samples > most_that_fit(4 * model.config.latent_size, model.device):
-        most = most_that_fit(4 * model.config.latent_size, model.device)
-        raise CliError(f"--num_samples {options.num_samples} does not fit in memory: at most {most} here.")
+    most_latents = most_that_fit(4 * model.config.latent_size, model.device)  # the prior's draws are made up front
+    if not inputs and options.num_samples > most_latents:
+        raise CliError(f"--num_samples {options.num_samples} does not fit in memory: at most {most_latents} here.")
     batch = min(options.batch_size, fit // per_input)
     if batch < options.batch_size:
         inform(f"Decoding {batch} inputs at a time: --batch_size {options.batch_size} does not fit in memory.")

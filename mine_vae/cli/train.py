@@ -234,8 +234,8 @@ def _check_resumed_settings(
             if name in saved and not _same_value(value, saved[name]):
                 raise CliError(
                     f"--{name} {value} differs from the checkpoint's {saved[name]} ({checkpoint}/config.json): a run's "
-                    f"model is fixed when it starts; resume with --{name} {saved[name]} (or without it), or start a "
-                    "new run in another --output_dir."
+                    f"model is fixed when it starts; resume with --{name} {saved[name]}, or start a new run in another "
+                    "--output_dir."
                 )
     before = _read_json_file(folder / "training_args.json")
     changed = [
