@@ -68,8 +68,8 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
     ),
     "_save": "writes the training arguments as training_args.json instead of the pickled training_args.bin",
     "_push_from_checkpoint": (
-        "the Trainer's push at each save (hub_strategy other than 'end') writes training_args.json too, never the "
-        "pickled training_args.bin"
+        "the Trainer's push at each save (hub_strategy other than 'end') writes training_args.json, never the pickled "
+        "training_args.bin (as save_model does)"
     ),
 }
 
@@ -468,7 +468,7 @@ class MineVaeTrainer(Trainer):
             rotate_step_checkpoints(self._get_output_dir(trial), limit, self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        with _as_model_class(self.model), _training_args_as_json(self.args):
+        with _as_model_class(self.model):
             super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
@@ -482,6 +482,10 @@ class MineVaeTrainer(Trainer):
         pickled = os.path.join(folder, LEGACY_TRAINING_ARGS)
         if os.path.isfile(pickled):
             os.remove(pickled)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with _training_args_as_json(self.args):  # every save of a model goes through here, checkpoints included
+            super().save_model(output_dir, _internal_call)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         with _training_args_as_json(self.args):
@@ -869,6 +873,29 @@ def _as_model_class(model: nn.Module) -> Iterator[None]:
         model.__class__ = cls
 
 
+@contextmanager
+def _training_args_as_json(args: Any) -> Iterator[None]:
+    """The Trainer's `torch.save(args, ".../training_args.bin")` (in `save_model` and `_push_from_checkpoint`) writes
+    `training_args.json` instead: no pickle exists in the folder, not even between the Trainer's save and its removal
+    (a push at every save uploads the folder as it is then)."""
+    from transformers.trainer import TRAINING_ARGS_NAME  # the name the Trainer gives that pickle
+
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args_: Any, **kwargs: Any) -> None:
+        if obj is args and isinstance(f, (str, os.PathLike)) and os.path.basename(f) == TRAINING_ARGS_NAME:
+            with open(os.path.join(os.path.dirname(f), TRAINING_ARGS_JSON), "w", encoding="utf-8") as out:
+                out.write(args.to_json_string())
+            return
+        real_save(obj, f, *args_, **kwargs)
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = real_save
+
+
 def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:
     """`args.freeze_encoder` / `freeze_decoder`: fix the pretrained sub-models' weights. The heads this model adds
     (posterior, latent injection, critic) are left trainable. A peft-wrapped model is left to peft, which has already
@@ -1060,27 +1087,6 @@ def _other_accelerator() -> bool:
             is_torch_musa_available,
         )
     )
-
-
-@contextmanager
-def _training_args_as_json(args: Any) -> Iterator[None]:
-    """The Trainer's `torch.save(args, ".../training_args.bin")` (in `_save` and `_push_from_checkpoint`) writes
-    `training_args.json` instead: no pickle exists in the folder, not even between the Trainer's save and its removal
-    (a push at every save uploads the folder as it is then)."""
-    real_save = torch.save
-
-    def save(obj: Any, f: Any, *args_: Any, **kwargs: Any) -> None:
-        if obj is args and isinstance(f, (str, os.PathLike)) and os.path.basename(f) == LEGACY_TRAINING_ARGS:
-            with open(os.path.join(os.path.dirname(f), TRAINING_ARGS_JSON), "w", encoding="utf-8") as out:
-                out.write(args.to_json_string())
-            return
-        real_save(obj, f, *args_, **kwargs)
-
-    torch.save = save
-    try:
-        yield
-    finally:
-        torch.save = real_save
 
 
 def _read_json(path: str) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..configuration_mine_vae import MineVaeConfig
 from ..presets import DEFAULT_PRESET, PRESETS
+from .commands import check_seed
 from .decoding import generation_limit
 
 NUM_THREADS_HELP = (
@@ -317,13 +318,6 @@ class InterpolateArguments:
 # Far above any useful value, far below what would loop for ever or overflow the samplers.
 MAX_BATCH_SIZE = 1_000_000
 MAX_IMPORTANCE_SAMPLES = 100_000
-MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds python, numpy and torch) end there
-
-
-def check_seed(seed: int) -> None:
-    _require(0 <= seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {seed}.")
-
-
 def _require(condition: bool, message: str) -> None:
     """A value check of a dataclass: the parser reports the ValueError as the command's one-line error."""
     if not condition:

@@ -59,6 +59,14 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds python, numpy and torch) end there
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise CliError(f"--seed must be between 0 and {MAX_SEED}, got {seed}.")
+
+
 @dataclass(frozen=True)
 class Command:
     """

@@ -19,13 +19,14 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..adapters import merged_vae
 from ..data import first_examples
 from ..presets import Preset, build_from_scratch, build_pretrained, get_preset
-from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments, check_seed
+from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     INPUT_ERRORS,
     CliError,
     Terminated,
+    check_seed,
     inform,
     json_default,
     one_line,
@@ -137,8 +138,7 @@ def _check_training_values(training_args: Any) -> None:
     (Negative, NaN and infinite rates are refused by MineVaeTrainingArguments itself.)"""
     if not str(training_args.output_dir or "").strip():
         raise CliError("--output_dir is empty; give a folder, e.g. --output_dir runs/ptb.")
-    with user_errors(ValueError):
-        check_seed(training_args.seed)
+    check_seed(training_args.seed)
     if training_args.max_steps == 0 or training_args.max_steps < -1:
         raise CliError(
             f"--max_steps must be at least 1 (or -1 to train for --num_train_epochs), got {training_args.max_steps}."
@@ -159,7 +159,7 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
                 f"--resume_from_checkpoint {explicit!r} is not a complete checkpoint; pass a checkpoint-N folder "
                 "holding trainer_state.json, or use --resume for the newest one in --output_dir."
             )
-        return _without_legacy_pickles(explicit)
+        return explicit
     if not run.resume:
         return None
     checkpoint = last_complete_checkpoint(training_args.output_dir)
@@ -168,7 +168,7 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
             f"--resume: no complete checkpoint in {training_args.output_dir!r}; check --output_dir, or start a new run "
             "without --resume."
         )
-    return _without_legacy_pickles(checkpoint)
+    return checkpoint
 
 
 # The Trainer's pickled optimizer and RNG state, which checkpoints of earlier versions hold in place of this version's
@@ -176,8 +176,8 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
 LEGACY_PICKLES = ("optimizer.pt", "rng_state*.pth")
 
 
-def _without_legacy_pickles(checkpoint: str) -> str:
-    """`checkpoint`, refused in one line when it holds pickled state: nothing here loads a pickle (unpickling can run
+def _refuse_legacy_pickles(checkpoint: str) -> None:
+    """Refuse `checkpoint` in one line when it holds pickled state: nothing here loads a pickle (unpickling can run
     whatever code a planted file holds), and resuming without that state would not continue the run as it was."""
     found = sorted(path.name for pattern in LEGACY_PICKLES for path in Path(checkpoint).glob(pattern))
     if found:
@@ -185,7 +185,6 @@ def _without_legacy_pickles(checkpoint: str) -> str:
             f"{checkpoint} holds pickled training state ({', '.join(found)}) of an earlier version, which mine-vae "
             "does not load (a pickle can run code); resume from a checkpoint this version wrote, or start a new run."
         )
-    return checkpoint
 
 
 class _RecordRun(TrainerCallback):
@@ -221,6 +220,7 @@ def _check_resumed_settings(
     """A resumed run continues the model the checkpoint holds: a --preset or model setting (--latent_size, ...) that
     differs from the run's is refused, naming it, rather than ignored or mixed in. Returns the line that names the
     training settings that changed (printed once every input is checked: an error stays one line)."""
+    _refuse_legacy_pickles(checkpoint)
     folder = Path(checkpoint)
     recorded = _read_json_file(folder / RUN_FILE)
     if recorded.get("preset") not in (None, preset.name):
