@@ -352,6 +352,9 @@ class EarlierVersionTrainer(MineVaeTrainer):
     def _save(self, output_dir=None, state_dict=None) -> None:
         Trainer._save(self, output_dir, state_dict)
 
+    def save_model(self, output_dir=None, _internal_call=False) -> None:
+        Trainer.save_model(self, output_dir, _internal_call)
+
 
 @pytest.mark.parametrize("step", [2, 4], ids=["mid-first-epoch", "mid-second-epoch"])
 def test_a_checkpoint_of_an_earlier_version_still_resumes_exactly(tmp_path, uninterrupted, step):
