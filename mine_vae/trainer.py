@@ -873,29 +873,6 @@ def _as_model_class(model: nn.Module) -> Iterator[None]:
         model.__class__ = cls
 
 
-@contextmanager
-def _training_args_as_json(args: Any) -> Iterator[None]:
-    """The Trainer's `torch.save(args, ".../training_args.bin")` (in `save_model` and `_push_from_checkpoint`) writes
-    `training_args.json` instead: no pickle exists in the folder, not even between the Trainer's save and its removal
-    (a push at every save uploads the folder as it is then)."""
-    from transformers.trainer import TRAINING_ARGS_NAME  # the name the Trainer gives that pickle
-
-    real_save = torch.save
-
-    def save(obj: Any, f: Any, *args_: Any, **kwargs: Any) -> None:
-        if obj is args and isinstance(f, (str, os.PathLike)) and os.path.basename(f) == TRAINING_ARGS_NAME:
-            with open(os.path.join(os.path.dirname(f), TRAINING_ARGS_JSON), "w", encoding="utf-8") as out:
-                out.write(args.to_json_string())
-            return
-        real_save(obj, f, *args_, **kwargs)
-
-    torch.save = save
-    try:
-        yield
-    finally:
-        torch.save = real_save
-
-
 def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:
     """`args.freeze_encoder` / `freeze_decoder`: fix the pretrained sub-models' weights. The heads this model adds
     (posterior, latent injection, critic) are left trainable. A peft-wrapped model is left to peft, which has already
@@ -919,6 +896,29 @@ class SeededRandomSampler(_EpochSeeded, RandomSampler):
 # --------------------------------------------------------------------------------------------------------------------
 # Pickle-free state files
 # --------------------------------------------------------------------------------------------------------------------
+@contextmanager
+def _training_args_as_json(args: Any) -> Iterator[None]:
+    """The Trainer's `torch.save(args, ".../training_args.bin")` (in `save_model` and `_push_from_checkpoint`) writes
+    `training_args.json` instead: no pickle exists in the folder, not even between the Trainer's save and its removal
+    (a push at every save uploads the folder as it is then)."""
+    from transformers.trainer import TRAINING_ARGS_NAME  # the name the Trainer gives that pickle
+
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args_: Any, **kwargs: Any) -> None:
+        if obj is args and isinstance(f, (str, os.PathLike)) and os.path.basename(f) == TRAINING_ARGS_NAME:
+            with open(os.path.join(os.path.dirname(f), TRAINING_ARGS_JSON), "w", encoding="utf-8") as out:
+                out.write(args.to_json_string())
+            return
+        real_save(obj, f, *args_, **kwargs)
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = real_save
+
+
 @contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     flags = [p.requires_grad for p in module.parameters()]
