@@ -71,6 +71,13 @@ class ModelArguments:
         default=None, metadata={"help": "Standard deviation of the initial weights of the added heads."}
     )
 
+    def __post_init__(self) -> None:
+        # Sizes far above any model's, checked here: beyond them torch fails while building the model with an
+        # allocator or integer-overflow message that names no flag. (Values below 1 are refused by MineVaeConfig.)
+        for name, most in MAX_MODEL_SIZES.items():
+            value = getattr(self, name)
+            _require(value is None or value <= most, f"--{name} must be at most {most:,}, got {value}.")
+
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
         # Every field of this class that MineVaeConfig also has (the others choose the model: preset, encoder, decoder).
@@ -315,6 +322,7 @@ class InterpolateArguments:
     steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
 
 
+MAX_MODEL_SIZES = {"latent_size": 65_536, "latent_memory_positions": 4_096, "critic_hidden_size": 65_536}
 # Far above any useful value, far below what would loop for ever or overflow the samplers.
 MAX_BATCH_SIZE = 1_000_000
 MAX_IMPORTANCE_SAMPLES = 100_000

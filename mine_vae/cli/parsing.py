@@ -20,6 +20,7 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # bounds are far above any real one, and far below what would exhaust the parser's recursion or the memory.
 MAX_CONFIG_BYTES = 1_000_000
 MAX_CONFIG_DEPTH = 32
+MAX_INTEGER = 2**63 - 1  # the largest whole number torch takes
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -88,7 +89,20 @@ def parse_command(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
         raise CliError(str(error)) from error
     if remaining:
         raise CliError(f"unrecognized arguments: {' '.join(remaining)} (see `{PROG} {command.name} --help`)")
+    _check_integer_range(parsed)
     return tuple(parsed)
+
+
+def _check_integer_range(parsed: Sequence[Any]) -> None:
+    """Whole numbers beyond 64 bits, refused naming the flag: torch and numpy fail on them with an overflow message
+    that names none (`--per_device_train_batch_size 1e30` typed as digits, a pasted number)."""
+    for values in parsed:
+        if not dataclasses.is_dataclass(values):
+            continue
+        for spec in dataclasses.fields(values):
+            value = getattr(values, spec.name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+                raise CliError(f"--{spec.name} {value} is too large; at most {MAX_INTEGER:,}.")
 
 
 def _converted_config_values(parser: argparse.ArgumentParser, values: Mapping[str, Any], path: str) -> dict[str, Any]:
