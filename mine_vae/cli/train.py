@@ -247,9 +247,11 @@ def _check_resumed_settings(
 
 
 def _same_value(given: Any, saved: Any) -> bool:
-    numbers = (int, float)
-    if isinstance(given, numbers) and isinstance(saved, numbers) and not isinstance(given, bool):
-        return float(given) == float(saved)
+    """A setting's value as parsed against its value read back from JSON (a tuple is a list there; 8 equals 8.0)."""
+    try:
+        given = json.loads(json.dumps(given))
+    except (TypeError, ValueError):
+        pass
     return given == saved
 
 
