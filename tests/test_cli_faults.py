@@ -885,7 +885,14 @@ def test_ctrl_c_while_writing_an_output_file_keeps_the_rows_done(trained, tmp_pa
     assert partial.parent == tmp_path and len(partial.read_text().splitlines()) == 3 + 2  # title, header, rule, rows
 
 
-def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("sent", "code", "line"),
+    [
+        (signal.SIGINT, 130, "mine-vae: interrupted while starting."),
+        (signal.SIGTERM, 143, "mine-vae: terminated (SIGTERM) while starting."),
+    ],
+)
+def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path, sent, code, line):
     """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback.
 
     No timing is guessed: an import hook in the child marks the moment `import torch` begins (inside the package's
@@ -901,7 +908,7 @@ class HoldTorchImport:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
             pathlib.Path({str(ready)!r}).touch()
-            time.sleep(120)  # the SIGINT raises KeyboardInterrupt here, inside the package's import
+            time.sleep(120)  # the signal's handler raises here, inside the package's import
         return None
 
 sys.meta_path.insert(0, HoldTorchImport())
@@ -911,8 +918,8 @@ sys.exit(_mine_vae_cli.main())
     command = [sys.executable, "-c", startup, "train", "--help"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(ready, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert err.strip().splitlines() == ["mine-vae: interrupted while starting."]
+    assert process.returncode == code, err
+    assert err.strip().splitlines() == [line]
     assert out == ""
