@@ -444,8 +444,10 @@ def _alias_bomb() -> str:
 
 
 def _block_nested(levels: int) -> str:
-    return "lr_scheduler_kwargs:\n" + "".join(f"{' ' * (2 * level)}k{level}:\n" for level in range(1, levels)) + (
-        f"{' ' * (2 * levels)}k: 1\n"
+    return (
+        "lr_scheduler_kwargs:\n"
+        + "".join(f"{' ' * (2 * level)}k{level}:\n" for level in range(1, levels))
+        + (f"{' ' * (2 * levels)}k: 1\n")
     )
 
 
