@@ -15,11 +15,23 @@ operations of `mine_vae.latent`:
 Every answer is `{"results": [...]}`, or `{"error": "one line"}` with status 400 (bad input) or 500 (anything else):
 a failing request is reported on the page and the server keeps serving. Decoding is greedy, so the page shows what
 each latent decodes to, not sampling noise.
+
+Any web page the user has open can send requests to a server on their machine; what keeps other pages out:
+- the `Host` header must name the address the server is bound to (or `localhost` when that is a loopback address; any
+  IP address when bound to all of them): a DNS-rebinding page's requests carry its own host name, and are refused;
+- `/api/` needs the per-launch token that the page holds (`X-Mine-Vae-Token`), which another site cannot read;
+- a POST needs `Content-Type: application/json` and an `Origin` of this server: another site's form or `text/plain`
+  POST (which browsers send without asking) is refused before it is read;
+- a POST needs a `Content-Length` between 0 and `MAX_BODY_BYTES`, checked before anything is read.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import secrets
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -49,10 +61,20 @@ MAX_SENTENCES = 64
 MAX_STEPS = 50
 MAX_SAMPLES = 50
 MAX_STRENGTH = 10.0
+TOKEN_HEADER = "X-Mine-Vae-Token"
+TOKEN_PLACEHOLDER = "{{MINE_VAE_TOKEN}}"  # in explorer.html: where the page gets this launch's token
 
 
 class ExplorerInputError(ValueError):
     """A request the page should word differently: answered with status 400 and the message."""
+
+
+class _Refused(Exception):
+    """A request refused before its body is read (not from this server's page, or of a size not allowed)."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Explorer:
@@ -158,14 +180,38 @@ class ExplorerServer(ThreadingHTTPServer):
 
     def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> None:
         self.explorer = explorer
-        self.page = resources.files(__package__).joinpath("explorer.html").read_text(encoding="utf-8")
+        self.token = secrets.token_urlsafe(32)  # per launch: a page of another site can neither read nor guess it
+        page = resources.files(__package__).joinpath("explorer.html").read_text(encoding="utf-8")
+        self.page = page.replace(TOKEN_PLACEHOLDER, self.token)
         super().__init__((host, port), _Handler)
+        # The names this machine answers to, looked up once (getfqdn may ask DNS): for a server on every address.
+        self.machine_names = ("localhost", socket.gethostname().lower(), socket.getfqdn().lower())
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         shown = f"[{host}]" if ":" in str(host) else host
         return f"http://{shown}:{port}/"
+
+    def serves_host(self, header: str | None) -> bool:
+        """Whether a request's `Host` header names this server: its address and port (`localhost` too when bound to
+        a loopback address; any IP address, this machine's name and `localhost` when bound to all addresses). A
+        DNS-rebinding page reaches the server under its own host name, which is none of these."""
+        header = (header or "").strip().lower()
+        if header.startswith("["):  # [IPv6 address]:port
+            name, _, rest = header[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or "80"
+        else:
+            name, _, port = header.partition(":")
+            port = port or "80"
+        if not name or port != str(self.server_address[1]):
+            return False
+        bound = ipaddress.ip_address(str(self.server_address[0]).split("%")[0])
+        if bound.is_unspecified:
+            return _is_ip_address(name) or name in self.machine_names
+        if _is_ip_address(name):
+            return ipaddress.ip_address(name) == bound
+        return name == "localhost" and bound.is_loopback
 
 
 def make_server(model: Any, processor: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> ExplorerServer:
@@ -180,21 +226,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, self.server.page.encode("utf-8"), "text/html; charset=utf-8")
-        elif path == "/api/info":
-            self._send_json(HTTPStatus.OK, self.server.explorer.info())
-        else:
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no page at {path}"})
+        try:
+            self._check_host()
+            if path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, self.server.page.encode("utf-8"), "text/html; charset=utf-8")
+            elif path == "/api/info":
+                self._check_token()
+                self._send_json(HTTPStatus.OK, self.server.explorer.info())
+            else:
+                self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no page at {path}"})
+        except _Refused as refusal:
+            self._send_json(refusal.status, {"error": str(refusal)})
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         try:
+            # Every check before a byte of the body is read: a refused request costs nothing.
+            self._check_host()
+            length = self._content_length()
             if not path.startswith("/api/"):
-                self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no API at {path}"})
-                return
-            results = self.server.explorer.run(path[len("/api/") :], self._body())
+                raise _Refused(HTTPStatus.NOT_FOUND, f"no API at {path}")
+            self._check_same_origin()
+            self._check_token()
+            results = self.server.explorer.run(path[len("/api/") :], self._body(length))
             self._send_json(HTTPStatus.OK, {"results": results})
+        except _Refused as refusal:
+            self.close_connection = True  # the unread body would otherwise be taken for the next request
+            self._send_json(refusal.status, {"error": str(refusal)})
         except ExplorerInputError as error:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": _one_line(str(error))})
         except Exception as error:  # noqa: BLE001 (the page shows it; the server keeps serving)
@@ -202,14 +260,53 @@ class _Handler(BaseHTTPRequestHandler):
             print(f"explorer: {self.path} failed: {message}", file=sys.stderr, flush=True)
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
 
-    def _body(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError as error:
-            raise ExplorerInputError("the request's Content-Length is not a number.") from error
+    def _check_host(self) -> None:
+        if not self.server.serves_host(self.headers.get("Host")):
+            self.close_connection = True
+            raise _Refused(
+                HTTPStatus.FORBIDDEN,
+                f"this server answers requests for {self.server.url} only, not for Host "
+                f"{self.headers.get('Host')!r}; open {self.server.url}.",
+            )
+
+    def _check_same_origin(self) -> None:
+        """A POST from the page itself: a same-origin `Origin` (browsers send one with every POST) and a JSON body
+        (another site may send a form or `text/plain` POST without asking the server first, never a JSON one)."""
+        origin = self.headers.get("Origin")
+        if origin is None or origin.strip().lower() != f"http://{self.headers.get('Host', '').strip().lower()}":
+            raise _Refused(HTTPStatus.FORBIDDEN, f"requests must come from the explorer's page (Origin {origin!r}).")
+        media_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise _Refused(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"the request must be Content-Type application/json, not {media_type or 'none'!r}.",
+            )
+
+    def _check_token(self) -> None:
+        token = self.headers.get(TOKEN_HEADER) or ""
+        if not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            raise _Refused(
+                HTTPStatus.FORBIDDEN,
+                f"the request lacks this launch's {TOKEN_HEADER}; use the page at {self.server.url}.",
+            )
+
+    def _content_length(self) -> int:
+        """The body's size from `Content-Length`, refused when missing (a chunked body included), not a number,
+        negative (`rfile.read(-1)` would read to the end of the stream, whatever its size) or over the cap."""
+        value = self.headers.get("Content-Length")
+        if value is None or self.headers.get("Transfer-Encoding"):
+            raise _Refused(HTTPStatus.LENGTH_REQUIRED, "the request needs a Content-Length (no chunked bodies).")
+        if not value.strip().isdigit():
+            raise _Refused(HTTPStatus.BAD_REQUEST, f"the request's Content-Length {value!r} is not a size in bytes.")
+        length = int(value)
         if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body would otherwise be taken for the next request
-            raise ExplorerInputError(f"the request is over {MAX_BODY_BYTES:,} bytes; send fewer sentences.")
+            raise _Refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the request is over {MAX_BODY_BYTES:,} bytes; send fewer sentences.",
+            )
+        return length
+
+    def _body(self, length: int) -> dict[str, Any]:
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -227,6 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Cache-Control", "no-store")
+            # Not framed by another site's page (which could trick clicks), not sniffed into another type.
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Content-Security-Policy", "frame-ancestors 'none'")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if self.close_connection:  # tell the client, which would otherwise send its next request here
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
@@ -290,6 +393,14 @@ def _choice(body: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ExplorerInputError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
     return value
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _one_line(text: str) -> str:

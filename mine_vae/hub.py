@@ -27,7 +27,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 from .modelcard import DEFAULT_LICENSE, model_card
 from .modeling_mine_vae import MineVaeModel
-from .processing_mine_vae import PROCESSOR_CONFIG_NAME, MineVaeProcessor
+from .processing_mine_vae import PROCESSOR_CONFIG_NAME, MineVaeProcessor, has_processor_config
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -146,7 +146,7 @@ def push_folder(
     files = check_model_folder(folder)
     model = MineVaeModel.from_pretrained(folder)
     processor = None
-    if (folder / PROCESSOR_CONFIG_NAME).is_file():
+    if has_processor_config(folder):
         processor = MineVaeProcessor.from_pretrained(folder)
         processor.check_model(model)
     else:

@@ -177,9 +177,11 @@ class MineVaePreTrainedModel(PreTrainedModel):
             raise ValueError("MINE-VAE models load safetensors weights only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         wants_info = kwargs.pop("output_loading_info", False)
+        # Tensors of another shape are reported below, naming the setting, not as transformers' RuntimeError.
+        accepts_other_shapes = kwargs.pop("ignore_mismatched_sizes", False)
         try:
             model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
             )
         except SafetensorError as error:
             raise ValueError(
@@ -194,6 +196,23 @@ class MineVaePreTrainedModel(PreTrainedModel):
                 "(.bin/.pt can run code when unpickled); convert them in a trusted environment with "
                 "`model.save_pretrained(folder)` (which writes model.safetensors)."
             ) from error
+        reshaped = sorted(info.get("mismatched_keys") or [])
+        if reshaped and not accepts_other_shapes and pretrained_model_name_or_path is not None:
+            changed = _settings_changed_by(kwargs, cls.config_class, pretrained_model_name_or_path)
+            key, saved, built = reshaped[0]
+            shapes = (
+                f"{len(reshaped)} tensor(s) differ in shape, e.g. {key} is {list(saved)} in the weights and "
+                f"{list(built)} in the config"
+            )
+            if changed:
+                raise ValueError(
+                    f"The weights in {pretrained_model_name_or_path} do not fit the config as changed by "
+                    f"{', '.join(changed)}: {shapes}. Load without those arguments."
+                )
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit its config: {shapes}. Use the config.json "
+                "saved with these weights, or save the model again with MineVaeModel.save_pretrained."
+            )
         mismatched = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
         # A caller who asks for the loading info (or builds from a config with its own state_dict) judges it.
         if mismatched and not wants_info and pretrained_model_name_or_path is not None:

@@ -284,6 +284,11 @@ class MineVaeProcessor(ProcessorMixin):
         Keyword arguments such as `revision`, `token`, `cache_dir` locate the files and are passed to each tokenizer's
         `from_pretrained`; `max_encoder_length` / `max_decoder_length` override the saved lengths.
         """
+        if os.path.isdir(pretrained_model_name_or_path):
+            folder = os.path.join(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if has_processor_config(folder):
+                for name in (ENCODER_TOKENIZER_FOLDER, DECODER_TOKENIZER_FOLDER):
+                    check_tokenizer_folder(os.path.join(folder, name))
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
@@ -317,6 +322,54 @@ class MineVaeProcessor(ProcessorMixin):
         with open(legacy_file, encoding="utf-8") as f:
             processor_dict.update(json.load(f))
         return processor_dict, unused_kwargs
+
+
+def has_processor_config(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a processor's settings: `processor_config.json`, or the `mine_vae_processor.json` of
+    older mine_vae versions (either one loads)."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in (PROCESSOR_NAME, PROCESSOR_CONFIG_NAME))
+
+
+def check_tokenizer_folder(folder: str | os.PathLike) -> None:
+    """
+    Raise `OSError` naming the folder and the file when a saved tokenizer's files are missing or unreadable.
+    transformers would not refuse such a folder: without `tokenizer.json` it builds a tokenizer of the special tokens
+    alone (every word becomes the unknown token, and the model computes on that without a word), and a damaged file
+    ends in a message about installing sentencepiece or tiktoken.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise OSError(f"the tokenizer folder {folder} is missing; save the processor again with save_pretrained.")
+    settings = _read_tokenizer_file(folder, "tokenizer_config.json")
+    backend = settings.get("backend", "tokenizers")
+    if backend == "tokenizers" or os.path.exists(os.path.join(folder, "tokenizer.json")):
+        _read_tokenizer_file(folder, "tokenizer.json")
+    elif backend == "sentencepiece" and not any(name.endswith(".model") for name in os.listdir(folder)):
+        raise OSError(
+            f"{folder} holds no sentencepiece model (*.model) for its {settings.get('tokenizer_class')}; save the "
+            "processor again with save_pretrained."
+        )
+
+
+def _read_tokenizer_file(folder: str, name: str) -> dict[str, Any]:
+    path = os.path.join(folder, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except FileNotFoundError:
+        raise OSError(
+            f"{folder} lacks {name}: the tokenizer cannot be loaded as it was saved (transformers would build another "
+            "one in its place); copy the file back, or save the processor again with save_pretrained."
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "it is not valid JSON"
+        raise OSError(
+            f"{folder}: {name} cannot be read ({reason}); copy the file back, or save the processor again with "
+            "save_pretrained."
+        ) from None
+    if not isinstance(document, dict):
+        raise OSError(f"{folder}: {name} is not a JSON object; copy the file back, or save the processor again.")
+    return document
 
 
 @dataclass

@@ -80,6 +80,10 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
         "every checkpoint-* folder by modification time and would delete a user's checkpoint-best/"
     ),
     "_save": "writes the training arguments as training_args.json instead of the pickled training_args.bin",
+    "_push_from_checkpoint": (
+        "the Trainer's push at each save (hub_strategy other than 'end') writes training_args.json, never the pickled "
+        "training_args.bin (as save_model does)"
+    ),
 }
 
 # The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
@@ -447,6 +451,14 @@ class MineVaeTrainer(Trainer):
         if os.path.isfile(pickled):
             os.remove(pickled)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with _training_args_as_json(self.args):  # every save of a model goes through here, checkpoints included
+            super().save_model(output_dir, _internal_call)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with _training_args_as_json(self.args):
+            super()._push_from_checkpoint(checkpoint_folder)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint)
         if resume_from_checkpoint is not None and peft_base_vae(self.model) is not None:
@@ -494,6 +506,29 @@ def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -
     for side in ("encoder", "decoder"):
         if getattr(args, f"freeze_{side}"):
             getattr(model, side).requires_grad_(False)
+
+
+@contextmanager
+def _training_args_as_json(args: Any) -> Iterator[None]:
+    """The Trainer's `torch.save(args, ".../training_args.bin")` (in `save_model` and `_push_from_checkpoint`) writes
+    `training_args.json` instead: no pickle exists in the folder, not even between the Trainer's save and its removal
+    (a push at every save uploads the folder as it is then)."""
+    from transformers.trainer import TRAINING_ARGS_NAME  # the name the Trainer gives that pickle
+
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args_: Any, **kwargs: Any) -> None:
+        if obj is args and isinstance(f, (str, os.PathLike)) and os.path.basename(f) == TRAINING_ARGS_NAME:
+            with open(os.path.join(os.path.dirname(f), TRAINING_ARGS_JSON), "w", encoding="utf-8") as out:
+                out.write(args.to_json_string())
+            return
+        real_save(obj, f, *args_, **kwargs)
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = real_save
 
 
 @contextmanager

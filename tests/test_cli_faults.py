@@ -15,15 +15,19 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 import tiny
+import torch
 
 from mine_vae import MineVaeModel
 from mine_vae.cli import main
+from mine_vae.cli.output import LOCK_FILE
 from mine_vae.trainer import MineVaeTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -245,6 +249,170 @@ def test_ctrl_c_during_an_overwrite_keeps_the_previous_model_and_can_continue(pr
     assert not staging[0].exists() and (previous_run / "checkpoint-best" / "weights.bin").is_file()
 
 
+# A `mine-vae train` in a process of its own whose step 2 waits (up to a minute) for its stop to be requested, after
+# announcing itself in a file: the test sends a real signal at that point, with no timing to guess.
+_WAITING_TRAIN = """
+import os, sys, time
+from mine_vae.cli import main
+from mine_vae.cli.output import LOCK_FILE
+from mine_vae.trainer import MineVaeTrainer
+
+ready, original = sys.argv[1], MineVaeTrainer.training_step
+
+def training_step(self, *args, **kwargs):
+    if self.state.global_step == 1 and not os.path.exists(ready):
+        open(ready, "w").close()
+        for _ in range(1200):
+            if any(getattr(callback, "requested", False) for callback in self.callback_handler.callbacks):
+                break
+            time.sleep(0.05)
+    return original(self, *args, **kwargs)
+
+MineVaeTrainer.training_step = training_step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _start_waiting_train(argv: list[str], ready: Path) -> subprocess.Popen:
+    command = [sys.executable, "-c", _WAITING_TRAIN, str(ready), *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    """Until the child creates `path` (it then waits for the test's signal): no guess of how long it takes."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended before it created {path.name}: {process.communicate()[1]}")
+        assert time.monotonic() < deadline, f"the process never created {path.name}"
+        time.sleep(0.1)
+
+
+def test_sigterm_during_training_saves_a_checkpoint_like_ctrl_c(corpus, tmp_path):
+    # SIGTERM is what SLURM, Kubernetes and `timeout` send: the step finishes, a checkpoint is saved, one line says
+    # where and how to continue, exit code 143; --resume then finishes the run.
+    output_dir, ready = tmp_path / "model", tmp_path / "at-step-2"
+    base = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK]
+    argv = [*base, "--max_steps", "6", "--save_steps", "100", "--num_threads", "1", "--disable_tqdm", "true"]
+    process = _start_waiting_train(argv, ready)
+    _wait_for(ready, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("SIGTERM: stopped at step 2 of 6; checkpoint saved in ") and "--resume" in last, err
+    assert sum("SIGTERM" in line for line in err.splitlines()) == 1, err
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (output_dir / "model.safetensors").exists()
+
+    code, _, err = run([*base, "--max_steps", "6", "--resume"])
+    assert code == 0, err
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One run at a time in an output folder; a resumed run continues the model it began with
+# --------------------------------------------------------------------------------------------------------------------
+def test_a_second_run_into_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(corpus, tmp_path):
+    output_dir, ready = tmp_path / "model", tmp_path / "at-step-2"
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), *QUICK]
+    first = _start_waiting_train([*argv, "--max_steps", "4", "--num_threads", "1", "--disable_tqdm", "true"], ready)
+    try:
+        _wait_for(ready, first)
+        code, _, err = run(argv)
+        assert_one_line_error(code, err, str(output_dir), "in use by another `mine-vae train`", f"PID {first.pid}")
+        assert not (output_dir / "model.safetensors").exists()
+    finally:
+        first.kill()  # SIGKILL: no handler runs, its lock file stays behind
+        first.communicate(timeout=60)
+    assert (output_dir / LOCK_FILE).read_text().strip() == str(first.pid)
+
+    code, _, err = run(argv)
+    assert code == 0, err
+    assert (output_dir / "model.safetensors").is_file() and not (output_dir / LOCK_FILE).exists()
+
+
+@pytest.fixture
+def interrupted_run(trained, tmp_path) -> Path:
+    """A copy of a finished 2-step run reduced to its checkpoint: a run to --resume."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained / "checkpoint-2", folder / "checkpoint-2")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--latent_size", "4"], ("--latent_size 4 differs from the checkpoint's 8", "resume with --latent_size 8")),
+        (["--critic_num_layers", "3"], ("--critic_num_layers 3 differs",)),
+        (["--preset", "small"], ("--preset small differs from the run's preset tiny", "resume with --preset tiny")),
+    ],
+)
+def test_resume_with_another_architecture_or_preset_is_refused(interrupted_run, corpus, monkeypatch, flags, fragments):
+    before = snapshot(interrupted_run)
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("resumed with another model"))
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK]
+    code, _, err = run([*argv, "--max_steps", "4", "--resume", *flags])
+    assert_one_line_error(code, err, *fragments)
+    assert snapshot(interrupted_run) == before
+
+
+class _Planted:
+    """Unpickling this runs code: it writes the file named, as an attacker's payload would do anything else."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "the payload ran"))
+
+
+@pytest.mark.parametrize("names", [("optimizer.pt", "scheduler.pt"), ("rng_state.pth",)])
+def test_a_checkpoint_with_legacy_pickles_is_refused_in_one_line(interrupted_run, corpus, tmp_path, names):
+    import pickle
+
+    checkpoint = interrupted_run / "checkpoint-2"
+    for new_file in ("optimizer.safetensors", "optimizer_state.json", "rng_state.safetensors", "rng_state.json"):
+        (checkpoint / new_file).unlink(missing_ok=True)  # as an earlier version's checkpoint: the pickles only
+    marker = tmp_path / "payload-ran"
+    for name in names:
+        (checkpoint / name).write_bytes(pickle.dumps(_Planted(marker)))
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK, "--resume"]
+    code, _, err = run([*argv, "--max_steps", "4"])
+    assert_one_line_error(code, err, str(checkpoint), names[0], "pickled training state", "does not load")
+    assert not marker.exists()
+
+
+def test_resume_names_the_training_settings_it_changes(interrupted_run, corpus):
+    argv = ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(interrupted_run), *QUICK]
+    code, _, err = run([*argv, "--max_steps", "3", "--resume"])
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "changed training settings" in line]
+    assert lines == [f"Resuming {interrupted_run / 'checkpoint-2'} with changed training settings: --max_steps 2 -> 3."]
+    assert json.loads((interrupted_run / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_sigterm_outside_training_is_one_line(trained, monkeypatch):
+    def not_taken(signum, frame):
+        raise AssertionError("SIGTERM was not taken by the command")
+
+    previous = signal.signal(signal.SIGTERM, not_taken)  # the test's own, should the command install none
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, taken by the command's handler
+        time.sleep(5)  # the handler raises before this ends
+        pytest.fail("SIGTERM was not taken")
+
+    monkeypatch.setattr("mine_vae.cli.generate.load_trained", terminated)
+    try:
+        code, _, err = run(["generate", "--model", str(trained)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert_one_line(code, err, 143, "mine-vae generate: terminated (SIGTERM)")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Config files: the same conversion and checks as the flags
 # --------------------------------------------------------------------------------------------------------------------
@@ -265,6 +433,46 @@ def test_config_values_are_checked_like_flags(previous_run, corpus, tmp_path, se
     code, _, err = run(["train", str(config), *tiny.cli_data_flags(corpus)])
     assert_one_line_error(code, err, str(config), *fragments)
     assert snapshot(previous_run) == before
+
+
+def _alias_bomb() -> str:
+    """Each level a list of nine aliases of the one before: a few hundred bytes, 9**levels values once expanded."""
+    lines = ['  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        lines.append(f"  a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]")
+    return "lr_scheduler_kwargs:\n" + "\n".join(lines) + "\n"
+
+
+def _block_nested(levels: int) -> str:
+    return (
+        "lr_scheduler_kwargs:\n"
+        + "".join(f"{' ' * (2 * level)}k{level}:\n" for level in range(1, levels))
+        + (f"{' ' * (2 * levels)}k: 1\n")
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragments"),
+    [
+        ("deep.json", '{"lr_scheduler_kwargs": ' + "[" * 200_000 + "]" * 200_000 + "}", ("200001 deep", "at most 32")),
+        ("deep.yaml", "lr_scheduler_kwargs: " + "[" * 100_000 + "]" * 100_000 + "\n", ("100000 deep", "at most 32")),
+        ("indented.yaml", _block_nested(600), ("too deep to read", "at most 32")),
+        ("big.yaml", "# a comment\n" * 100_000, ("is over 1,000,000 bytes",)),
+        ("bomb.yaml", _alias_bomb(), ("aliases (*a0) are not allowed",)),
+        ("twice.yaml", "max_steps: 2\nmax_steps: 3\n", ("the key 'max_steps' appears twice",)),
+        ("twice.json", '{"max_steps": 2, "max_steps": 3}', ("the key 'max_steps' appears twice",)),
+        ("twins.yaml", "max-steps: 2\nmax_steps: 3\n", ("sets 'max-steps' and 'max_steps'", "the same setting")),
+    ],
+)
+def test_config_files_that_cannot_be_read_safely_are_one_line(corpus, tmp_path, monkeypatch, name, text, fragments):
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained from a bad config file"))
+    config = tmp_path / name
+    config.write_text(text)
+    argv = ["train", str(config), *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(tmp_path / "model")]
+    code, _, err = run(argv)
+    line = assert_one_line_error(code, err, str(config), *fragments)
+    assert len(line) < 1000  # never the expanded value
+    assert not (tmp_path / "model").exists()
 
 
 def test_a_false_overwrite_in_a_config_file_is_false(previous_run, corpus, tmp_path):
@@ -437,6 +645,57 @@ def test_a_tokenizer_larger_than_the_model(trained, corpus, tmp_path, command):
     assert_one_line_error(code, err, "tokenizers do not fit the model", "encoder tokenizer has")
 
 
+def _remove(path: Path) -> None:
+    path.unlink()
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(b"\x00garbage\xff")
+
+
+@pytest.mark.parametrize(
+    ("side", "file", "damage", "fragment"),
+    [
+        ("encoder_tokenizer", "tokenizer.json", _remove, "lacks tokenizer.json"),
+        ("decoder_tokenizer", "tokenizer.json", _remove, "lacks tokenizer.json"),
+        ("decoder_tokenizer", "tokenizer.json", _garble, "tokenizer.json cannot be read"),
+        ("decoder_tokenizer", "tokenizer_config.json", _garble, "tokenizer_config.json cannot be read"),
+        ("encoder_tokenizer", "tokenizer_config.json", _remove, "lacks tokenizer_config.json"),
+    ],
+)
+@pytest.mark.parametrize("command", ["embed", "generate"])
+def test_damaged_tokenizers_are_refused_naming_the_file(trained, tmp_path, command, side, file, damage, fragment):
+    # Never rebuilt in silence: without encoder_tokenizer/tokenizer.json transformers builds a tokenizer of the special
+    # tokens alone, and `embed` wrote embeddings of [UNK]s.
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    damage(folder / side / file)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("the cat sees the moon\n")
+    output = tmp_path / "means.npy"
+    argv = {
+        "embed": ["embed", str(folder), str(sentences), "--output", str(output), "--device", "cpu"],
+        "generate": ["generate", "--model", str(folder), "the cat sees the moon", "--max_new_tokens", "2"],
+    }[command]
+    code, out, err = run(argv)
+    assert_one_line_error(code, err, str(folder / side), fragment)
+    assert out == "" and not output.exists()
+
+
+def test_the_processor_loads_from_either_of_its_settings_files(trained, tmp_path):
+    from mine_vae import MineVaeProcessor
+
+    for kept in ("processor_config.json", "mine_vae_processor.json"):
+        folder = tmp_path / kept
+        shutil.copytree(trained, folder)
+        removed = ({"processor_config.json", "mine_vae_processor.json"} - {kept}).pop()
+        (folder / removed).unlink()
+        assert MineVaeProcessor.from_pretrained(folder).max_decoder_length > 0
+        code, out, err = run(["generate", "--model", str(folder), "the cat sees the moon", "--max_new_tokens", "2"])
+        assert code == 0, err
+        assert "the cat sees the moon" in out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Values out of range: refused before any work, never accepted
 # --------------------------------------------------------------------------------------------------------------------
@@ -481,14 +740,93 @@ def test_bad_decoding_values(trained, flags, fragment):
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--importance_samples", "0"], "--importance_samples must be at least 1"),
-        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--importance_samples", "0"], "--importance_samples must be between 1 and"),
+        (["--importance_samples", str(10**30)], "--importance_samples must be between 1 and 100,000"),
+        (["--batch_size", "0"], "--batch_size must be between 1 and"),
+        (["--batch_size", str(10**30)], "--batch_size must be between 1 and 1,000,000"),
+        (["--max_length", "-1"], "--max_length must be at least 1"),
+        (["--max_eval_examples", "0"], "--max_eval_examples must be at least 1"),
     ],
 )
 def test_bad_evaluation_values(trained, corpus, flags, fragment):
     code, out, err = run(["evaluate", "--model", str(trained), "--file", str(corpus["validation"]), *flags])
     assert_one_line_error(code, err, fragment)
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["generate", "--num_return_sequences", "1000000000", "--do_sample"], ("--num_return_sequences", "at most")),
+        (["generate", "--num_samples", str(10**13)], ("--num_samples", "does not fit in memory: at most")),
+        (["interpolate", "a dog", "a cat", "--steps", str(10**13)], ("--steps", "does not fit in memory: at most")),
+        (["interpolate", "a dog", "a cat", "--num_beams", str(10**15)], ("--num_beams", "does not fit in memory")),
+        (["generate", "--num_beams", str(10**15)], ("--num_beams", "does not fit in memory")),
+        (["generate", "--device", "meta"], ("--device meta holds no data",)),
+        (["generate", "--device", "gpu7"], ("--device 'gpu7' is not a device",)),
+        (["generate", "--seed", str(2**70)], (f"--seed must be between 0 and {2**32 - 1}",)),
+        (["generate", "--seed", "-1"], ("--seed must be between 0",)),
+        (["train", "--output_dir", ""], ("--output_dir is empty",)),
+        (["train", "--output_dir", "x", "--seed", str(2**40)], ("--seed must be between 0",)),
+        (["train", "--output_dir", "x", "--latent_size", str(10**30)], ("--latent_size must be at most 65,536",)),
+        (["train", "--output_dir", "x", "--critic_hidden_size", str(10**9)], ("--critic_hidden_size must be at most",)),
+        (["train", "--output_dir", "x", "--per_device_train_batch_size", str(10**30)], ("is too large; at most",)),
+        (["generate", "--top_k", str(10**30)], ("--top_k 1000000000000000000000000000000 is too large",)),
+    ],
+)
+def test_sizes_devices_and_seeds_that_cannot_work_are_refused_naming_the_flag(trained, argv, fragments, monkeypatch):
+    monkeypatch.setattr(MineVaeTrainer, "train", lambda *a, **k: pytest.fail("trained with a bad value"))
+    model = [] if argv[0] == "train" else ["--model", str(trained)]
+    code, out, err = run([argv[0], *model, *argv[1:]])
+    assert_one_line_error(code, err, *fragments)
+    assert out == ""
+
+
+def test_counts_that_fit_only_in_smaller_batches_are_decoded_in_smaller_batches(trained, monkeypatch):
+    from mine_vae.cli import decoding
+
+    model = MineVaeModel.from_pretrained(trained)
+    each = decoding.sequence_bytes(model, 4)
+    monkeypatch.setattr(decoding, "available_memory", lambda device: each * 28 // 3 + 3)  # 7 sequences fit
+    original, calls = MineVaeModel.generate, []
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs["latent"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MineVaeModel, "generate", recording)
+    argv = ["generate", "--model", str(trained), "--num_samples", "7", "--max_new_tokens", "4", "--json"]
+    code, out, err = run([*argv, "--num_return_sequences", "3", "--do_sample"])
+    assert code == 0, err
+    assert calls == [2, 2, 2, 1] and len(json.loads(out)["results"]) == 7 * 3
+    assert "Decoding 2 inputs at a time: --batch_size 32 does not fit in memory." in err
+    code, out, err = run([*argv, "--num_return_sequences", "8", "--do_sample"])
+    assert_one_line_error(code, err, "--num_return_sequences 8", "at most 7")
+
+
+def test_num_threads_above_the_core_count_is_capped_with_a_note(trained):
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = run(["generate", "--model", str(trained), "--num_threads", "100000", "--max_new_tokens", "2"])
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    cores = len(os.sched_getaffinity(0))
+    assert used == cores
+    assert f"--num_threads 100000 is more than the {cores} CPU core(s) here; using {cores}." in err.splitlines()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_sentence(trained, tmp_path):
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_bytes(b"\xef\xbb\xbfthe cat sees the moon\na dog\n")  # UTF-8 with a BOM, as Notepad saves it
+    code, out, err = run(["generate", "--model", str(trained), "--input_file", str(sentences), "--json"])
+    assert code == 0, err
+    assert [row["input"] for row in json.loads(out)["results"]] == ["the cat sees the moon", "a dog"]
+    config = tmp_path / "run.json"
+    config.write_bytes(b"\xef\xbb\xbf" + json.dumps({"max_new_tokens": 2}).encode())
+    code, out, err = run(["generate", "--model", str(trained), "--config", str(config), "a dog"])
+    assert code == 0, err
 
 
 def test_an_input_file_that_is_not_utf8(trained, tmp_path):
@@ -549,21 +887,41 @@ def test_ctrl_c_while_writing_an_output_file_keeps_the_rows_done(trained, tmp_pa
     assert partial.parent == tmp_path and len(partial.read_text().splitlines()) == 3 + 2  # title, header, rule, rows
 
 
-def test_ctrl_c_while_the_package_imports_is_one_line():
-    """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback."""
-    import signal
-    import subprocess
-    import sys
-    import time
+@pytest.mark.parametrize(
+    ("sent", "code", "line"),
+    [
+        (signal.SIGINT, 130, "mine-vae: interrupted while starting."),
+        (signal.SIGTERM, 143, "mine-vae: terminated (SIGTERM) while starting."),
+    ],
+)
+def test_ctrl_c_while_the_package_imports_is_one_line(tmp_path, sent, code, line):
+    """SIGINT while `mine-vae` is still importing torch and transformers: exit 130 and one line, no traceback.
 
+    No timing is guessed: an import hook in the child marks the moment `import torch` begins (inside the package's
+    import) and holds it there until the signal arrives."""
+    ready = tmp_path / "importing-torch"
     # A shell that starts a job in the background (`cmd &`, as CI runners may) leaves SIGINT ignored in its children,
     # and Python then installs no KeyboardInterrupt handler: restore the default first, as a terminal has it.
-    startup = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import sys, _mine_vae_cli"
-    command = [sys.executable, "-c", f"{startup}; sys.exit(_mine_vae_cli.main())", "train", "--help"]
+    startup = f"""
+import pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+class HoldTorchImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(120)  # the signal's handler raises here, inside the package's import
+        return None
+
+sys.meta_path.insert(0, HoldTorchImport())
+import _mine_vae_cli
+sys.exit(_mine_vae_cli.main())
+"""
+    command = [sys.executable, "-c", startup, "train", "--help"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # well inside the seconds the imports take
-    process.send_signal(signal.SIGINT)
+    _wait_for(ready, process)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert err.strip().splitlines() == ["mine-vae: interrupted while starting."]
+    assert process.returncode == code, err
+    assert err.strip().splitlines() == [line]
     assert out == ""

@@ -9,8 +9,11 @@ The browser test needs Chromium and its driver (`apt-get install -y chromium chr
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
+import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -24,7 +27,7 @@ from browser import CHROMEDRIVER, CHROMIUM, browser_or_skip
 from mine_vae import latent
 from mine_vae.cli import main
 from mine_vae.cli.loading import load_trained
-from mine_vae.explorer import ExplorerServer, make_server
+from mine_vae.explorer import MAX_BODY_BYTES, TOKEN_HEADER, ExplorerServer, make_server
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -54,11 +57,17 @@ def server(loaded, saved) -> Iterator[ExplorerServer]:
     thread.join(timeout=10)
 
 
+def page_headers(server: ExplorerServer) -> dict[str, str]:
+    """What the page's own requests carry: a same-origin Origin, a JSON body and the token from the page."""
+    with urllib.request.urlopen(server.url, timeout=30) as response:
+        token = re.search(r'<meta name="mine-vae-token" content="([^"]+)">', response.read().decode())
+    assert token is not None
+    return {"Origin": server.url.rstrip("/"), "Content-Type": "application/json", TOKEN_HEADER: token.group(1)}
+
+
 def post(server: ExplorerServer, operation: str, body: object) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{server.url}api/{operation}", data=data, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(f"{server.url}api/{operation}", data=data, headers=page_headers(server))
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -81,7 +90,8 @@ def test_the_page_and_the_info_are_served(server):
     with urllib.request.urlopen(server.url, timeout=30) as response:
         page = response.read().decode()
     assert 'id="error"' in page and 'id="reconstruct-button"' in page
-    with urllib.request.urlopen(f"{server.url}api/info", timeout=30) as response:
+    request = urllib.request.Request(f"{server.url}api/info", headers=page_headers(server))
+    with urllib.request.urlopen(request, timeout=30) as response:
         info = json.loads(response.read())
     assert info["latent_size"] == 8 and info["max_new_tokens"] == MAX_NEW_TOKENS
 
@@ -143,6 +153,136 @@ def test_a_failing_operation_is_a_500_error_and_the_server_keeps_serving(server,
     code, answer = post(server, "reconstruct", {"sentences": ["a dog"]})
     assert code == 500 and answer["error"] == "RuntimeError: the decoder fell over"
     monkeypatch.undo()
+    assert post(server, "reconstruct", {"sentences": ["a dog"]})[0] == 200
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Other web pages: what a page of another site (or a DNS-rebinding one) can send to the live server on 127.0.0.1
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_model_runs(monkeypatch) -> list[int]:
+    """Every call of the model's decoding: a refused request must run nothing."""
+    calls: list[int] = []
+    original = latent.decode
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("mine_vae.explorer.decode", counting)
+    return calls
+
+
+def raw_request(server: ExplorerServer, method: str, path: str, headers: dict[str, str], body: bytes = b""):
+    """One request exactly as given (http.client adds neither a Host nor a Content-Length of its own here)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders(body or None)
+    response = connection.getresponse()
+    answer = response.status, json.loads(response.read())
+    connection.close()
+    return answer
+
+
+def attack_headers(server: ExplorerServer, **changes: str | None) -> dict[str, str]:
+    """The page's own headers for a reconstruct request, with `changes` (None: the header left out)."""
+    headers = {"Host": server.url.split("//")[1].rstrip("/"), **page_headers(server)}
+    for name, value in changes.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    return headers
+
+
+RECONSTRUCT = json.dumps({"sentences": ["the cat sees the moon"]}).encode()
+
+
+def test_the_pages_own_request_is_answered(server, no_model_runs):
+    headers = attack_headers(server, Content_Length=str(len(RECONSTRUCT)))
+    status, answer = raw_request(server, "POST", "/api/reconstruct", headers, RECONSTRUCT)
+    assert status == 200 and len(answer["results"]) == 1 and no_model_runs
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "fragment"),
+    [
+        # DNS rebinding: the attacker's name resolves to 127.0.0.1, the browser sends it as the Host.
+        ({"Host": "attacker.example:{port}", "Origin": "http://attacker.example:{port}"}, 403, "answers requests for"),
+        ({"Host": "attacker.example"}, 403, "answers requests for"),
+        ({"Host": "127.0.0.1:1"}, 403, "answers requests for"),
+        ({"Host": None}, 403, "answers requests for"),
+        # A form or fetch of another site: a "simple" text/plain POST, which browsers send without asking first.
+        ({"Origin": "http://attacker.example", "Content_Type": "text/plain"}, 403, "come from the explorer's page"),
+        ({"Origin": "null"}, 403, "come from the explorer's page"),
+        ({"Origin": None}, 403, "come from the explorer's page"),
+        ({"Content_Type": "text/plain"}, 415, "application/json"),
+        ({"Content_Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        # The token that only the page holds.
+        ({TOKEN_HEADER: None}, 403, TOKEN_HEADER),
+        ({TOKEN_HEADER: "guessed"}, 403, TOKEN_HEADER),
+    ],
+)
+def test_requests_not_from_the_page_run_nothing(server, no_model_runs, changes, status, fragment):
+    port = str(server.server_address[1])
+    changes = {k: v.replace("{port}", port) if v else v for k, v in changes.items()}
+    headers = attack_headers(server, Content_Length=str(len(RECONSTRUCT)), **changes)
+    code, answer = raw_request(server, "POST", "/api/reconstruct", headers, RECONSTRUCT)
+    assert code == status and fragment in answer["error"], answer
+    assert no_model_runs == []
+
+
+def test_another_host_cannot_read_the_page_or_the_info(server):
+    for path in ("/", "/api/info"):
+        code, answer = raw_request(server, "GET", path, {"Host": f"attacker.example:{server.server_address[1]}"})
+        assert code == 403 and "answers requests for" in answer["error"]
+    code, answer = raw_request(server, "GET", "/api/info", {"Host": f"localhost:{server.server_address[1]}"})
+    assert code == 403 and TOKEN_HEADER in answer["error"]  # localhost is this server too; the API needs the token
+
+
+def test_the_host_names_each_binding_answers_to(server, loaded):
+    port = server.server_address[1]
+    assert server.serves_host(f"127.0.0.1:{port}") and server.serves_host(f"LOCALHOST:{port}")
+    others = (f"127.0.0.2:{port}", f"[::1]:{port}", "127.0.0.1", f"rebind.example:{port}", "", f"127.0.0.1:{port}x")
+    for other in others:
+        assert not server.serves_host(other), other
+    everywhere = make_server(*loaded, host="0.0.0.0", port=0)  # the address of every interface: any IP, no DNS name
+    try:
+        port = everywhere.server_address[1]
+        assert everywhere.serves_host(f"192.0.2.7:{port}") and everywhere.serves_host(f"[2001:db8::1]:{port}")
+        assert everywhere.serves_host(f"localhost:{port}")
+        assert not everywhere.serves_host(f"rebind.example:{port}") and not everywhere.serves_host("192.0.2.7:1")
+    finally:
+        everywhere.server_close()
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "fragment"),
+    [
+        ("-1", 400, "not a size in bytes"),
+        (None, 411, "needs a Content-Length"),
+        ("lots", 400, "not a size in bytes"),
+        (str(MAX_BODY_BYTES + 1), 413, "over"),
+    ],
+)
+def test_a_content_length_not_allowed_is_refused_before_reading(server, no_model_runs, length, status, fragment):
+    # A 3 MB body the server must not read: it answers at once, and the server keeps serving others.
+    body = b'{"sentences": ["' + b"a" * 3_000_000 + b'"]}'
+    headers = attack_headers(server, Content_Length=length)
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=60) as connection:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        connection.sendall(f"POST /api/reconstruct HTTP/1.1\r\n{head}\r\n".encode() + body[:1000])
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        answer = json.loads(response.read())
+    assert response.status == status and fragment in answer["error"], answer
+    assert response.getheader("Connection") == "close"
+    assert no_model_runs == []
     assert post(server, "reconstruct", {"sentences": ["a dog"]})[0] == 200
 
 

@@ -615,3 +615,43 @@ def test_an_adapter_trained_vae_is_shared_as_an_adapter_or_merged(local_hub: Loc
     merged.push_to_hub("user/merged", processor=processor)
     assert_close(reference(MineVaeModel.from_pretrained("user/merged"), inputs))
     assert local_hub.unknown_requests == []
+
+
+@pytest.mark.usefixtures("trainer_pushes_at_end")
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint"])
+def test_pushes_at_every_save_never_write_a_pickle(
+    local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    # The Trainer torch.saves its arguments as training_args.bin at every save and push: not even for a moment here.
+    saved: list[str] = []
+    real_save = torch.save
+
+    def recording(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        saved.append(str(f))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", recording)
+    data = datasets.Dataset.from_dict({"text": tiny.sentences(32)})
+    args = MineVaeTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        save_steps=2,
+        critic_warmup_steps=1,
+        push_to_hub=True,
+        hub_model_id=f"user/{strategy}",
+        hub_strategy=strategy,
+        hub_always_push=True,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = MineVaeTrainer(model=tiny.model(), args=args, processing_class=tiny.processor(), train_dataset=data)
+    trainer.train()
+    trainer._finish_current_push()
+
+    assert [path for path in saved if path.endswith(".bin")] == []
+    assert not list((tmp_path / "out").rglob("*.bin"))
+    files = set(HfApi().list_repo_files(f"user/{strategy}"))
+    assert "training_args.json" in files and not {f for f in files if f.endswith(".bin")}

@@ -141,3 +141,17 @@ def test_pickled_weights_are_never_loaded(tmp_path):
         AutoModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="safetensors weights only"):
         MineVaeModel.from_pretrained(tmp_path, use_safetensors=False)
+
+
+def test_weights_of_another_shape_are_the_documented_value_error_naming_the_setting(tmp_path):
+    tiny.model().save_pretrained(tmp_path)  # latent_size 8
+    with pytest.raises(ValueError, match=r"as changed by latent_size: \d+ tensor\(s\) differ in shape") as raised:
+        MineVaeModel.from_pretrained(tmp_path, latent_size=16)
+    assert "[8]" in str(raised.value) or ", 8]" in str(raised.value)  # the saved shape is named
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "latent_size": 4}))
+    with pytest.raises(ValueError, match=r"do not fit its config: \d+ tensor\(s\) differ in shape"):
+        MineVaeModel.from_pretrained(tmp_path)
+    # Asked for, tensors of another shape are accepted at their initial values and reported, as transformers does.
+    model, info = MineVaeModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert model.config.latent_size == 4 and info["mismatched_keys"]

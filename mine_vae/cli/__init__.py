@@ -6,7 +6,7 @@ layered: dataclass defaults < the preset's < the config file's < flags.
 
 Output contract: results (tables, or one JSON document with `--json`) go to stdout; progress, logs and warnings go to
 stderr. Bad input ends in one line on stderr naming the fix and exit code 2, never a traceback. Ctrl-C during `train`
-finishes the current step, saves a resumable checkpoint and exits with 130.
+finishes the current step, saves a resumable checkpoint and exits with 130; SIGTERM does the same with exit code 143.
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ from .arguments import (
 from .commands import (
     COMMANDS,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     PROG,
     CliError,
     Command,
+    Terminated,
     format_table,
     inform,
     one_line,
     register_command,
+    sigterm_as_interrupt,
 )
 from .embed import EmbedArguments, embed_positionals, run_embed
 from .evaluate import run_evaluate
@@ -52,6 +55,7 @@ from .train import run_train
 __all__ = [
     "COMMANDS",
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "PROG",
     "CliError",
@@ -196,11 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     who = f"{PROG} {argv[0]}" if argv else PROG
     try:
-        return _dispatch(argv)
+        with sigterm_as_interrupt():
+            return _dispatch(argv)
     except KeyboardInterrupt as interrupt:
-        # Ctrl-C anywhere `train` has not taken it over (imports, parsing, loading, decoding): one line, no traceback;
-        # a command that kept partial results says where, as the interrupt's message.
+        # Ctrl-C (or SIGTERM) anywhere `train` has not taken it over (imports, parsing, loading, decoding): one line,
+        # no traceback; a command that kept partial results says where, as the interrupt's message.
         detail = f"; {one_line(str(interrupt))}" if str(interrupt) else ""
+        if isinstance(interrupt, Terminated):
+            inform(f"{who}: terminated (SIGTERM){detail}.")
+            return EXIT_TERMINATED
         inform(f"{who}: interrupted{detail}.")
         return EXIT_INTERRUPTED
 

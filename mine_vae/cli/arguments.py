@@ -8,6 +8,7 @@ from typing import Any
 
 from ..configuration_mine_vae import MineVaeConfig
 from ..presets import DEFAULT_PRESET, PRESETS
+from .commands import check_seed
 from .decoding import generation_limit
 
 NUM_THREADS_HELP = (
@@ -80,6 +81,13 @@ class ModelArguments:
         default=None, metadata={"help": "Standard deviation of the initial weights of the added heads."}
     )
 
+    def __post_init__(self) -> None:
+        # Sizes far above any model's, checked here: beyond them torch fails while building the model with an
+        # allocator or integer-overflow message that names no flag. (Values below 1 are refused by MineVaeConfig.)
+        for name, most in MAX_MODEL_SIZES.items():
+            value = getattr(self, name)
+            _require(value is None or value <= most, f"--{name} must be at most {most:,}, got {value}.")
+
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
         # Every field of this class that MineVaeConfig also has (the others choose the model: preset, encoder, decoder).
@@ -128,6 +136,12 @@ class DataArguments:
     validation_split_percentage: int = field(
         default=5, metadata={"help": "Held out of the training text when the corpus has no validation split."}
     )
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "vocab_size", "max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"--{name} must be at least 1 (or left out), got {value}.")
+        _require(self.min_frequency >= 1, f"--min_frequency must be at least 1, got {self.min_frequency}.")
 
 
 @dataclass
@@ -203,6 +217,9 @@ class LoadArguments:
     json_output: bool = field(default=False, metadata={"aliases": ["--json"], "help": "Print one JSON document."})
     num_threads: int | None = field(default=None, metadata={"help": NUM_THREADS_HELP})
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+
 
 @dataclass
 class EvaluateArguments:
@@ -223,10 +240,14 @@ class EvaluateArguments:
     bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU (greedy decoding)."})
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}.")
         _require(
-            self.importance_samples >= 1,
-            f"--importance_samples must be at least 1, got {self.importance_samples} (papers use 100).",
+            1 <= self.batch_size <= MAX_BATCH_SIZE,
+            f"--batch_size must be between 1 and {MAX_BATCH_SIZE:,}, got {self.batch_size}.",
+        )
+        _require(
+            1 <= self.importance_samples <= MAX_IMPORTANCE_SAMPLES,
+            f"--importance_samples must be between 1 and {MAX_IMPORTANCE_SAMPLES:,}, got {self.importance_samples} "
+            "(papers use 100).",
         )
 
 
@@ -316,6 +337,10 @@ class InterpolateArguments:
     steps: int = field(default=5, metadata={"help": "Points on the line between the two latents, endpoints included."})
 
 
+MAX_MODEL_SIZES = {"latent_size": 65_536, "latent_memory_positions": 4_096, "critic_hidden_size": 65_536}
+# Far above any useful value, far below what would loop for ever or overflow the samplers.
+MAX_BATCH_SIZE = 1_000_000
+MAX_IMPORTANCE_SAMPLES = 100_000
 def _require(condition: bool, message: str) -> None:
     """A value check of a dataclass: the parser reports the ValueError as the command's one-line error."""
     if not condition:

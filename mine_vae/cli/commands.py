@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +24,31 @@ import torch
 PROG = "mine-vae"
 EXIT_USAGE = 2  # bad input: the convention of argparse and most Unix tools
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `timeout` send to stop a job), taken the way Ctrl-C is: a KeyboardInterrupt
+    wherever the command does not handle it itself (`train` saves a checkpoint first), reported in one line with exit
+    code 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise `Terminated` on SIGTERM while the command runs (the default would end the process on the spot: no line,
+    no partial results kept, no checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CliError(Exception):
@@ -30,6 +57,14 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds python, numpy and torch) end there
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise CliError(f"--seed must be between 0 and {MAX_SEED}, got {seed}.")
 
 
 @dataclass(frozen=True)
@@ -174,6 +209,13 @@ def busy_cores(window: float = 0.5) -> float:
     return (1 - (idle_end - idle_start) / total) * (os.cpu_count() or 1)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells, else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def set_threads(requested: int | None) -> None:
     """Use `requested` CPU threads, or pick them: torch's default (one per core) on an idle machine, fewer when
     the load average says other processes already use the cores. Oversubscribed OpenMP threads spin at every
@@ -182,6 +224,10 @@ def set_threads(requested: int | None) -> None:
     if requested is not None:
         if requested < 1:
             raise CliError(f"--num_threads must be at least 1, got {requested}.")
+        cores = _usable_cores()
+        if requested > cores:  # thousands of OpenMP threads end the process; more than the cores never helps
+            inform(f"--num_threads {requested} is more than the {cores} CPU core(s) here; using {cores}.")
+            requested = cores
         torch.set_num_threads(requested)
         return
     if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):

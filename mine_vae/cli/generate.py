@@ -20,7 +20,14 @@ from .commands import (
     set_threads,
     user_errors,
 )
-from .decoding import interpolation, prior_sample_batches, reconstruction_batches
+from .decoding import (
+    INTERPOLATION_BATCH,
+    interpolation,
+    most_that_fit,
+    prior_sample_batches,
+    reconstruction_batches,
+    sequence_bytes,
+)
 from .loading import load_trained, read_sentences
 from .output import describe_os_error, replace_on_success, stdout_stream
 
@@ -54,8 +61,8 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
     with output as stream:
         model, processor = load_trained(load.model, load.device)
         kwargs = {**decoding.generate_kwargs(model), "num_return_sequences": per_input}
+        batch = _batch_that_fits(model, options, decoding, kwargs["max_new_tokens"], len(sentences))
         rows = _row_writer(stream, load, options, sentences)
-        batch = options.batch_size
         with user_errors(ValueError):  # transformers' own checks of the decoding flags
             if sentences:
                 outputs = reconstruction_batches(
@@ -71,6 +78,27 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
     if options.output_file:
         inform(f"Wrote {rows.count} results to {options.output_file}.")
     return 0
+
+
+def _batch_that_fits(
+    model: Any, options: GenerateArguments, decoding: DecodingArguments, max_new_tokens: int, inputs: int
+) -> int:
+    """--batch_size, lowered where its sequences (inputs x --num_return_sequences x --num_beams) would not fit in
+    memory; counts that cannot fit even one input at a time are refused with the most that fits."""
+    per_input = options.num_return_sequences * decoding.num_beams
+    fit = most_that_fit(sequence_bytes(model, max_new_tokens), model.device)
+    if per_input > fit:
+        raise CliError(
+            f"--num_return_sequences {options.num_return_sequences} (x --num_beams {decoding.num_beams}) does not fit "
+            f"in memory: at most {max(fit // decoding.num_beams, 1)} here; ask for fewer, or lower --max_new_tokens."
+        )
+    most_latents = most_that_fit(4 * model.config.latent_size, model.device)  # the prior's draws are made up front
+    if not inputs and options.num_samples > most_latents:
+        raise CliError(f"--num_samples {options.num_samples} does not fit in memory: at most {most_latents} here.")
+    batch = min(options.batch_size, fit // per_input)
+    if batch < options.batch_size:
+        inform(f"Decoding {batch} inputs at a time: --batch_size {options.batch_size} does not fit in memory.")
+    return batch
 
 
 def _row_writer(stream: IO[str], load: LoadArguments, options: GenerateArguments, sentences: Sequence[str]) -> _Rows:
@@ -157,7 +185,17 @@ def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: I
     if options.steps < 2:
         raise CliError(f"--steps must be at least 2 (both endpoints are included), got {options.steps}.")
     model, processor = load_trained(load.model, load.device)
-    steps = interpolation(model, processor, start, end, options.steps, load.seed, **decoding.generate_kwargs(model))
+    kwargs = decoding.generate_kwargs(model)
+    # The latents and the texts of every step are held until the table is printed (a text: up to a few dozen bytes
+    # a token as a Python string); the decoding itself goes in batches of what fits.
+    most = most_that_fit(4 * model.config.latent_size + 64 * kwargs["max_new_tokens"], model.device)
+    if options.steps > most:
+        raise CliError(f"--steps {options.steps} does not fit in memory: at most {most} here.")
+    fit = most_that_fit(sequence_bytes(model, kwargs["max_new_tokens"]), model.device)
+    if decoding.num_beams > fit:
+        raise CliError(f"--num_beams {decoding.num_beams} does not fit in memory: at most {fit} here.")
+    batch = min(INTERPOLATION_BATCH, fit // decoding.num_beams)
+    steps = interpolation(model, processor, start, end, options.steps, load.seed, batch_size=batch, **kwargs)
     if load.json_output:
         print_json(
             {

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .arguments import DataArguments
-from .commands import INPUT_ERRORS, PROG, CliError, inform, user_errors
+from .commands import INPUT_ERRORS, PROG, CliError, inform, one_line, user_errors
 from .output import describe_os_error
 
 
@@ -38,7 +38,7 @@ def tokenize_splits(corpus: Any, processor: Any, max_length: int, overlength: st
 
 def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
     """A model folder written by `mine-vae train` (model + both tokenizers), on `device`, in eval mode."""
-    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME
+    from ..processing_mine_vae import PROCESSOR_CONFIG_NAME, has_processor_config
 
     path = Path(location).expanduser()
     if not path.exists():
@@ -55,9 +55,10 @@ def load_trained(location: str, device: str | None) -> tuple[Any, Any]:
             f"{location!r} holds no trained model (no config.json).{hint} Train one with `{PROG} train --output_dir "
             f"{location}`, or pass --model <folder written by mine-vae train>."
         )
-    elif not (path / PROCESSOR_CONFIG_NAME).is_file():
+    elif not has_processor_config(path):
         raise CliError(
-            f"{location!r} has a model but no {PROCESSOR_CONFIG_NAME} (its two tokenizers); save them there with "
+            f"{location!r} has a model but no processor_config.json nor {PROCESSOR_CONFIG_NAME} (its two "
+            "tokenizers); save them there with "
             "`MineVaeProcessor(...).save_pretrained(folder)`, or use a folder written by `mine-vae train`."
         )
     source = str(path) if path.exists() else location
@@ -131,8 +132,14 @@ def _looks_like_hub_id(location: str) -> bool:
 
 def _device(name: str | None) -> torch.device:
     if name:
-        with user_errors(RuntimeError):
-            return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            message = one_line(str(error))
+            raise CliError(f"--device {name!r} is not a device ({message}); use cpu, cuda or cuda:N.") from None
+        if device.type == "meta":  # tensors without data: every computation would fail
+            raise CliError("--device meta holds no data to compute with; use cpu, cuda or cuda:N.")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -156,7 +163,7 @@ def read_sentences(path: str, flag: str) -> list[str]:
         what = "is a folder" if file.is_dir() else "does not exist"
         raise CliError(f"{flag} {path!r} {what}; give a text file with one sentence a line.")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the text
     except UnicodeDecodeError as error:
         raise CliError(
             f"{flag} {path!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); "

@@ -45,6 +45,8 @@ TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
 # <BACKUP_PREFIX>XXXX for the moment of the swap.
 STAGING_PREFIX = "mine-vae-replacement-"
 BACKUP_PREFIX = "mine-vae-previous-"
+# Held by the `mine-vae train` that writes into an output folder (its PID inside); `_`: left out of Hub pushes.
+LOCK_FILE = "_mine-vae-train.lock"
 # A rough size of one checkpoint per parameter: fp32 weights plus AdamW's two moments, and the final model's weights.
 CHECKPOINT_BYTES_PER_PARAMETER = 4 * 3 + 4
 
@@ -123,6 +125,59 @@ def foreign_checkpoint_folders(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.glob("checkpoint-*") if p.is_dir() and not TRAINER_CHECKPOINT.fullmatch(p.name)
     )
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path) -> Iterator[None]:
+    """Hold `output_dir` for one `mine-vae train` at a time: a second run into it is refused in one line naming the
+    first's PID (two runs into one folder would both report success, one of them lost). The lock is an OS file lock
+    on `LOCK_FILE`, which the OS drops when its process dies however it ends: a lock file left by a killed run is
+    taken over. The folder is created if needed, and removed again if the run left nothing in it."""
+    created = not output_dir.exists()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(
+            f"--output_dir {str(output_dir)!r} cannot be created ({describe_os_error(error)}); choose another "
+            "--output_dir."
+        ) from error
+    path = output_dir / LOCK_FILE
+    handle = _locked_file(path, output_dir)
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # before the unlock: a run that opens the name next gets a new file, not this one
+        os.close(handle)
+        if created:
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()  # only if empty
+
+
+def _locked_file(path: Path, output_dir: Path) -> int:
+    """An open descriptor of `path` holding its exclusive lock (retried when another run removed the file between
+    the open and the lock: the lock must be on the file the name points to)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the folder goes unlocked there
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise CliError(
+                f"--output_dir {str(output_dir)!r} is in use by another `mine-vae train` (PID {holder}); wait for it "
+                "to end, or choose another --output_dir."
+            ) from None
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                return handle
+        os.close(handle)
 
 
 def holds_model(folder: Path) -> bool:

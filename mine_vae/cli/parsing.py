@@ -17,6 +17,11 @@ from ..presets import DEFAULT_PRESET, Preset, get_preset
 from .commands import COMMANDS, PROG, CliError, Command
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# A config file is a flat mapping of flag names, some values a list or a small mapping (--lr_scheduler_kwargs): these
+# bounds are far above any real one, and far below what would exhaust the parser's recursion or the memory.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_DEPTH = 32
+MAX_INTEGER = 2**63 - 1  # the largest whole number torch takes
 
 
 # A default the help text states itself, e.g. "(default: the preset's)": one group, nested parentheses allowed.
@@ -113,7 +118,20 @@ def parse_command(command: Command, argv: Sequence[str]) -> tuple[Any, ...]:
         raise CliError(str(error)) from error
     if remaining:
         raise CliError(f"unrecognized arguments: {' '.join(remaining)} (see `{PROG} {command.name} --help`)")
+    _check_integer_range(parsed)
     return tuple(parsed)
+
+
+def _check_integer_range(parsed: Sequence[Any]) -> None:
+    """Whole numbers beyond 64 bits, refused naming the flag: torch and numpy fail on them with an overflow message
+    that names none (`--per_device_train_batch_size 1e30` typed as digits, a pasted number)."""
+    for values in parsed:
+        if not dataclasses.is_dataclass(values):
+            continue
+        for spec in dataclasses.fields(values):
+            value = getattr(values, spec.name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+                raise CliError(f"--{spec.name} {value} is too large; at most {MAX_INTEGER:,}.")
 
 
 def _converted_config_values(parser: argparse.ArgumentParser, values: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -179,27 +197,85 @@ def _read_config(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise CliError(f"config file {path!r} does not exist; check the path.")
     try:
-        text = file.read_text(encoding="utf-8")
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise CliError(
+                f"config file {path!r} is over {MAX_CONFIG_BYTES:,} bytes; a config file holds flag values (is it the "
+                "right file?)."
+            )
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the settings
     except UnicodeDecodeError as error:
         raise CliError(
             f"config file {path!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8."
         ) from error
     except OSError as error:
         raise CliError(f"config file {path!r} cannot be read ({error.strerror}); check its permissions.") from error
+    depth = _bracket_depth(text)
+    if depth > MAX_CONFIG_DEPTH:
+        raise CliError(
+            f"config file {path!r} nests lists or mappings {depth} deep; at most {MAX_CONFIG_DEPTH} levels are read."
+        )
     try:
         if file.suffix.lower() == ".json":
-            values = json.loads(text) if text.strip() else {}
+            values = json.loads(text, object_pairs_hook=_mapping_without_duplicates) if text.strip() else {}
         else:
             values = _load_yaml(text)
     except ValueError as error:
         raise CliError(f"config file {path!r} is not valid {file.suffix[1:].upper()}: {error}") from error
+    except RecursionError:  # nested by indentation, which the bracket count above does not see
+        raise CliError(
+            f"config file {path!r} nests lists or mappings too deep to read; at most {MAX_CONFIG_DEPTH} levels are "
+            "read."
+        ) from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise CliError(
             f"config file {path!r} must hold a mapping of flag names to values, not {type(values).__name__}."
         )
-    return {str(key).replace("-", "_"): value for key, value in values.items()}
+    settings: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in settings:  # max-steps and max_steps: one setting given twice, the last one would win silently
+            raise CliError(
+                f"config file {path!r} sets {spelled[name]!r} and {str(key)!r}, which are the same setting; keep one."
+            )
+        settings[name], spelled[name] = value, str(key)
+    return settings
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep the `[`/`{` of `text` nest outside quoted strings (JSON, and YAML's flow style): measured before
+    parsing, which would recurse once per level."""
+    depth = deepest = 0
+    quote = ""
+    escaped = False
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def _mapping_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json.loads would keep the last of a repeated key silently)."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise ValueError(f"the key {key!r} appears twice; keep one")
+        mapping[key] = value
+    return mapping
 
 
 def _load_yaml(text: str) -> Any:
@@ -207,8 +283,35 @@ def _load_yaml(text: str) -> Any:
         import yaml
     except ImportError as error:
         raise CliError("YAML config files need PyYAML: `pip install pyyaml`, or write the config as JSON.") from error
+
+    class Loader(yaml.SafeLoader):
+        """safe_load without aliases (`*name`: a few hundred bytes of nested aliases expand to gigabytes, the
+        "billion laughs") and without repeated keys (the last one would win silently)."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases (*{event.anchor}) are not allowed in a config file; write the value out",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ValueError(" ".join(str(error).split())) from error
 

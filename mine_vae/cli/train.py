@@ -22,8 +22,11 @@ from ..runs import build_model, hold_out, make_trainer
 from .arguments import DataArguments, LoraArguments, ModelArguments, TrainRunArguments
 from .commands import (
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     INPUT_ERRORS,
     CliError,
+    Terminated,
+    check_seed,
     inform,
     json_default,
     one_line,
@@ -41,6 +44,7 @@ from .output import (
     foreign_checkpoint_folders,
     holds_model,
     make_staging_folder,
+    output_dir_lock,
     replace_previous_run,
     staging_folder_of,
     trainer_checkpoints,
@@ -48,14 +52,17 @@ from .output import (
 from .train_report import data_summary, final_report, model_summary, print_report
 
 ADAPTER_CONFIG = "adapter_config.json"  # what a checkpoint of a LoRA run holds in place of config.json (peft's name)
+RUN_FILE = "mine_vae_run.json"  # in each checkpoint: the preset the run began with
 
 
 class _StopOnInterrupt(TrainerCallback):
-    """The first Ctrl-C asks the Trainer to save a checkpoint and stop at the end of the current step (a step cut in
-    half, with the critic updated but not the VAE, would not resume exactly); a second Ctrl-C stops at once."""
+    """The first Ctrl-C or SIGTERM asks the Trainer to save a checkpoint and stop at the end of the current step (a
+    step cut in half, with the critic updated but not the VAE, would not resume exactly); a second one stops at
+    once."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal = signal.SIGINT  # the one that asked
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
@@ -72,15 +79,17 @@ def _interrupt_handler(stopper: _StopOnInterrupt) -> Iterator[None]:
 
     def handle(signum: int, frame: Any) -> None:
         if stopper.requested:
-            raise KeyboardInterrupt
-        stopper.requested = True
-        inform("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        stopper.requested, stopper.signal = True, signum
+        if signum == signal.SIGINT:  # at a terminal: say at once why the step goes on (SIGTERM's one line comes last)
+            inform("\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to quit without saving).")
 
-    previous = signal.signal(signal.SIGINT, handle)
+    previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite: bool) -> bool:
@@ -106,6 +115,9 @@ def _previous_run_to_replace(output_dir: Path, checkpoint: str | None, overwrite
 def _check_training_values(training_args: Any) -> None:
     """Values the Trainer accepts without complaint and then misuses: --max_steps 0 trains one step ("step 1/0").
     (Negative, NaN and infinite rates are refused by MineVaeTrainingArguments itself.)"""
+    if not str(training_args.output_dir or "").strip():
+        raise CliError("--output_dir is empty; give a folder, e.g. --output_dir runs/ptb.")
+    check_seed(training_args.seed)
     if training_args.max_steps == 0 or training_args.max_steps < -1:
         raise CliError(
             f"--max_steps must be at least 1 (or -1 to train for --num_train_epochs), got {training_args.max_steps}."
@@ -123,6 +135,99 @@ def _resume_checkpoint(training_args: Any, run: TrainRunArguments) -> str | None
 
     with user_errors(ValueError):
         return resume_point(training_args.output_dir, training_args.resume_from_checkpoint or run.resume)
+
+
+# The Trainer's pickled optimizer and RNG state, which checkpoints of earlier versions hold in place of this version's
+# safetensors + JSON (a DeepSpeed or FSDP run's own scheduler.pt and optimizer folders are not among them).
+LEGACY_PICKLES = ("optimizer.pt", "rng_state*.pth")
+
+
+def _refuse_legacy_pickles(checkpoint: str) -> None:
+    """Refuse `checkpoint` in one line when it holds pickled state: nothing here loads a pickle (unpickling can run
+    whatever code a planted file holds), and resuming without that state would not continue the run as it was."""
+    found = sorted(path.name for pattern in LEGACY_PICKLES for path in Path(checkpoint).glob(pattern))
+    if found:
+        raise CliError(
+            f"{checkpoint} holds pickled training state ({', '.join(found)}) of an earlier version, which mine-vae "
+            "does not load (a pickle can run code); resume from a checkpoint this version wrote, or start a new run."
+        )
+
+
+class _RecordRun(TrainerCallback):
+    """Writes `RUN_FILE` (the preset the run began with) into every checkpoint: --resume compares it with --preset,
+    whose training defaults would otherwise mix silently with the checkpoint's architecture."""
+
+    def __init__(self, preset: str) -> None:
+        self.preset = preset
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            (folder / RUN_FILE).write_text(json.dumps({"preset": self.preset}) + "\n", encoding="utf-8")
+
+
+# Settings a resumed run may change (the rest of the run goes on as it began): one line names those that differ.
+RESUMABLE_CHANGES = (
+    "max_steps",
+    "num_train_epochs",
+    "learning_rate",
+    "critic_learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "save_steps",
+    "logging_steps",
+    "eval_steps",
+)
+
+
+def _check_resumed_settings(
+    checkpoint: str, preset: Preset, model_args: ModelArguments, training_args: Any
+) -> str | None:
+    """A resumed run continues the model the checkpoint holds: a --preset or model setting (--latent_size, ...) that
+    differs from the run's is refused, naming it, rather than ignored or mixed in. Returns the line that names the
+    training settings that changed (printed once every input is checked: an error stays one line)."""
+    _refuse_legacy_pickles(checkpoint)
+    folder = Path(checkpoint)
+    recorded = _read_json_file(folder / RUN_FILE)
+    if recorded.get("preset") not in (None, preset.name):
+        raise CliError(
+            f"--preset {preset.name} differs from the run's preset {recorded['preset']} (recorded in {checkpoint}); "
+            f"resume with --preset {recorded['preset']}, or start a new run in another --output_dir."
+        )
+    saved = _read_json_file(folder / "config.json")
+    if not _is_adapter_checkpoint(checkpoint):  # a LoRA checkpoint's base is checked against the flags when loaded
+        for name, value in model_args.config_kwargs().items():
+            if name in saved and not _same_value(value, saved[name]):
+                raise CliError(
+                    f"--{name} {value} differs from the checkpoint's {saved[name]} ({checkpoint}/config.json): a run's "
+                    f"model is fixed when it starts; resume with --{name} {saved[name]}, or start a new run in another "
+                    "--output_dir."
+                )
+    before = _read_json_file(folder / "training_args.json")
+    changed = [
+        f"--{name} {before[name]} -> {getattr(training_args, name)}"
+        for name in RESUMABLE_CHANGES
+        if name in before and not _same_value(getattr(training_args, name, before[name]), before[name])
+    ]
+    return f"Resuming {checkpoint} with changed training settings: {', '.join(changed)}." if changed else None
+
+
+def _same_value(given: Any, saved: Any) -> bool:
+    """A setting's value as parsed against its value read back from JSON (a tuple is a list there; 8 equals 8.0)."""
+    try:
+        given = json.loads(json.dumps(given))
+    except (TypeError, ValueError):
+        pass
+    return given == saved
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    """A small JSON file of a checkpoint, or {} where it is missing or unreadable (the resume reports those)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _build_model(
@@ -268,7 +373,14 @@ def _split_for_eval(corpus: Any, data: DataArguments, seed: int) -> tuple[Any, s
     return corpus, "validation"
 
 
-def run_train(
+def run_train(*arguments: Any) -> int:
+    """`mine-vae train`; the lock on --output_dir, taken once the inputs are checked, is released when it ends."""
+    with contextlib.ExitStack() as locks:
+        return _run_train(locks, *arguments)
+
+
+def _run_train(
+    locks: contextlib.ExitStack,
     training_args: Any,
     model_args: ModelArguments,
     data: DataArguments,
@@ -279,14 +391,18 @@ def run_train(
     quiet_library_logs(show_progress=not training_args.disable_tqdm)
     set_threads(run.num_threads)
     preset = get_preset(model_args.preset)
+    _check_training_values(training_args)
     output_dir = Path(training_args.output_dir)
     if run.resume and run.overwrite:
         raise CliError("--resume continues the run in --output_dir and --overwrite deletes it; pass only one.")
-    _check_training_values(training_args)
     checkpoint = _resume_checkpoint(training_args, run)
+    resume_note = _check_resumed_settings(checkpoint, preset, model_args, training_args) if checkpoint else None
     _check_lora(lora, training_args, checkpoint)
     replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
     check_writable(output_dir, "--output_dir")
+    # One run at a time in a folder; what is there is checked again under the lock (a run that ended meanwhile).
+    locks.enter_context(output_dir_lock(output_dir))
+    replacing = _previous_run_to_replace(output_dir, checkpoint, run.overwrite)
 
     # The Trainer seeds only when it is built, after the model: seed first so that a run's initial weights repeat.
     set_seed(training_args.seed)
@@ -304,6 +420,8 @@ def run_train(
     check_free_space(output_dir, parameters * CHECKPOINT_BYTES_PER_PARAMETER, "--output_dir", "a checkpoint")
     inform(data_summary(counts, f"Corpus: {_describe_source(data)} (max {max_length} tokens a sentence)"))
     inform(model_summary(model, f"from {checkpoint}" if checkpoint else preset.name))
+    if resume_note:
+        inform(resume_note)
 
     # The Trainer's checkpoint rotation deletes every older checkpoint-* folder where it trains, a user's
     # checkpoint-best/ included: such folders stay out of its reach when it trains in a staging folder.
@@ -318,6 +436,7 @@ def run_train(
         # accelerator there); stdout carries the results only.
         with _stdout_to_stderr(run.json_output):
             trainer, stopper = _make_trainer(model, processor, training_args, tokenized["train"])
+            trainer.add_callback(_RecordRun(preset.name))
         with _interrupt_handler(stopper), _stdout_to_stderr(run.json_output), _write_errors(run_dir):
             try:
                 trainer.train(resume_from_checkpoint=checkpoint)
@@ -326,11 +445,13 @@ def run_train(
                 raise CliError(str(error) + _kept_note(run_dir, output_dir), exit_code=1) from error
         if stopper.requested and trainer.state.global_step < trainer.state.max_steps:
             folder.keep = True
+            terminated = stopper.signal == signal.SIGTERM
             inform(
-                f"Stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; checkpoint saved in "
-                f"{newest_checkpoint(run_dir)}. {_continue_hint(run_dir, output_dir)}"
+                f"{'SIGTERM: s' if terminated else 'S'}topped at step {trainer.state.global_step} of "
+                f"{trainer.state.max_steps}; checkpoint saved in {newest_checkpoint(run_dir)}. "
+                f"{_continue_hint(run_dir, output_dir)}"
             )
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         # LoRA's adapters merge into the decoder's weights: the saved model is a plain MINE-VAE that loads, generates
         # and is evaluated below without peft (checkpoints keep the adapters alone, which is what resuming needs).
         model = trainer.model = merged_vae(trainer.model)
