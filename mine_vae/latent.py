@@ -1,200 +1,45 @@
-"""Operations on a trained model's latent space: encode texts to posterior means, move between and along them, and
-decode the result.
+"""Arithmetic on a trained model's latent space: analogies, attribute directions and probes, traversals, and the
+region of a label's codes.
 
 Every operation returns latents of shape `(batch, latent_size)` that go straight into `model.generate(latent=...)`
-or `decode(model, processor, latents)`:
+or `decode_latents(model, processor, latents)`; texts become latents with `encode_texts` (`mine_vae.text_latent`,
+where text <-> latent conversion, prior draws and interpolation live; their names are re-exported here):
 
-    means = encode_texts(model, processor, ["the film was dull", "the film was great"])   # (2, latent_size)
-    decode(model, processor, slerp(means[0], means[1], 5))                                 # 5 sentences
-
-The latents are posterior means (the centre of q(z|x)), taken without gradients and in eval mode, on the CPU: they
-are small, and `generate` moves them to the model's device.
+    means = encode_texts(model, processor, ["the film was dull", "the film was great", "the plot was dull"])
+    decode_latents(model, processor, analogy(means[0], means[1], means[2]))                # "the plot was great"
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Literal
 
 import torch
 
-from .modeling_mine_vae import MineVaeModel
+# Re-exported: `mine_vae.latent` was where these lived first, and users import them from here.
+from .text_latent import DEFAULT_MAX_NEW_TOKENS as DEFAULT_MAX_NEW_TOKENS
+from .text_latent import as_latent_batch as _as_batch
+from .text_latent import decode_latents as decode_latents
+from .text_latent import encode_texts as encode_texts
+from .text_latent import generation_limit as generation_limit
+from .text_latent import interpolate as interpolate
+from .text_latent import texts_from_ids as texts_from_ids
 
-# Greedy decoding's default length: long enough for a sentence, short enough that a model which never emits EOS
-# (an untrained or collapsed one) answers in moments.
-DEFAULT_MAX_NEW_TOKENS = 50
-# Below this |sin(angle)| slerp's weights divide by (almost) zero; the arc is then (almost) a line.
-_SLERP_PARALLEL_EPS = 1e-6
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Text <-> latents
-# ----------------------------------------------------------------------------------------------------------------------
-@overload
-def encode_texts(
-    model: MineVaeModel,
-    processor: Any,
-    texts: Sequence[str],
-    batch_size: int = ...,
-    return_logvar: Literal[False] = ...,
-    progress: bool = ...,
-) -> torch.Tensor: ...
-
-
-@overload
-def encode_texts(
-    model: MineVaeModel,
-    processor: Any,
-    texts: Sequence[str],
-    batch_size: int = ...,
-    return_logvar: Literal[True] = ...,
-    progress: bool = ...,
-) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def encode_texts(
-    model: MineVaeModel,
-    processor: Any,
-    texts: Sequence[str],
-    batch_size: int = 64,
-    return_logvar: bool = False,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """
-    The posterior means of `texts`, `batch_size` texts at a time.
-
-    Args:
-        model: a `MineVaeModel`; it is put in eval mode for the call (dropout off, so the same text always gives the
-            same mean) and put back in the mode it was in.
-        processor: the model's `MineVaeProcessor`.
-        texts: non-empty strings.
-        batch_size: texts per forward pass of the encoder (memory grows with it, the result does not change).
-        return_logvar: also return the posterior log-variances.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        `torch.FloatTensor` of shape `(len(texts), latent_size)` on the CPU; with `return_logvar=True`, a pair
-        `(mu, logvar)` of that shape.
-    """
-    if isinstance(texts, str):
-        raise TypeError("Give a list of texts, not one string.")
-    if len(texts) == 0:
-        raise ValueError("Got no texts to encode: give at least one sentence.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    from tqdm.auto import tqdm  # a dependency of transformers; imported here so that importing this module stays cheap
-
-    means, logvars = [], []
-    with (
-        _eval_mode(model),
-        torch.no_grad(),
-        tqdm(total=len(texts), unit="text", file=sys.stderr, disable=not progress, desc="encoding") as bar,
-    ):
-        for start in range(0, len(texts), batch_size):
-            batch = processor(list(texts[start : start + batch_size])).to(model.device)
-            posterior = model.encode(batch["input_ids"], batch["attention_mask"])
-            means.append(posterior.mu.float().cpu())
-            logvars.append(posterior.logvar.float().cpu())
-            bar.update(len(posterior.mu))
-    mu = torch.cat(means)
-    return (mu, torch.cat(logvars)) if return_logvar else mu
-
-
-def decode(
-    model: MineVaeModel, processor: Any, latents: torch.Tensor, batch_size: int = 64, **generate_kwargs: Any
-) -> list[str]:
-    """
-    Text from latents: one sentence per row, greedy by default.
-
-    Args:
-        latents (`torch.Tensor` of shape `(batch, latent_size)`, or `(latent_size,)` for one).
-        batch_size: latents per call of `generate`.
-        generate_kwargs: any option of `model.generate` (`do_sample=True, top_p=0.9`, `num_beams=4`, ...);
-            `max_new_tokens` defaults to `DEFAULT_MAX_NEW_TOKENS`, capped at what the decoder can hold. With
-            `num_return_sequences=n` there are n sentences per latent, in order.
-
-    Returns:
-        `list[str]` of `batch * num_return_sequences` sentences.
-    """
-    latents = _as_batch(latents, "latents")
-    generate_kwargs.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    generate_kwargs["max_new_tokens"] = min(generate_kwargs["max_new_tokens"], generation_limit(model))
-    generate_kwargs.setdefault("do_sample", False)
-    texts: list[str] = []
-    with _eval_mode(model):
-        for start in range(0, latents.shape[0], batch_size):
-            ids = model.generate(latent=latents[start : start + batch_size], **generate_kwargs)
-            texts += texts_from_ids(processor, ids)
-    return texts
-
-
-def generation_limit(model: Any) -> int:
-    """Most new tokens the decoder can generate: its positions, less z's key/value positions and the start token."""
-    positions = getattr(model.config.decoder, "max_position_embeddings", None)
-    if positions is None:
-        return sys.maxsize
-    return positions - model.config.num_latent_positions - 1
-
-
-def texts_from_ids(processor: Any, sequences: torch.Tensor) -> list[str]:
-    """Generated ids to text: the start token dropped, cut at the first EOS, pads dropped. Other special tokens are
-    kept, so a word-level decoder's `<unk>` stays visible instead of silently vanishing from PTB-style samples."""
-    tokenizer = processor.decoder_tokenizer
-    start, eos, pad = processor.decoder_start_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    texts = []
-    for row in sequences.tolist():
-        if row and row[0] == start:
-            row = row[1:]
-        if eos in row:
-            row = row[: row.index(eos)]
-        row = [token for token in row if token != pad]
-        texts.append(tokenizer.decode(row, skip_special_tokens=False).strip())
-    return texts
+decode = decode_latents  # the first name of latents -> text, kept for the code that calls it
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Paths and arithmetic
 # ----------------------------------------------------------------------------------------------------------------------
 def lerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
-    """
-    `steps` latents evenly spaced on the line from `a` to `b` (each of shape `(latent_size,)` or
-    `(1, latent_size)`): shape `(steps, latent_size)`, the first row exactly `a` and the last exactly `b`.
-    """
-    a, b = _pair(a, b, steps)
-    path = MineVaeModel.interpolate(a, b, steps)
-    # (1 - t)·a + t·b is a and b at t = 0, 1 up to rounding of linspace; the endpoints are set so they are exact.
-    path[0], path[-1] = a, b
-    return path
+    """`interpolate(a, b, steps, method="lerp")`: the straight line from `a` to `b`."""
+    return interpolate(a, b, steps, method="lerp")
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
-    """
-    `steps` latents on the great-circle arc from `a` to `b` (spherical interpolation), shape `(steps, latent_size)`,
-    the first row exactly `a` and the last exactly `b`.
-
-    Under a Gaussian prior most of the mass of a high-dimensional latent lies near a sphere, and the midpoint of a
-    straight line between two typical codes lies well inside it, where the decoder saw few codes in training; the
-    arc keeps the norm between the two endpoints'. Near-parallel (or anti-parallel, or zero) vectors have no
-    well-defined arc: those fall back to `lerp`.
-    """
-    a, b = _pair(a, b, steps)
-    a64, b64 = a.double(), b.double()
-    norms = a64.norm() * b64.norm()
-    if norms == 0:
-        return lerp(a, b, steps)
-    cos = (a64 @ b64 / norms).clamp(-1.0, 1.0)
-    angle = torch.arccos(cos)
-    sin = torch.sin(angle)
-    if sin.abs() < _SLERP_PARALLEL_EPS:
-        return lerp(a, b, steps)
-    t = torch.linspace(0, 1, steps, dtype=torch.float64, device=a.device).unsqueeze(1)
-    path = (torch.sin((1 - t) * angle) / sin) * a64 + (torch.sin(t * angle) / sin) * b64
-    path = path.to(a.dtype)
-    path[0], path[-1] = a, b
-    return path
+    """`interpolate(a, b, steps, method="slerp")`: the great-circle arc from `a` to `b`."""
+    return interpolate(a, b, steps, method="slerp")
 
 
 def analogy(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -368,42 +213,6 @@ def fit_label_region(
     return LabelRegion(mean=mean.to(latents.dtype), covariance=spread.to(latents.dtype))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """The model in eval mode inside the block (dropout off), back in its previous mode after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _as_batch(latents: torch.Tensor, name: str) -> torch.Tensor:
-    """`(latent_size,)` as `(1, latent_size)`; `(batch, latent_size)` as it is; anything else refused."""
-    if not isinstance(latents, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}.")
-    if latents.ndim == 1:
-        return latents.unsqueeze(0)
-    if latents.ndim != 2 or latents.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (batch, latent_size) or (latent_size,), got {tuple(latents.shape)}.")
-    return latents
-
-
-def _pair(a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}.")
-    a, b = _as_batch(a, "a"), _as_batch(b, "b")
-    if a.shape[0] != 1 or b.shape[0] != 1:
-        raise ValueError(f"interpolate between two single latents, got {a.shape[0]} and {b.shape[0]}.")
-    if a.shape != b.shape:
-        raise ValueError(f"the two latents differ in size: {a.shape[1]} vs {b.shape[1]}.")
-    return a[0], b[0]
-
-
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "LabelRegion",
@@ -411,9 +220,11 @@ __all__ = [
     "apply_attribute",
     "attribute_vector",
     "decode",
+    "decode_latents",
     "encode_texts",
     "fit_label_region",
     "generation_limit",
+    "interpolate",
     "lerp",
     "logistic_probe",
     "slerp",

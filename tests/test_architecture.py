@@ -19,6 +19,7 @@ LAYERS = {
     "estimators": 3,
     "metrics": 3,
     "latent": 3,
+    "text_latent": 3,
     "schedules": 4,
     "training_args": 4,
     "adapters": 4,
