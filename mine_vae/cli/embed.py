@@ -62,7 +62,7 @@ def run_embed(options: EmbedArguments, extra: argparse.Namespace) -> int:
         raise CliError(f"--batch_size must be at least 1, got {options.batch_size}.")
     texts = read_sentences(extra.text_file, "TEXT_FILE")
 
-    from ..latent import encode_texts
+    from ..text_latent import encode_texts
 
     model, processor = load_trained(extra.model, options.device)
     with user_errors(ValueError, TypeError):

@@ -7,7 +7,7 @@ import argparse
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..latent import DEFAULT_MAX_NEW_TOKENS, generation_limit
+from ..text_latent import DEFAULT_MAX_NEW_TOKENS, generation_limit
 from .arguments import NUM_THREADS_HELP
 from .commands import CliError, inform, quiet_library_logs, set_threads
 from .loading import load_trained

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..text_latent import interpolation, prior_sample_batches, reconstruction_batches
 from .arguments import DecodingArguments, GenerateArguments, InterpolateArguments, LoadArguments
 from .commands import (
     CliError,
@@ -20,14 +21,7 @@ from .commands import (
     set_threads,
     user_errors,
 )
-from .decoding import (
-    INTERPOLATION_BATCH,
-    interpolation,
-    most_that_fit,
-    prior_sample_batches,
-    reconstruction_batches,
-    sequence_bytes,
-)
+from .decoding import INTERPOLATION_BATCH, most_that_fit, sequence_bytes
 from .loading import load_trained, read_sentences
 from .output import describe_os_error, replace_on_success, stdout_stream
 
@@ -195,7 +189,8 @@ def run_interpolate(load: LoadArguments, decoding: DecodingArguments, options: I
     if decoding.num_beams > fit:
         raise CliError(f"--num_beams {decoding.num_beams} does not fit in memory: at most {fit} here.")
     batch = min(INTERPOLATION_BATCH, fit // decoding.num_beams)
-    steps = interpolation(model, processor, start, end, options.steps, load.seed, batch_size=batch, **kwargs)
+    with user_errors(ValueError):  # transformers' own checks of the decoding flags
+        steps = interpolation(model, processor, start, end, options.steps, load.seed, batch_size=batch, **kwargs)
     if load.json_output:
         print_json(
             {

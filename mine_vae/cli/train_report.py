@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from ..text_latent import interpolation, prior_samples, reconstructions
 from .arguments import TrainRunArguments
 from .commands import format_cell, format_table, print_json
-from .decoding import interpolation, prior_samples, reconstructions
 from .evaluate import evaluate_split, metrics_table
 
 # How `train` decodes its prior samples (see final_report).
