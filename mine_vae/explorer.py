@@ -1,7 +1,7 @@
 """A small local web page for exploring a trained model's latent space (`mine-vae explore`).
 
 The standard library's `http.server` serves one static page (`explorer.html`, package data) and a JSON API over the
-operations of `mine_vae.latent`:
+operations of `mine_vae.text_latent` and `mine_vae.latent`:
 
     POST /api/reconstruct  {"sentences": [...]}                                  -> [{"input", "output"}]
     POST /api/interpolate  {"start", "end", "steps", "method": "slerp"|"lerp"}    -> [{"t", "text"}]
@@ -42,17 +42,8 @@ from typing import Any
 
 import torch
 
-from .latent import (
-    DEFAULT_MAX_NEW_TOKENS,
-    analogy,
-    apply_attribute,
-    attribute_vector,
-    decode,
-    encode_texts,
-    fit_label_region,
-    lerp,
-    slerp,
-)
+from .latent import analogy, apply_attribute, attribute_vector, fit_label_region
+from .text_latent import DEFAULT_MAX_NEW_TOKENS, decode_latents, encode_texts, interpolate, prior_latents
 
 MAX_BODY_BYTES = 1_000_000
 # Bounds on one request: the page is for looking at a handful of sentences, and a request that asked for thousands
@@ -131,20 +122,19 @@ class Explorer:
         steps = _integer(body, "steps", 5, 2, MAX_STEPS)
         method = _choice(body, "method", ("slerp", "lerp"))
         means = self._encode([start, end])
-        path = (slerp if method == "slerp" else lerp)(means[0], means[1], steps)
+        path = interpolate(means[0], means[1], steps, method=method)
         return [{"t": index / (steps - 1), "text": text} for index, text in enumerate(self._decode(path))]
 
     def sample(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         source = _choice(body, "source", ("prior", "a", "b"))
         count = _integer(body, "count", 5, 1, MAX_SAMPLES)
         seed = _integer(body, "seed", 0, 0, 2**63 - 1)
-        generator = torch.Generator().manual_seed(seed)
         if source == "prior":
-            latents = torch.randn(count, self.model.config.latent_size, generator=generator)
+            latents = prior_latents(self.model.config.latent_size, count, seed)
         else:
             what = f"label {source.upper()} examples"
             region = fit_label_region(self._encode(_sentences(body, f"label_{source}", what)))
-            latents = region.sample(count, generator=generator)
+            latents = region.sample(count, generator=torch.Generator().manual_seed(seed))
         return [{"text": text} for text in self._decode(latents)]
 
     def attribute(self, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +160,7 @@ class Explorer:
             raise ExplorerInputError(str(error)) from error
 
     def _decode(self, latents: torch.Tensor) -> list[str]:
-        return decode(self.model, self.processor, latents, max_new_tokens=self.max_new_tokens)
+        return decode_latents(self.model, self.processor, latents, max_new_tokens=self.max_new_tokens)
 
 
 class ExplorerServer(ThreadingHTTPServer):

@@ -149,7 +149,7 @@ def test_a_failing_operation_is_a_500_error_and_the_server_keeps_serving(server,
     def broken(*args, **kwargs):
         raise RuntimeError("the decoder fell over")
 
-    monkeypatch.setattr("mine_vae.explorer.decode", broken)
+    monkeypatch.setattr("mine_vae.explorer.decode_latents", broken)
     code, answer = post(server, "reconstruct", {"sentences": ["a dog"]})
     assert code == 500 and answer["error"] == "RuntimeError: the decoder fell over"
     monkeypatch.undo()
@@ -169,7 +169,7 @@ def no_model_runs(monkeypatch) -> list[int]:
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("mine_vae.explorer.decode", counting)
+    monkeypatch.setattr("mine_vae.explorer.decode_latents", counting)
     return calls
 
 
