@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2L
 
 from mine_vae import MineVaeModel, MineVaeProcessor
 from mine_vae.data import build_word_tokenizers, load_corpus, tokenize_corpus
+from mine_vae.text_latent import decode_latents, prior_latents
 from mine_vae.trainer import MineVaeTrainer
 from mine_vae.training_args import MineVaeTrainingArguments
 
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_model(output_dir)  # model + both tokenizers: MineVaeModel/MineVaeProcessor.from_pretrained
 
         model.eval()
-        latent = model.sample_prior(3, generator=torch.Generator(device=model.device).manual_seed(0))
-        for text in processor.batch_decode(model.generate(latent=latent, max_new_tokens=args.max_length)):
+        latent = prior_latents(model.config.latent_size, 3, seed=0)
+        for text in decode_latents(model, processor, latent, max_new_tokens=args.max_length):
             print("sample:", text)
     return metrics
 

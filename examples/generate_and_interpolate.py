@@ -4,9 +4,10 @@
     python examples/generate_and_interpolate.py --model mine-vae-small
     python examples/generate_and_interpolate.py --smoke       # seconds: an untrained tiny model
 
-Every call below is plain `transformers` generation (`model.generate` with any of its options); the latent z is what
-changes: a draw from the prior, a posterior mean (reconstruction), posterior samples (paraphrases), or points on the
-line between two posterior means (interpolation).
+Every decoding below is plain `transformers` generation (`model.generate` with any of its options, which
+`mine_vae.text_latent.decode_latents` passes on); the latent z is what changes: a draw from the prior, a posterior
+mean (reconstruction), posterior samples (paraphrases), or points on the arc between two posterior means
+(interpolation).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 import torch
 
 from mine_vae import MineVaeModel, MineVaeProcessor
+from mine_vae.text_latent import decode_latents, encode_texts, interpolate, prior_latents, texts_from_ids
 
 SENTENCES = [
     "the company said it expects a loss in the fourth quarter",
@@ -45,40 +47,33 @@ def save_untrained_tiny_model(folder: str) -> str:
     return folder
 
 
-def decode(processor: MineVaeProcessor, ids: torch.Tensor) -> list[str]:
-    return [text.strip() for text in processor.batch_decode(ids)]
-
-
 @torch.no_grad()
 def demo(model: MineVaeModel, processor: MineVaeProcessor, args: argparse.Namespace) -> dict[str, list[str]]:
-    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     torch.manual_seed(args.seed)  # token sampling below
     length = {"max_new_tokens": args.max_new_tokens}
     results: dict[str, list[str]] = {}
 
     # 1. From the prior: each z ~ N(0, I) is a sentence; greedy decoding shows what z alone decides.
-    z = model.sample_prior(args.num_samples, generator=generator)
-    results["prior, greedy"] = decode(processor, model.generate(latent=z, **length))
-    results["prior, nucleus sampling"] = decode(
-        processor, model.generate(latent=z, do_sample=True, top_p=0.9, temperature=0.8, **length)
+    z = prior_latents(model.config.latent_size, args.num_samples, seed=args.seed)
+    results["prior, greedy"] = decode_latents(model, processor, z, **length)
+    results["prior, nucleus sampling"] = decode_latents(
+        model, processor, z, do_sample=True, top_p=0.9, temperature=0.8, **length
     )
 
     # 2. Reconstruction: encode, decode from the posterior mean.
-    batch = processor(SENTENCES).to(model.device)
-    results["reconstructions"] = decode(
-        processor, model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **length)
-    )
+    means = encode_texts(model, processor, SENTENCES)
+    results["reconstructions"] = decode_latents(model, processor, means, **length)
 
-    # 3. Paraphrases: several posterior samples around one sentence.
+    # 3. Paraphrases: several posterior samples around one sentence (plain `model.encode` and `model.generate`).
     one = processor(SENTENCES[:1]).to(model.device)
     posterior = model.encode(one["input_ids"], one["attention_mask"])
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     around = posterior.sample(num_samples=args.num_samples, generator=generator).squeeze(1)
-    results["posterior samples of sentence 1"] = decode(processor, model.generate(latent=around, **length))
+    results["posterior samples of sentence 1"] = texts_from_ids(processor, model.generate(latent=around, **length))
 
-    # 4. Interpolation between the posterior means of two sentences.
-    means = model.encode(batch["input_ids"], batch["attention_mask"]).mu
-    path = model.interpolate(means[0], means[1], args.steps)
-    results["interpolation 1 -> 2"] = decode(processor, model.generate(latent=path, num_beams=3, **length))
+    # 4. Interpolation between the posterior means of two sentences, on the arc (method="lerp": the straight line).
+    path = interpolate(means[0], means[1], args.steps, method="slerp")
+    results["interpolation 1 -> 2"] = decode_latents(model, processor, path, num_beams=3, **length)
     return results
 
 

@@ -39,7 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mine_vae import MineVaeModel, MineVaeProcessor  # noqa: E402
-from mine_vae.latent import apply_attribute, attribute_vector, decode, encode_texts, logistic_probe  # noqa: E402
+from mine_vae.latent import apply_attribute, attribute_vector, logistic_probe  # noqa: E402
+from mine_vae.text_latent import decode_latents, encode_texts  # noqa: E402
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 LABELS = ("fresh", "rotten")  # the probe's and the transfer's two labels; others (plot) only appear in the picture
@@ -387,7 +388,7 @@ def _encode(model: MineVaeModel, processor: Any, texts: list[str], args: argpars
 
 def _decode(model: MineVaeModel, processor: Any, latents: torch.Tensor, **kwargs: Any) -> list[str]:
     with _autocast(model, kwargs.pop("args")):
-        return decode(model, processor, latents, **kwargs)
+        return decode_latents(model, processor, latents, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
