@@ -21,7 +21,7 @@ import pytest
 import tiny
 import torch
 
-from mine_vae import MineVaeModel, MineVaeProcessor
+from mine_vae import MineVaeModel, MineVaeProcessor, text_latent
 from mine_vae.cli import COMMANDS, _ensure_commands, format_table, main
 from mine_vae.cli.parsing import parse_command
 from mine_vae.presets import get_preset
@@ -117,6 +117,10 @@ def test_generate_from_the_prior_and_reconstructs(trained):
     assert code == 0
     report = json.loads(out)
     assert report["mode"] == "prior" and len(report["results"]) == 3
+    # The library's seeded prior decoding, with the command's defaults (seed 0, greedy, at most 50 new tokens).
+    model, processor = MineVaeModel.from_pretrained(output_dir).eval(), MineVaeProcessor.from_pretrained(output_dir)
+    expected = text_latent.prior_samples(model, processor, 3, seed=0, max_new_tokens=50, do_sample=False)
+    assert [row["output"] for row in report["results"]] == expected
     code, out, _ = run(
         [
             "generate",
@@ -154,6 +158,12 @@ def test_interpolate(trained):
     assert code == 0
     steps = json.loads(out)["steps"]
     assert [round(s["t"], 3) for s in steps] == [0.0, 0.333, 0.667, 1.0]
+    # The library's interpolation (the line, as MineVaeModel.interpolate's), with the command's defaults.
+    model, processor = MineVaeModel.from_pretrained(output_dir).eval(), MineVaeProcessor.from_pretrained(output_dir)
+    expected = text_latent.interpolation(
+        model, processor, "the cat sees the moon", "a bird hears the river", 4, seed=0, max_new_tokens=50
+    )
+    assert [(s["t"], s["text"]) for s in steps] == expected
     code, out, _ = run(["interpolate", "the cat sees the moon", "a bird hears the river", "--model", str(output_dir)])
     assert code == 0 and "Interpolation from" in out and "1.00" in out
 
