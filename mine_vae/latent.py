@@ -6,7 +6,7 @@ or `decode_latents(model, processor, latents)`; texts become latents with `encod
 where text <-> latent conversion, prior draws and interpolation live; their names are re-exported here):
 
     means = encode_texts(model, processor, ["the film was dull", "the film was great", "the plot was dull"])
-    decode_latents(model, processor, analogy(means[0], means[1], means[2]))                # "the plot was great"
+    decode_latents(model, processor, analogy(means[0], means[1], means[2]))   # dull : great :: the plot was dull : ?
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 # Re-exported: `mine_vae.latent` was where these lived first, and users import them from here.
 from .text_latent import DEFAULT_MAX_NEW_TOKENS as DEFAULT_MAX_NEW_TOKENS
-from .text_latent import as_latent_batch as _as_batch
+from .text_latent import as_latent_batch
 from .text_latent import decode_latents as decode_latents
 from .text_latent import encode_texts as encode_texts
 from .text_latent import generation_limit as generation_limit
@@ -52,7 +52,7 @@ def analogy(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     Returns:
         `torch.Tensor` of shape `(batch, latent_size)` (batch 1 for three single latents).
     """
-    return _as_batch(c + (b - a), "analogy")
+    return as_latent_batch(c + (b - a), "analogy")
 
 
 def attribute_vector(
@@ -78,8 +78,8 @@ def attribute_vector(
     Returns:
         `torch.Tensor` of shape `(latent_size,)`.
     """
-    positive = _as_batch(positive_latents, "positive_latents").float()
-    negative = _as_batch(negative_latents, "negative_latents").float()
+    positive = as_latent_batch(positive_latents, "positive_latents").float()
+    negative = as_latent_batch(negative_latents, "negative_latents").float()
     if positive.shape[1] != negative.shape[1]:
         raise ValueError(f"positive and negative latents differ in size: {positive.shape[1]} vs {negative.shape[1]}.")
     difference = positive.mean(dim=0) - negative.mean(dim=0)
@@ -136,7 +136,7 @@ def apply_attribute(latents: torch.Tensor, vector: torch.Tensor, strength: float
     and `vector` of shape `(latent_size,)`. Strength 0 leaves the latents as they are; negative strengths remove the
     attribute.
     """
-    return _as_batch(latents, "latents") + strength * vector.reshape(-1).to(latents.device, latents.dtype)
+    return as_latent_batch(latents, "latents") + strength * vector.reshape(-1).to(latents.device, latents.dtype)
 
 
 def traverse(latent: torch.Tensor, dim: int, values: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ def traverse(latent: torch.Tensor, dim: int, values: Sequence[float] | torch.Ten
     Copies of `latent` (shape `(latent_size,)` or `(1, latent_size)`) with dimension `dim` set to each of `values`:
     shape `(len(values), latent_size)`; every other dimension is `latent`'s.
     """
-    row = _as_batch(latent, "latent")
+    row = as_latent_batch(latent, "latent")
     if row.shape[0] != 1:
         raise ValueError(f"traverse takes one latent, got {row.shape[0]}.")
     if not -row.shape[1] <= dim < row.shape[1]:
@@ -198,7 +198,7 @@ def fit_label_region(
         ridge: added to the variances; it keeps the region a proper Gaussian with one example, or with a full
             covariance from fewer examples than dimensions (singular otherwise).
     """
-    points = _as_batch(latents, "latents").double()
+    points = as_latent_batch(latents, "latents").double()
     if covariance not in ("diagonal", "full"):
         raise ValueError(f"covariance must be 'diagonal' or 'full', got {covariance!r}.")
     if ridge < 0:
