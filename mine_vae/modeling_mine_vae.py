@@ -16,25 +16,23 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import transformers
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
-    DynamicCache,
     GenerationConfig,
     GenerationMixin,
     PreTrainedConfig,
     PreTrainedModel,
 )
-from transformers.cache_utils import Cache, DynamicLayer
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
+from .latent_path import LatentPath
 
 logger = logging.get_logger(__name__)
 
@@ -245,14 +243,12 @@ class MineVaePreTrainedModel(PreTrainedModel):
         if module is getattr(self, "posterior", None) and module.bias is not None:
             with torch.no_grad():  # the log-variance half: see `MineVaeConfig.posterior_logvar_init`
                 module.bias[self.config.latent_size :].fill_(self.config.posterior_logvar_init)
-        residual = getattr(self, "latent_to_residual", None)
-        if module is getattr(self, "latent_to_vocab", None) or (residual is not None and module in list(residual)):
-            # The decoder starts as it was: see `MineVaeConfig.latent_vocab_bias` and `latent_residual_layers`.
+        latent_path = getattr(self, "latent_path", None)
+        if latent_path is not None and latent_path.starts_at_zero(module):
             module.weight.zero_()
             module.bias.zero_()
         if isinstance(module, MineCritic):
-            module.log_ema.zero_()
-            module.ema_updates.zero_()
+            module.reset_moving_average()
 
 
 class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
@@ -292,29 +288,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             )
 
         encoder_hidden = config.encoder.hidden_size
-        decoder_hidden = config.decoder.hidden_size
         self.posterior = nn.Linear(encoder_hidden, 2 * config.latent_size)
-        if config.injects_memory:
-            num_layers, num_kv_heads, head_dim = _decoder_kv_geometry(self.decoder)
-            positions = config.latent_memory_positions
-            self._kv_shape = (num_kv_heads, positions, head_dim)
-            self.latent_to_key = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
-            self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
-        if config.injects_embedding:
-            self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
-        if config.latent_vocab_bias:
-            # out_features, not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows
-            vocab_size = self.decoder.get_output_embeddings().out_features
-            self.latent_to_vocab = nn.Linear(config.latent_size, vocab_size)
-        if config.latent_residual_layers:
-            layers = _decoder_layers(self.decoder)
-            self.latent_to_residual = nn.ModuleList(
-                nn.Linear(config.latent_size, decoder_hidden) for _ in config.latent_residual_layers
-            )
-            # The hooked layers, found once: generation calls `_set_residual_shifts` at every step.
-            self._residual_layers = [layers[index] for index in config.latent_residual_layers]
-            for layer in self._residual_layers:
-                layer.register_forward_hook(_add_latent_residual)
+        self.latent_path = LatentPath(self)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
             latent_size=config.latent_size,
@@ -375,27 +350,9 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:
         reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
-        if self.config.injects_memory and reentrant:
-            # Reentrant checkpointing differentiates only through tensors passed to a layer as arguments; z's
-            # key/value position reaches the layer inside the cache object, so its gradient would be lost.
-            raise ValueError(
-                f"Reentrant activation checkpointing cannot carry z's gradient with latent_injection="
-                f"'{self.config.latent_injection}' (z reaches each layer inside the cache); drop use_reentrant=True "
-                "(transformers' default, use_reentrant=False, works) or use latent_injection='embedding'."
-            )
+        self.latent_path.check_checkpointing(reentrant)
         super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
-        if self.config.injects_memory:
-            # z's key/value position reaches each layer through the cache, which checkpointing drops unless told it
-            # may keep it. It may: without use_cache the cache is a `LatentPrefixLayer` stack, which stores nothing,
-            # so the backward pass's re-run of a layer sees exactly the keys and values the first run saw. The layers
-            # are told through their `_can_checkpoint_with_cache`; the decoder's outer modules (GPT-2's GPT2Model)
-            # drop the cache when their own `gradient_checkpointing` flag is set, a flag that does no checkpointing
-            # itself (the layers do), so it is cleared.
-            for module in self.decoder.modules():
-                if isinstance(module, GradientCheckpointingLayer):
-                    module._can_checkpoint_with_cache = True
-                elif getattr(module, "gradient_checkpointing", False):
-                    module.gradient_checkpointing = False
+        self.latent_path.keep_cache_under_checkpointing()
 
     @property
     def head_names(self) -> list[str]:
@@ -423,35 +380,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         """Resize the decoder's vocabulary (input embeddings and LM head together, ties kept, `config.decoder.
         vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
         causal LM's own `resize_token_embeddings` would."""
-        if self.config.latent_vocab_bias and not isinstance(self.latent_to_vocab, nn.Linear):
-            # peft's wrapper (the heads are its modules_to_save): a resized Linear would drop out of the adapter.
-            # Refused before the decoder changes, so that the model is left as it was.
-            raise ValueError(
-                "z's vocabulary bias is wrapped by peft, which a resized copy would drop out of; call "
-                "resize_token_embeddings on the MineVaeModel before get_peft_model."
-            )
+        self.latent_path.check_resizable()
         embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
-        if self.config.latent_vocab_bias:
-            self._resize_vocab_bias(self.decoder.get_output_embeddings().out_features)
+        self.latent_path.resize_vocab_bias(self.decoder.get_output_embeddings().out_features)
         return embeddings
-
-    def _resize_vocab_bias(self, num_tokens: int) -> None:
-        """Give z's vocabulary bias one row per token again: kept rows keep their values, new tokens start at zero
-        (as the whole bias does)."""
-        old = self.latent_to_vocab
-        if old.out_features == num_tokens:
-            return
-        new = nn.Linear(old.in_features, num_tokens, device=old.weight.device, dtype=old.weight.dtype)
-        kept = min(num_tokens, old.out_features)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.bias.zero_()
-            new.weight[:kept] = old.weight[:kept]
-            new.bias[:kept] = old.bias[:kept]
-        new.weight.requires_grad_(old.weight.requires_grad)
-        new.bias.requires_grad_(old.bias.requires_grad)
-        self.latent_to_vocab = new
 
     # ----------------------------------------------------------------------------------------------------------------
     # The VAE's parts
@@ -527,18 +460,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             generator (`torch.Generator`, *optional*, on the CPU): draws the pairing of the marginal pairs.
         """
         permutation = derangement(latent.shape[0], device=latent.device, generator=generator)
-        # Held fixed by switching their gradients off for the call, not by running the critic on detached copies
-        # (torch.func.functional_call): DeepSpeed ZeRO-3 gathers a module's partitioned parameters in hooks on the
-        # module, and a copy is not a parameter it knows. The graph then holds no path to the critic's weights.
-        parameters = list(self.critic.parameters())
-        trainable = [p.requires_grad for p in parameters]
-        try:
-            for p in parameters:
-                p.requires_grad_(False)
+        with self.critic.frozen():  # the graph then holds no path to the critic's weights
             joint, marginal = self.critic(pooler_output.detach(), latent, permutation)
-        finally:
-            for p, flag in zip(parameters, trainable):
-                p.requires_grad_(flag)
         return self.critic.lower_bound(joint, marginal)
 
     def critic_loss(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -550,84 +473,6 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         joint, marginal = self.critic(pooler_output.detach(), latent.detach(), permutation)
         self.critic.update_moving_average(marginal)
         return -self.critic.lower_bound(joint, marginal)
-
-    def _latent_cache(
-        self, latent: torch.Tensor, cache: Cache | None, store: bool, dtype: torch.dtype | None = None
-    ) -> Cache:
-        """z's key/value positions in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
-        when the decoder's keys and values are to be kept (`store`, generation), else a `LatentPrefixLayer` stack that
-        keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing). `dtype` is
-        the decoder's compute dtype (default: its embedding weights'; under mixed precision the token embeddings'
-        output dtype, which the decoder's keys and values will have)."""
-        dtype = dtype or self.decoder.get_input_embeddings().weight.dtype
-        batch_size = latent.shape[0]
-        keys = self.latent_to_key(latent.to(self.latent_to_key.weight.dtype)).to(dtype)
-        values = self.latent_to_value(latent.to(self.latent_to_value.weight.dtype)).to(dtype)
-        keys = keys.view(batch_size, -1, *self._kv_shape).unbind(1)
-        values = values.view(batch_size, -1, *self._kv_shape).unbind(1)
-        if not store:
-            return Cache(layers=[LatentPrefixLayer(key, value) for key, value in zip(keys, values)])
-        if cache is None:
-            cache = DynamicCache(config=self.config.decoder)
-        for layer_idx, (key, value) in enumerate(zip(keys, values)):
-            cache.update(key, value, layer_idx)
-        return cache
-
-    def _decode(
-        self,
-        latent: torch.Tensor,
-        decoder_input_ids: torch.LongTensor,
-        decoder_attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-        use_cache: bool,
-        **decoder_kwargs,
-    ) -> ModelOutput:
-        """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
-        # is_activation_checkpointing walks every module: test it last, so that generation steps (eval mode, no grad)
-        # never pay for it.
-        if use_cache and self.training and torch.is_grad_enabled() and self.is_activation_checkpointing:
-            use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
-        embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
-        if self.config.injects_memory:
-            if cache is None or int(cache.get_seq_length()) == 0:
-                cache = self._latent_cache(latent, cache, store=use_cache or cache is not None, dtype=embeddings.dtype)
-            decoder_attention_mask = _with_latent_columns(
-                decoder_attention_mask,
-                int(cache.get_seq_length()) + decoder_input_ids.shape[1],
-                self.config.latent_memory_positions,
-            )
-        if self.config.injects_embedding:
-            shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
-            embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)
-        self._set_residual_shifts(latent)
-        try:
-            outputs = self.decoder(
-                inputs_embeds=embeddings,
-                attention_mask=decoder_attention_mask,
-                cache=cache,
-                use_cache=use_cache,
-                return_dict=True,
-                **decoder_kwargs,
-            )
-        finally:
-            # Checkpointed layers run again in the backward pass and must see the same shifts then; otherwise the
-            # decoder is left as it was, so that a call to the bare decoder adds nothing.
-            if not (self.training and torch.is_grad_enabled() and self.is_activation_checkpointing):
-                self._set_residual_shifts(None)
-        if self.config.latent_vocab_bias:
-            bias = self.latent_to_vocab(latent.to(self.latent_to_vocab.weight.dtype))
-            outputs.logits = outputs.logits + bias.to(outputs.logits.dtype).unsqueeze(1)
-        return outputs
-
-    def _set_residual_shifts(self, latent: torch.Tensor | None) -> None:
-        """Hand each layer of `config.latent_residual_layers` its shift (batch_size, hidden_size) computed from
-        `latent`, or take the shifts away (None); `_add_latent_residual` adds them to the layers' outputs."""
-        if not self.config.latent_residual_layers:
-            return
-        scale = self.config.latent_residual_scale
-        for layer, projection in zip(self._residual_layers, self.latent_to_residual):
-            shift = None if latent is None else scale * projection(latent.to(projection.weight.dtype))
-            layer._mine_vae_residual = shift
 
     def decoder_log_likelihood(
         self,
@@ -645,7 +490,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         Returns:
             `torch.FloatTensor` of shape `(batch_size,)`.
         """
-        self._set_residual_shifts(None)
+        self.latent_path.set_residual_shifts(None)
         logits = self.decoder(
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, use_cache=False, return_dict=True
         ).logits
@@ -669,7 +514,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             `torch.FloatTensor` of shape `(batch_size,)`.
         """
         self._check_decoder_length(decoder_input_ids.shape[1])
-        logits = self._decode(latent, decoder_input_ids, decoder_attention_mask, None, use_cache=False).logits
+        logits = self.latent_path.decode(latent, decoder_input_ids, decoder_attention_mask, None, False).logits
         return -_token_nll(logits, labels).sum(dim=1)
 
     def _check_decoder_length(self, length: int) -> None:
@@ -786,7 +631,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             decoder_kwargs["output_hidden_states"] = output_hidden_states
         if output_attentions:
             decoder_kwargs["output_attentions"] = True
-        decoder_outputs = self._decode(
+        decoder_outputs = self.latent_path.decode(
             latent, decoder_input_ids, decoder_attention_mask, cache, bool(use_cache), **decoder_kwargs
         )
         logits = decoder_outputs.logits
@@ -940,19 +785,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         assign(weight[:size], weight[:size].double() / std[:, None])
         assign(bias[:size], (bias[:size].double() - mean) / std)
         assign(bias[size:], bias[size:].double() - 2 * std.log())
-        # Layers reading z: W z + b = (W diag(std)) z' + (b + W mean).
-        names = ("latent_to_key", "latent_to_value", "latent_to_embedding", "latent_to_vocab")
-        layers = [getattr(self, name) for name in names if hasattr(self, name)]
-        layers += list(getattr(self, "latent_to_residual", []))
-        for layer in layers:
-            weight = layer.weight.double()
-            assign(layer.bias, layer.bias.double() + weight @ mean)
-            assign(layer.weight, weight * std[None, :])
-        # The critic adds its projections of x and z before its MLP; z's has no bias, so the shift goes into x's.
-        critic = self.critic
-        weight = critic.latent_proj.weight.double()
-        assign(critic.feature_proj.bias, critic.feature_proj.bias.double() + weight @ mean)
-        assign(critic.latent_proj.weight, weight * std[None, :])
+        self.latent_path.standardize(mean, std)  # every layer reading z
+        self.critic.standardize_latent(mean, std)
 
     @staticmethod
     def interpolate(start: torch.Tensor, end: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -1124,7 +958,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             if int(cache.get_seq_length()) == 0:
                 # z goes into the cache before the first step's mask is built, so that mask (4D for static caches)
                 # and the positions count z's key/value positions, as the cache holds them.
-                self._latent_cache(latent, cache, store=True)
+                self.latent_path.cache(latent, cache, store=True)
             # The cache holds z and the decoder tokens run so far; the rest of `input_ids` is this step's input.
             cached_tokens = int(cache.get_seq_length()) - self.config.latent_memory_positions
             next_sequence_length = input_ids.shape[1] - cached_tokens
@@ -1141,42 +975,6 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
 # for the auto classes (a check for a `cache_position` argument), and inspect.signature through forward's two decorators
 # costs as much Python as the rest of the step's bookkeeping. The signature never changes: compute it once.
 MineVaeModel.forward.__signature__ = inspect.signature(MineVaeModel.forward)
-
-
-class LatentPrefixLayer(DynamicLayer):
-    """
-    One decoder layer's cache entry holding only z's key/value positions: `update` returns it joined to the keys and
-    values of the call and stores nothing. Calling a layer twice with the same inputs (activation checkpointing's
-    re-run in the backward pass) therefore sees the same keys and values both times.
-
-    Args:
-        key, value (`torch.Tensor` of shape `(batch_size, num_kv_heads, latent_memory_positions, head_dim)`): z's
-            projections.
-    """
-
-    def __init__(self, key: torch.Tensor, value: torch.Tensor):
-        super().__init__()
-        self.lazy_initialization(key, value)
-        self.keys, self.values = key, value
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
-
-
-def _with_latent_columns(mask: torch.Tensor | None, key_length: int, positions: int) -> torch.Tensor | None:
-    """A 2D decoder mask covering every key position, z's `positions` included (the first). Callers give the mask over
-    the decoder's tokens (cached and new), as `forward` documents; `generate` gives it with z's columns already in, so
-    that the 4D masks it builds for static caches line up with the cache. 4D masks are built whole and pass
-    unchanged."""
-    if mask is None or mask.ndim != 2 or mask.shape[1] == key_length:
-        return mask
-    if mask.shape[1] != key_length - positions:
-        raise ValueError(
-            f"decoder_attention_mask covers {mask.shape[1]} positions, but the decoder attends to "
-            f"{key_length - positions} tokens (cached and new) plus z's {positions}: give one mask column per decoder "
-            "token."
-        )
-    return torch.cat([mask.new_ones(mask.shape[0], positions), mask], dim=1)
 
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
@@ -1216,63 +1014,6 @@ def _called_from_pipeline() -> bool:
             return not getattr(caller, "drives_mine_vae", False)  # the MINE-VAE pipeline passes latents itself
         frame = frame.f_back
     return False
-
-
-def _decoder_layers(decoder: PreTrainedModel) -> nn.ModuleList:
-    """The decoder's stack of transformer layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the
-    ModuleList holding one module per hidden layer."""
-    count = decoder.config.num_hidden_layers
-    for module in decoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(
-        f"Could not find the {count} transformer layers of the decoder {type(decoder).__name__}, which "
-        "latent_residual_layers needs; leave latent_residual_layers unset for this decoder."
-    )
-
-
-def _add_latent_residual(module: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook on a decoder layer: add the shift `MineVaeModel._set_residual_shifts` gave the layer (one vector
-    per sequence, the same at every position) to its hidden states."""
-    shift = getattr(module, "_mine_vae_residual", None)
-    if shift is None:
-        return output
-    hidden = output[0] if isinstance(output, tuple) else output
-    hidden = hidden + shift.to(hidden.dtype).unsqueeze(1)
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:
-    """(layers, key/value heads, head size) of a decoder that can take a key/value prefix; a clear error otherwise."""
-    config = decoder.config
-    name = type(decoder).__name__
-    if "cache" not in inspect.signature(decoder.forward).parameters:
-        raise ValueError(
-            f"The decoder {name}'s forward() has no `cache` argument (looked for `cache`, the name transformers "
-            f">= 5.24 gives the decoder cache; transformers {transformers.__version__} is installed), so it cannot "
-            "take z's key/value position, which latent_injection='memory' and 'both' need. Use a decoder that "
-            "takes a cache (any causal LM of transformers' own), or latent_injection='embedding'."
-        )
-    num_heads = getattr(config, "num_attention_heads", None)
-    why = (
-        "it has no num_attention_heads"
-        if num_heads is None
-        else "it is an encoder-decoder model"
-        if getattr(config, "is_encoder_decoder", False)
-        else "it does not use transformers' DynamicCache"
-        if not decoder._supports_default_dynamic_cache()
-        else "it is stateful (a recurrent cache)"
-        if getattr(decoder, "_is_stateful", False)
-        else None
-    )
-    if why is not None:
-        raise ValueError(
-            f"The decoder {name} cannot take a key/value prefix ({why}), which latent_injection='memory' and 'both' "
-            "need; use latent_injection='embedding'."
-        )
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    return config.num_hidden_layers, num_kv_heads, head_dim
 
 
 __all__ = ["MineVaeModel", "MineVaeOutput", "MineVaePosterior", "MineVaePreTrainedModel"]
