@@ -90,6 +90,8 @@ def test_saved_folder_carries_auto_map_and_code(tmp_path):
         "configuration_mine_vae.py",
         "critic.py",
         "latent_path.py",
+        "generation_mine_vae.py",
+        "pretrained_mine_vae.py",
         "pipeline_mine_vae.py",
         "sentence_mine_vae.py",
     }
