@@ -297,8 +297,8 @@ class MineVaePreTrainedModel(PreTrainedModel):
         config._attn_implementation = {"": config._attn_implementation, **attention}
         return cls(config, encoder=encoder, decoder=decoder)
 
-    # The package sets this to `mine_vae.hub.push_to_hub` when it is imported (mine_vae/__init__.py): the model file
-    # imports only its configuration and critic, because it also runs as remote code, where the package may be absent.
+    # The package sets this to `mine_vae.hub.push_to_hub` when it is imported (mine_vae/__init__.py): the model's files
+    # import only each other, because they also run as remote code, where the package may be absent.
     hub_push: ClassVar[Callable[..., Any] | None] = None
 
     def push_to_hub(self, repo_id: str, *, processor: Any = None, **kwargs: Any) -> Any:
