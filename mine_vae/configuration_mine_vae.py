@@ -42,7 +42,12 @@ def check_transformers_version(version: str = transformers.__version__) -> None:
         )
 
 
-check_transformers_version()
+# transformers loads this file once per folder of remote code it imports (AutoConfig's copy, and another beside the
+# modelling file and the files that one imports): the newer-release warning is given by the first copy only, through a
+# mark on the transformers module that every copy shares. Too old a release stops every import.
+if not getattr(transformers, "_mine_vae_version_checked", False):
+    check_transformers_version()
+    transformers._mine_vae_version_checked = True
 
 POOLING_MODES = ("pooler", "first", "mean")
 # The pipeline every saved config names (`custom_pipelines`, read by `transformers.pipeline`): one entry, so that

@@ -10,8 +10,11 @@ vanishes at the optimal critic).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 # Past this log-value, e^x is continued linearly (value e^T (1 + x - T), slope e^T): the bound stays finite and its
@@ -142,3 +145,49 @@ class MineCritic(nn.Module):
         # The first batch starts the average (MINE's initialisation); torch.where avoids a device sync.
         self.log_ema.copy_(torch.where(self.ema_updates == 0, current, decayed))
         self.ema_updates.add_(1)
+
+    @torch.no_grad()
+    def reset_moving_average(self) -> None:
+        """Start the moving average of E_marginal[e^f] afresh (a new critic's state)."""
+        self.log_ema.zero_()
+        self.ema_updates.zero_()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Hold the critic's parameters fixed for the block: no gradient reaches them, and an optimizer built inside
+        (the VAE's) does not see them. Their gradients are switched off for the block rather than the critic run on
+        detached copies (torch.func.functional_call): DeepSpeed ZeRO-3 gathers a module's partitioned parameters in
+        hooks on the module, and a copy is not a parameter it knows."""
+        parameters = list(self.parameters())
+        trainable = [p.requires_grad for p in parameters]
+        try:
+            for p in parameters:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in zip(parameters, trainable):
+                p.requires_grad_(flag)
+
+    @torch.no_grad()
+    def sync_gradients(self) -> None:
+        """Average the critic's gradients (and moving average) over processes: distributed wrappers (DDP, FSDP) leave
+        the critic to its own step, which calls this before each update. Does nothing in a single process."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [self.log_ema.reshape(1)])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for grad, chunk in zip(grads, flat[:-1].split([g.numel() for g in grads])):
+            grad.copy_(chunk.view_as(grad))
+        self.log_ema.copy_(flat[-1])
+
+    @torch.no_grad()
+    def standardize_latent(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Take z' = (z - mean) / std in place of z, scoring every pair as before (see
+        `MineVaeModel.standardize_latent`). z's projection has no bias, and it is added to x's before the MLP, so z's
+        shift W mean goes into x's bias."""
+        weight = self.latent_proj.weight.double()
+        bias = self.feature_proj.bias
+        bias.copy_((bias.double() + weight @ mean.double()).to(bias.dtype))
+        self.latent_proj.weight.copy_((weight * std.double()[None, :]).to(self.latent_proj.weight.dtype))

@@ -22,8 +22,8 @@ def leave_critic_unsharded(plugin: Any, model: nn.Module, device: torch.device) 
     steps outside the model's forward and backward, with its own optimizer: sharded, its weights would be DTensors
     gathered only by the hooks of the root's forward, its gradients never reduced, and an optimizer built before
     sharding would hold tensors the critic no longer uses. It is small, so every process keeps all of it and the
-    critic step averages its gradients (`sync_critic_gradients`). FSDP moves only what it shards: the critic goes to
-    the device here."""
+    critic step averages its gradients (`MineCritic.sync_gradients`). FSDP moves only what it shards: the critic goes
+    to the device here."""
     critic = model.critic
     ignored = plugin.ignored_modules
     if isinstance(ignored, str):  # a regular expression over module names, as accelerate reads it from its config
@@ -34,20 +34,6 @@ def leave_critic_unsharded(plugin: Any, model: nn.Module, device: torch.device) 
         ignored.append(critic)
     plugin.ignored_modules = ignored
     critic.to(device)
-
-
-def sync_critic_gradients(critic: nn.Module) -> None:
-    """Average the critic's gradients (and moving average) over processes: DDP leaves the critic to the critic's own
-    step, which calls this before each update."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    grads = [p.grad for p in critic.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [critic.log_ema.reshape(1)])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for grad, chunk in zip(grads, flat[:-1].split([g.numel() for g in grads])):
-        grad.copy_(chunk.view_as(grad))
-    critic.log_ema.copy_(flat[-1])
 
 
 def freeze_unused_pooler(model: nn.Module) -> None:
@@ -161,6 +147,5 @@ __all__ = [
     "partitioned_critic_weights",
     "release_backward_leftovers",
     "restore_partitioned_critic",
-    "sync_critic_gradients",
     "whole_parameters",
 ]

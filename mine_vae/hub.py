@@ -203,9 +203,13 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
     if SAFE_WEIGHTS_NAME not in files and SAFE_WEIGHTS_INDEX_NAME not in files:
         raise ValueError(f"{folder} has no {SAFE_WEIGHTS_NAME}; save the model with model.save_pretrained(folder).")
     code = {f"{reference.split('.')[0]}.py" for reference in (config.get("auto_map") or {}).values()}
-    for module in list(code):  # the modelling files import their siblings, which must travel with them
+    pending = list(code)
+    while pending:  # the modelling files import their siblings (and those theirs), which must travel with them
+        module = pending.pop()
         if (folder / module).is_file():
-            code.update(f"{name}.py" for name in get_relative_imports(str(folder / module)))
+            imported = {f"{name}.py" for name in get_relative_imports(str(folder / module))} - code
+            code |= imported
+            pending += imported
     missing = sorted(code - set(files)) if code else ["config.json's auto_map"]
     if missing:
         raise ValueError(

@@ -345,8 +345,9 @@ def _files(with_tokenizers: bool) -> str:
         "- `model.safetensors`: the weights (encoder, decoder, posterior and injection heads, critic). MINE-VAE loads "
         "safetensors only and refuses pickled weights (`.bin`, `.pt`), which can run code when loaded.",
         "- `config.json` (with `auto_map`), `generation_config.json`, and the modelling code "
-        "(`configuration_mine_vae.py`, `modeling_mine_vae.py`, `critic.py`, `pipeline_mine_vae.py`, "
-        "`sentence_mine_vae.py` with `modules.json` for sentence-transformers) that `trust_remote_code=True` runs.",
+        "(`configuration_mine_vae.py`, `modeling_mine_vae.py` with `pretrained_mine_vae.py`, `latent_path.py`, "
+        "`generation_mine_vae.py` and `critic.py`, `pipeline_mine_vae.py`, `sentence_mine_vae.py` with "
+        "`modules.json` for sentence-transformers) that `trust_remote_code=True` runs.",
     ]
     if with_tokenizers:
         lines.append(

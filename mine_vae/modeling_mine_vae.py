@@ -1,48 +1,30 @@
 """MINE-VAE: a text VAE whose encoder and decoder are pretrained transformers, with a mutual-information critic head.
 
-This file also loads as remote code (`trust_remote_code=True`): it imports only installed libraries and its sibling
-modules `configuration_mine_vae` and `critic`, relatively.
+`MineVaeModel` is composed of the files beside this one: its outputs and `PreTrainedModel` base
+(`pretrained_mine_vae`), z's way into the decoder (`latent_path`), decoding (`generation_mine_vae`) and the critic
+(`critic`). All of them also load as remote code (`trust_remote_code=True`): they import only installed libraries and
+each other, relatively.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import transformers
-from safetensors import SafetensorError
 from torch import nn
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    DynamicCache,
-    GenerationConfig,
-    GenerationMixin,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
-from transformers.cache_utils import Cache, DynamicLayer
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic, derangement
+from .generation_mine_vae import MineVaeGenerationMixin
+from .latent_path import LatentPath
+from .pretrained_mine_vae import MineVaeOutput, MineVaePosterior, MineVaePreTrainedModel
 
 logger = logging.get_logger(__name__)
-
-# `modules.json` of every saved folder (see `save_pretrained`): sentence-transformers chains the one module of
-# `sentence_mine_vae.py`, which needs sentence-transformers (an optional extra), so this file does not import it.
-SENTENCE_TRANSFORMERS_MODULES = [
-    {"idx": 0, "name": "0", "path": "", "type": "sentence_mine_vae.MineVaeSentenceEncoder"}
-]
 
 # peft's task wrappers (PeftModelForCausalLM, ...) call the model as the task's own model class (inputs_embeds,
 # classification heads); a MINE-VAE is none of them. Its idiom is the plain wrapper, as docs/api.md shows.
@@ -53,228 +35,7 @@ PEFT_TASK_TYPE_REFUSAL = (
 )
 
 
-@dataclass
-class MineVaePosterior(ModelOutput):
-    """
-    The Gaussian posterior q(z|x) = N(mu, diag(exp(logvar))).
-
-    Args:
-        mu (`torch.FloatTensor` of shape `(batch_size, latent_size)`): posterior means.
-        logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`): posterior log-variances.
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`): the pooled encoder states
-            the posterior was read from; detached, they are also what the critic sees of x.
-        hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*): the encoder's, when asked for with
-            `output_hidden_states` / `output_attentions`.
-    """
-
-    mu: torch.FloatTensor | None = None
-    logvar: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-
-    def sample(self, num_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps (reparameterised). Shape `(batch_size, latent_size)`, or
-        `(num_samples, batch_size, latent_size)` when `num_samples` is given."""
-        shape = self.mu.shape if num_samples is None else (num_samples, *self.mu.shape)
-        eps = torch.randn(shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
-        return self.mu + torch.exp(0.5 * self.logvar) * eps
-
-    def kl_per_dimension(self) -> torch.Tensor:
-        """KL(q(z|x) || N(0, I)) per latent dimension, averaged over the batch: shape `(latent_size,)`."""
-        kl = 0.5 * (self.mu.float().pow(2) + self.logvar.float().exp() - 1.0 - self.logvar.float())
-        return kl.mean(dim=0)
-
-
-@dataclass
-class MineVaeOutput(ModelOutput):
-    """
-    Output of [`MineVaeModel.forward`].
-
-    Args:
-        loss (`torch.FloatTensor` scalar, *optional*, with `labels`):
-            reconstruction_loss + kl_weight * KL (after free bits) - mi_weight * mi_lower_bound.
-        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): decoder logits.
-        reconstruction_loss (`torch.FloatTensor` scalar, *optional*): -log p(x|z), summed over the label tokens of
-            each sentence and averaged over the batch (nats per sentence).
-        kl (`torch.FloatTensor` scalar, *optional*): KL(q(z|x) || p(z)) per sentence, averaged over the batch.
-        kl_per_dimension (`torch.FloatTensor` of shape `(latent_size,)`, *optional*): the same per latent dimension.
-        mi_lower_bound (`torch.FloatTensor` scalar, *optional*): the critic's lower bound on I(x; z), in nats, with the
-            critic's parameters held fixed (gradients reach the encoder through z only). Needs at least 2 examples.
-        mu, logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`, *optional*): the posterior.
-        z (`torch.FloatTensor` of shape `(batch_size, latent_size)`): the latent the decoder was conditioned on.
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`, *optional*): pooled
-            encoder states (the critic's view of x, detached).
-        cache (`Cache`, *optional*): the decoder's cache, the latent's key/value positions included.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`): the decoder's
-            embedding output and each layer's output, each of shape `(batch_size, target_length, decoder_hidden)`.
-            Named as a causal LM names them, because `generate()` drives this model as a decoder-only model.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): the decoder's attention
-            weights per layer, `(batch_size, heads, target_length, cached_length + target_length)`; with memory
-            injection the latent's key/value positions are the first keys.
-        encoder_hidden_states, encoder_attentions (*optional*): the same for the encoder, when x was encoded (as
-            `EncoderDecoderModel` returns them).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    reconstruction_loss: torch.FloatTensor | None = None
-    kl: torch.FloatTensor | None = None
-    kl_per_dimension: torch.FloatTensor | None = None
-    mi_lower_bound: torch.FloatTensor | None = None
-    mu: torch.FloatTensor | None = None
-    logvar: torch.FloatTensor | None = None
-    z: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-def _only_heads(keys: list[str], model: nn.Module) -> bool:
-    """Whether every key names a weight of one of the heads this model adds (not of the encoder or decoder)."""
-    return bool(keys) and all(key.split(".")[0] in model.head_names for key in keys)
-
-
-def _settings_changed_by(kwargs: dict[str, Any], config_class: type, path: str | os.PathLike) -> list[str]:
-    """The MineVaeConfig settings among `from_pretrained`'s `kwargs` whose value differs from the saved config's
-    (`config.json` read again; a setting it leaves out has its default there)."""
-    own = config_class.__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
-    passed = [key for key in kwargs if key in own]
-    if not passed:
-        return []
-    hub = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
-    where = {key: kwargs[key] for key in hub if key in kwargs}
-    try:
-        saved, _ = config_class.get_config_dict(path, **where)
-    except (OSError, ValueError):
-        return []
-    defaults = config_class.__dataclass_fields__
-    return sorted(key for key in passed if saved.get(key, defaults[key].default) != kwargs[key])
-
-
-class MineVaePreTrainedModel(PreTrainedModel):
-    config: MineVaeConfig
-    config_class = MineVaeConfig
-    base_model_prefix = "mine_vae"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
-    # A decoding step with a static cache compiles to one graph (torch.compile fullgraph; tests/test_generation.py).
-    _can_compile_fullgraph = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args, **kwargs):
-        """Like [`PreTrainedModel.from_pretrained`], but only ever reads safetensors weights: pickled weights
-        (`.bin`, `.pt`) can run arbitrary code when loaded, so they are refused, and a corrupt file gets an error
-        that says so. Weights that do not fit the config (missing or unexpected keys) are an error, not a warning:
-        a MINE-VAE with a silently random encoder or decoder is never what was saved. With
-        `output_loading_info=True` they are reported in the returned info instead, as transformers does."""
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError("MINE-VAE models load safetensors weights only; drop use_safetensors=False.")
-        kwargs["use_safetensors"] = True
-        wants_info = kwargs.pop("output_loading_info", False)
-        # Tensors of another shape are reported below, naming the setting, not as transformers' RuntimeError.
-        accepts_other_shapes = kwargs.pop("ignore_mismatched_sizes", False)
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-            )
-        except SafetensorError as error:
-            raise ValueError(
-                f"The safetensors weights of {pretrained_model_name_or_path} are corrupt or incomplete ({error}); "
-                "save or download the checkpoint again, or load the previous checkpoint."
-            ) from error
-        except OSError as error:
-            if "safetensors" not in str(error):
-                raise
-            raise OSError(
-                f"{pretrained_model_name_or_path} has no safetensors weights. MINE-VAE never loads pickled weights "
-                "(.bin/.pt can run code when unpickled); convert them in a trusted environment with "
-                "`model.save_pretrained(folder)` (which writes model.safetensors)."
-            ) from error
-        reshaped = sorted(info.get("mismatched_keys") or [])
-        if reshaped and not accepts_other_shapes and pretrained_model_name_or_path is not None:
-            changed = _settings_changed_by(kwargs, cls.config_class, pretrained_model_name_or_path)
-            key, saved, built = reshaped[0]
-            shapes = (
-                f"{len(reshaped)} tensor(s) differ in shape, e.g. {key} is {list(saved)} in the weights and "
-                f"{list(built)} in the config"
-            )
-            if changed:
-                raise ValueError(
-                    f"The weights in {pretrained_model_name_or_path} do not fit the config as changed by "
-                    f"{', '.join(changed)}: {shapes}. Load without those arguments."
-                )
-            raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit its config: {shapes}. Use the config.json "
-                "saved with these weights, or save the model again with MineVaeModel.save_pretrained."
-            )
-        mismatched = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
-        # A caller who asks for the loading info (or builds from a config with its own state_dict) judges it.
-        if mismatched and not wants_info and pretrained_model_name_or_path is not None:
-            counts = f"{len(info['missing_keys'])} missing and {len(info['unexpected_keys'])} unexpected key(s)"
-            # A setting passed here that adds or reshapes a head (latent_vocab_bias=True on a model saved without
-            # it) explains a mismatch confined to the heads better than a badly saved folder does.
-            changed = []
-            if _only_heads(mismatched, model):
-                changed = _settings_changed_by(kwargs, cls.config_class, pretrained_model_name_or_path)
-            if changed:
-                raise ValueError(
-                    f"The weights in {pretrained_model_name_or_path} do not fit the config as changed by "
-                    f"{', '.join(changed)}: {counts}, e.g. {mismatched[:3]}. Load without those arguments, or pass "
-                    "output_loading_info=True to accept the new weights at their initial values."
-                )
-            raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit its config: {counts}, e.g. "
-                f"{mismatched[:3]}. Save the model again with MineVaeModel.save_pretrained (an adapter folder loads "
-                "with peft's PeftModel.from_pretrained(base_model, folder))."
-            )
-        return (model, info) if wants_info else model
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """[`PreTrainedModel.save_pretrained`], refusing a model whose encoder or decoder is wrapped by peft (see
-        `check_savable`)."""
-        self.check_savable()
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            # sentence-transformers reads the modules a folder chains from `modules.json`: here the one module
-            # (`sentence_mine_vae.py`, copied with this file) that embeds texts as posterior means.
-            with open(os.path.join(save_directory, "modules.json"), "w", encoding="utf-8") as f:
-                json.dump(SENTENCE_TRANSFORMERS_MODULES, f, indent=2)
-
-    def check_savable(self) -> None:
-        """Raise a `ValueError` naming the fix when the encoder or decoder is wrapped by peft: its weights would be
-        saved under the wrapper's names and load back as a random sub-model. `MineVaeTrainer` asks before training
-        when checkpoints are to be saved."""
-        for side in ("encoder", "decoder"):
-            if hasattr(getattr(self, side, None), "peft_config"):
-                raise ValueError(
-                    f"The {side} is a peft model, which save_pretrained cannot store in a MINE-VAE folder. Either "
-                    f"merge it first (model.{side} = model.{side}.merge_and_unload()), or wrap the whole MINE-VAE "
-                    "with get_peft_model and save the adapter with its save_pretrained."
-                )
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if module is getattr(self, "posterior", None) and module.bias is not None:
-            with torch.no_grad():  # the log-variance half: see `MineVaeConfig.posterior_logvar_init`
-                module.bias[self.config.latent_size :].fill_(self.config.posterior_logvar_init)
-        residual = getattr(self, "latent_to_residual", None)
-        if module is getattr(self, "latent_to_vocab", None) or (residual is not None and module in list(residual)):
-            # The decoder starts as it was: see `MineVaeConfig.latent_vocab_bias` and `latent_residual_layers`.
-            module.weight.zero_()
-            module.bias.zero_()
-        if isinstance(module, MineCritic):
-            module.log_ema.zero_()
-            module.ema_updates.zero_()
-
-
-class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
+class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
     r"""
     A text VAE with a mutual-information critic (Qian & Cheung, 2019).
 
@@ -311,29 +72,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             )
 
         encoder_hidden = config.encoder.hidden_size
-        decoder_hidden = config.decoder.hidden_size
         self.posterior = nn.Linear(encoder_hidden, 2 * config.latent_size)
-        if config.injects_memory:
-            num_layers, num_kv_heads, head_dim = _decoder_kv_geometry(self.decoder)
-            positions = config.latent_memory_positions
-            self._kv_shape = (num_kv_heads, positions, head_dim)
-            self.latent_to_key = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
-            self.latent_to_value = nn.Linear(config.latent_size, num_layers * num_kv_heads * positions * head_dim)
-        if config.injects_embedding:
-            self.latent_to_embedding = nn.Linear(config.latent_size, decoder_hidden)
-        if config.latent_vocab_bias:
-            # out_features, not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows
-            vocab_size = self.decoder.get_output_embeddings().out_features
-            self.latent_to_vocab = nn.Linear(config.latent_size, vocab_size)
-        if config.latent_residual_layers:
-            layers = _decoder_layers(self.decoder)
-            self.latent_to_residual = nn.ModuleList(
-                nn.Linear(config.latent_size, decoder_hidden) for _ in config.latent_residual_layers
-            )
-            # The hooked layers, found once: generation calls `_set_residual_shifts` at every step.
-            self._residual_layers = [layers[index] for index in config.latent_residual_layers]
-            for layer in self._residual_layers:
-                layer.register_forward_hook(_add_latent_residual)
+        self.latent_path = LatentPath(self)
         self.critic = MineCritic(
             feature_size=encoder_hidden,
             latent_size=config.latent_size,
@@ -348,129 +88,19 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         self.generation_config.decoder_start_token_id = config.decoder_start_token_id
         self.post_init()
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Construction from two pretrained models
-    # ----------------------------------------------------------------------------------------------------------------
-    @classmethod
-    def from_encoder_decoder_pretrained(
-        cls,
-        encoder_pretrained_model_name_or_path: str,
-        decoder_pretrained_model_name_or_path: str,
-        **kwargs,
-    ) -> MineVaeModel:
-        """
-        Build a MINE-VAE from a pretrained encoder and a pretrained causal decoder (local folders or Hub ids).
-
-        Keyword arguments prefixed `encoder_` go to the encoder's `AutoModel.from_pretrained`, those prefixed `decoder_`
-        to the decoder's `AutoModelForCausalLM.from_pretrained` (e.g. `decoder_gguf_file=...`, `decoder_dtype=...`);
-        the rest configure the [`MineVaeConfig`] (e.g. `latent_size=64`, `xi="dv"`). The new heads (posterior, latent
-        injection, critic) start from random weights.
-        """
-        # Config fields that happen to start with a prefix (decoder_start_token_id) stay with the config.
-        config_fields = set(MineVaeConfig.__dataclass_fields__)
-        config_kwargs = {
-            k: v for k, v in kwargs.items() if k in config_fields or not k.startswith(("encoder_", "decoder_"))
-        }
-        encoder_kwargs = {
-            k[len("encoder_") :]: v for k, v in kwargs.items() if k.startswith("encoder_") and k not in config_kwargs
-        }
-        decoder_kwargs = {
-            k[len("decoder_") :]: v for k, v in kwargs.items() if k.startswith("decoder_") and k not in config_kwargs
-        }
-        encoder = AutoModel.from_pretrained(encoder_pretrained_model_name_or_path, **encoder_kwargs)
-        decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **decoder_kwargs)
-        if encoder.get_output_embeddings() is not None:
-            raise ValueError(
-                f"{encoder_pretrained_model_name_or_path} loaded with a language-model head; give an encoder "
-                "checkpoint that AutoModel loads as a base model (e.g. a BERT-family encoder)."
-            )
-        # Building the composite config resets the sub-configs' attention implementation; keep what each model loaded.
-        attention = {"encoder": encoder.config._attn_implementation, "decoder": decoder.config._attn_implementation}
-        config = MineVaeConfig(encoder=encoder.config, decoder=decoder.config, **config_kwargs)
-        config._attn_implementation = {"": config._attn_implementation, **attention}
-        return cls(config, encoder=encoder, decoder=decoder)
-
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:
         reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
-        if self.config.injects_memory and reentrant:
-            # Reentrant checkpointing differentiates only through tensors passed to a layer as arguments; z's
-            # key/value position reaches the layer inside the cache object, so its gradient would be lost.
-            raise ValueError(
-                f"Reentrant activation checkpointing cannot carry z's gradient with latent_injection="
-                f"'{self.config.latent_injection}' (z reaches each layer inside the cache); drop use_reentrant=True "
-                "(transformers' default, use_reentrant=False, works) or use latent_injection='embedding'."
-            )
+        self.latent_path.check_checkpointing(reentrant)
         super().activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
-        if self.config.injects_memory:
-            # z's key/value position reaches each layer through the cache, which checkpointing drops unless told it
-            # may keep it. It may: without use_cache the cache is a `LatentPrefixLayer` stack, which stores nothing,
-            # so the backward pass's re-run of a layer sees exactly the keys and values the first run saw. The layers
-            # are told through their `_can_checkpoint_with_cache`; the decoder's outer modules (GPT-2's GPT2Model)
-            # drop the cache when their own `gradient_checkpointing` flag is set, a flag that does no checkpointing
-            # itself (the layers do), so it is cleared.
-            for module in self.decoder.modules():
-                if isinstance(module, GradientCheckpointingLayer):
-                    module._can_checkpoint_with_cache = True
-                elif getattr(module, "gradient_checkpointing", False):
-                    module.gradient_checkpointing = False
+        self.latent_path.keep_cache_under_checkpointing()
 
     @property
     def head_names(self) -> list[str]:
         """The modules this model adds around the encoder and the decoder (posterior, latent injection, critic):
         they start random, so they always train, whatever is frozen or adapted."""
         return [name for name, _ in self.named_children() if name not in ("encoder", "decoder")]
-
-    # The model's "token embeddings" are the decoder's: it reads and writes the decoder tokenizer's ids. The encoder
-    # keeps its own vocabulary (reach it through `model.encoder`).
-    def get_input_embeddings(self) -> nn.Module:
-        return self.decoder.get_input_embeddings()
-
-    def set_input_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.decoder.set_input_embeddings(new_embeddings)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.decoder.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.decoder.set_output_embeddings(new_embeddings)
-
-    def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
-    ) -> nn.Embedding:
-        """Resize the decoder's vocabulary (input embeddings and LM head together, ties kept, `config.decoder.
-        vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
-        causal LM's own `resize_token_embeddings` would."""
-        if self.config.latent_vocab_bias and not isinstance(self.latent_to_vocab, nn.Linear):
-            # peft's wrapper (the heads are its modules_to_save): a resized Linear would drop out of the adapter.
-            # Refused before the decoder changes, so that the model is left as it was.
-            raise ValueError(
-                "z's vocabulary bias is wrapped by peft, which a resized copy would drop out of; call "
-                "resize_token_embeddings on the MineVaeModel before get_peft_model."
-            )
-        embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
-        if self.config.latent_vocab_bias:
-            self._resize_vocab_bias(self.decoder.get_output_embeddings().out_features)
-        return embeddings
-
-    def _resize_vocab_bias(self, num_tokens: int) -> None:
-        """Give z's vocabulary bias one row per token again: kept rows keep their values, new tokens start at zero
-        (as the whole bias does)."""
-        old = self.latent_to_vocab
-        if old.out_features == num_tokens:
-            return
-        new = nn.Linear(old.in_features, num_tokens, device=old.weight.device, dtype=old.weight.dtype)
-        kept = min(num_tokens, old.out_features)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.bias.zero_()
-            new.weight[:kept] = old.weight[:kept]
-            new.bias[:kept] = old.bias[:kept]
-        new.weight.requires_grad_(old.weight.requires_grad)
-        new.bias.requires_grad_(old.bias.requires_grad)
-        self.latent_to_vocab = new
 
     # ----------------------------------------------------------------------------------------------------------------
     # The VAE's parts
@@ -546,18 +176,8 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             generator (`torch.Generator`, *optional*, on the CPU): draws the pairing of the marginal pairs.
         """
         permutation = derangement(latent.shape[0], device=latent.device, generator=generator)
-        # Held fixed by switching their gradients off for the call, not by running the critic on detached copies
-        # (torch.func.functional_call): DeepSpeed ZeRO-3 gathers a module's partitioned parameters in hooks on the
-        # module, and a copy is not a parameter it knows. The graph then holds no path to the critic's weights.
-        parameters = list(self.critic.parameters())
-        trainable = [p.requires_grad for p in parameters]
-        try:
-            for p in parameters:
-                p.requires_grad_(False)
+        with self.critic.frozen():  # the graph then holds no path to the critic's weights
             joint, marginal = self.critic(pooler_output.detach(), latent, permutation)
-        finally:
-            for p, flag in zip(parameters, trainable):
-                p.requires_grad_(flag)
         return self.critic.lower_bound(joint, marginal)
 
     def critic_loss(self, pooler_output: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -569,84 +189,6 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         joint, marginal = self.critic(pooler_output.detach(), latent.detach(), permutation)
         self.critic.update_moving_average(marginal)
         return -self.critic.lower_bound(joint, marginal)
-
-    def _latent_cache(
-        self, latent: torch.Tensor, cache: Cache | None, store: bool, dtype: torch.dtype | None = None
-    ) -> Cache:
-        """z's key/value positions in every decoder layer, as a cache: written into `cache` (or a new `DynamicCache`)
-        when the decoder's keys and values are to be kept (`store`, generation), else a `LatentPrefixLayer` stack that
-        keeps nothing (training and scoring: no cache to build, and safe under activation checkpointing). `dtype` is
-        the decoder's compute dtype (default: its embedding weights'; under mixed precision the token embeddings'
-        output dtype, which the decoder's keys and values will have)."""
-        dtype = dtype or self.decoder.get_input_embeddings().weight.dtype
-        batch_size = latent.shape[0]
-        keys = self.latent_to_key(latent.to(self.latent_to_key.weight.dtype)).to(dtype)
-        values = self.latent_to_value(latent.to(self.latent_to_value.weight.dtype)).to(dtype)
-        keys = keys.view(batch_size, -1, *self._kv_shape).unbind(1)
-        values = values.view(batch_size, -1, *self._kv_shape).unbind(1)
-        if not store:
-            return Cache(layers=[LatentPrefixLayer(key, value) for key, value in zip(keys, values)])
-        if cache is None:
-            cache = DynamicCache(config=self.config.decoder)
-        for layer_idx, (key, value) in enumerate(zip(keys, values)):
-            cache.update(key, value, layer_idx)
-        return cache
-
-    def _decode(
-        self,
-        latent: torch.Tensor,
-        decoder_input_ids: torch.LongTensor,
-        decoder_attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-        use_cache: bool,
-        **decoder_kwargs,
-    ) -> ModelOutput:
-        """Run the decoder on `decoder_input_ids` conditioned on `latent`; returns the decoder's own output."""
-        # is_activation_checkpointing walks every module: test it last, so that generation steps (eval mode, no grad)
-        # never pay for it.
-        if use_cache and self.training and torch.is_grad_enabled() and self.is_activation_checkpointing:
-            use_cache = False  # as transformers' checkpointed layers do: a stored cache would be written twice
-        embeddings = self.decoder.get_input_embeddings()(decoder_input_ids)
-        if self.config.injects_memory:
-            if cache is None or int(cache.get_seq_length()) == 0:
-                cache = self._latent_cache(latent, cache, store=use_cache or cache is not None, dtype=embeddings.dtype)
-            decoder_attention_mask = _with_latent_columns(
-                decoder_attention_mask,
-                int(cache.get_seq_length()) + decoder_input_ids.shape[1],
-                self.config.latent_memory_positions,
-            )
-        if self.config.injects_embedding:
-            shift = self.latent_to_embedding(latent.to(self.latent_to_embedding.weight.dtype))
-            embeddings = embeddings + shift.to(embeddings.dtype).unsqueeze(1)
-        self._set_residual_shifts(latent)
-        try:
-            outputs = self.decoder(
-                inputs_embeds=embeddings,
-                attention_mask=decoder_attention_mask,
-                cache=cache,
-                use_cache=use_cache,
-                return_dict=True,
-                **decoder_kwargs,
-            )
-        finally:
-            # Checkpointed layers run again in the backward pass and must see the same shifts then; otherwise the
-            # decoder is left as it was, so that a call to the bare decoder adds nothing.
-            if not (self.training and torch.is_grad_enabled() and self.is_activation_checkpointing):
-                self._set_residual_shifts(None)
-        if self.config.latent_vocab_bias:
-            bias = self.latent_to_vocab(latent.to(self.latent_to_vocab.weight.dtype))
-            outputs.logits = outputs.logits + bias.to(outputs.logits.dtype).unsqueeze(1)
-        return outputs
-
-    def _set_residual_shifts(self, latent: torch.Tensor | None) -> None:
-        """Hand each layer of `config.latent_residual_layers` its shift (batch_size, hidden_size) computed from
-        `latent`, or take the shifts away (None); `_add_latent_residual` adds them to the layers' outputs."""
-        if not self.config.latent_residual_layers:
-            return
-        scale = self.config.latent_residual_scale
-        for layer, projection in zip(self._residual_layers, self.latent_to_residual):
-            shift = None if latent is None else scale * projection(latent.to(projection.weight.dtype))
-            layer._mine_vae_residual = shift
 
     def decoder_log_likelihood(
         self,
@@ -664,7 +206,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         Returns:
             `torch.FloatTensor` of shape `(batch_size,)`.
         """
-        self._set_residual_shifts(None)
+        self.latent_path.set_residual_shifts(None)
         logits = self.decoder(
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, use_cache=False, return_dict=True
         ).logits
@@ -688,7 +230,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             `torch.FloatTensor` of shape `(batch_size,)`.
         """
         self._check_decoder_length(decoder_input_ids.shape[1])
-        logits = self._decode(latent, decoder_input_ids, decoder_attention_mask, None, use_cache=False).logits
+        logits = self.latent_path.decode(latent, decoder_input_ids, decoder_attention_mask, None, False).logits
         return -_token_nll(logits, labels).sum(dim=1)
 
     def _check_decoder_length(self, length: int) -> None:
@@ -805,7 +347,7 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
             decoder_kwargs["output_hidden_states"] = output_hidden_states
         if output_attentions:
             decoder_kwargs["output_attentions"] = True
-        decoder_outputs = self._decode(
+        decoder_outputs = self.latent_path.decode(
             latent, decoder_input_ids, decoder_attention_mask, cache, bool(use_cache), **decoder_kwargs
         )
         logits = decoder_outputs.logits
@@ -882,320 +424,11 @@ class MineVaeModel(MineVaePreTrainedModel, GenerationMixin):
         shifted[:, 1:] = labels[:, :-1]
         return shifted.masked_fill(shifted == -100, pad)
 
-    # The package sets this to `mine_vae.hub.push_to_hub` when it is imported (mine_vae/__init__.py): the model file
-    # imports only its configuration and critic, because it also runs as remote code, where the package may be absent.
-    hub_push: ClassVar[Callable[..., Any] | None] = None
-
-    def push_to_hub(self, repo_id: str, *, processor: Any = None, **kwargs: Any) -> Any:
-        """Upload in one commit: safetensors weights, config with `auto_map`, the modelling code, a MINE-VAE model
-        card and, with `processor=`, both tokenizers (options: `mine_vae.hub.push_to_hub`). Without the mine-vae
-        package (remote code), the weights and the processor go up as transformers pushes them."""
-        push = type(self).hub_push
-        if push is None:
-            if processor is not None:
-                processor.push_to_hub(repo_id, **kwargs)
-            return super().push_to_hub(repo_id, **kwargs)
-        return push(self, repo_id, processor, **kwargs)
-
-    def pipeline(self, processor: Any = None, **kwargs: Any) -> Any:
-        """The MINE-VAE pipeline (embed, reconstruct, sample, interpolate) around this model: what
-        `transformers.pipeline(model=folder, trust_remote_code=True)` returns for a saved model. `processor` is the
-        model's `MineVaeProcessor` (default: the tokenizers saved with the model); `kwargs` go to the pipeline
-        (`device`, `batch_size`, default generation options)."""
-        # A relative import here, not at the top: transformers copies (and downloads) the modules a modelling file
-        # imports relatively, so the pipeline's file travels with every saved model without loading at import time.
-        from .pipeline_mine_vae import MineVaePipeline
-
-        return MineVaePipeline(model=self, processor=processor, task="feature-extraction", **kwargs)
-
-    def sentence_transformer(self, processor: Any, **kwargs: Any) -> Any:
-        """This model as a `sentence_transformers.SentenceTransformer` (posterior means as embeddings): what
-        `SentenceTransformer(folder, trust_remote_code=True)` loads from a saved model. `processor` is the model's
-        `MineVaeProcessor`; `kwargs` go to `SentenceTransformer` (`device`, ...)."""
-        from sentence_transformers import SentenceTransformer
-
-        # Relative, as `pipeline` above: transformers copies the module's file with every saved model.
-        from .sentence_mine_vae import MineVaeSentenceEncoder
-
-        encoder = MineVaeSentenceEncoder(self, processor.encoder_tokenizer, processor.max_encoder_length)
-        return SentenceTransformer(modules=[encoder], **kwargs)
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Latent-space helpers
-    # ----------------------------------------------------------------------------------------------------------------
-    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`num_samples` draws from the prior N(0, I): shape `(num_samples, latent_size)`."""
-        return torch.randn(num_samples, self.config.latent_size, generator=generator, device=self.device)
-
-    @torch.no_grad()
-    def standardize_latent(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """
-        Re-express z as z' = (z - mean) / std, in place: the posterior head outputs z' and every layer that reads z
-        (z's key/value, embedding and vocabulary heads, the critic) takes z' with the change folded into its weights.
-        q(z|x) and p(x|z) describe the same model as before, so reconstructions do not change; the prior N(0, I) now
-        sits over z', where the decoder was trained. Given the aggregate posterior's moments over training data
-        (`mine_vae.evaluation.aggregate_posterior_moments`), prior samples land where posterior samples did: free bits
-        let the posterior drift off the prior (a shared offset the decoder reads as "this corpus"), and a prior sample
-        without that offset decodes to text the decoder never saw in training.
-
-        Args:
-            mean, std (`torch.Tensor` of shape `(latent_size,)`): the per-dimension location and scale to remove
-                (`std` > 0).
-        """
-        size = self.config.latent_size
-        if mean.shape != (size,) or std.shape != (size,):
-            raise ValueError(
-                f"mean and std must each have shape ({size},), got {tuple(mean.shape)} and {tuple(std.shape)}."
-            )
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-            raise ValueError("mean must be finite and std finite and > 0 in every dimension.")
-        mean, std = mean.double(), std.double()
-
-        def assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
-            parameter.copy_(value.to(parameter.dtype))
-
-        # The posterior head: its first `size` outputs are the means, the rest the log-variances.
-        weight, bias = self.posterior.weight, self.posterior.bias
-        assign(weight[:size], weight[:size].double() / std[:, None])
-        assign(bias[:size], (bias[:size].double() - mean) / std)
-        assign(bias[size:], bias[size:].double() - 2 * std.log())
-        # Layers reading z: W z + b = (W diag(std)) z' + (b + W mean).
-        names = ("latent_to_key", "latent_to_value", "latent_to_embedding", "latent_to_vocab")
-        layers = [getattr(self, name) for name in names if hasattr(self, name)]
-        layers += list(getattr(self, "latent_to_residual", []))
-        for layer in layers:
-            weight = layer.weight.double()
-            assign(layer.bias, layer.bias.double() + weight @ mean)
-            assign(layer.weight, weight * std[None, :])
-        # The critic adds its projections of x and z before its MLP; z's has no bias, so the shift goes into x's.
-        critic = self.critic
-        weight = critic.latent_proj.weight.double()
-        assign(critic.feature_proj.bias, critic.feature_proj.bias.double() + weight @ mean)
-        assign(critic.latent_proj.weight, weight * std[None, :])
-
-    @staticmethod
-    def interpolate(start: torch.Tensor, end: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """
-        `num_steps` latents evenly spaced on the line from `start` to `end` (both of shape `(latent_size,)`, or
-        `(1, latent_size)`), endpoints included: shape `(num_steps, latent_size)`.
-        """
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2 (both endpoints), got {num_steps}.")
-        start, end = start.reshape(-1), end.reshape(-1)
-        if start.shape != end.shape:
-            raise ValueError(f"start and end latents differ in size: {tuple(start.shape)} vs {tuple(end.shape)}.")
-        weights = torch.linspace(0, 1, num_steps, device=start.device, dtype=start.dtype).unsqueeze(1)
-        return (1 - weights) * start + weights * end
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Generation
-    # ----------------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        latent: torch.Tensor | None = None,
-        sample_latent: bool = False,
-        decoder_prompt_ids: torch.LongTensor | None = None,
-        decoder_prompt_attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.LongTensor | ModelOutput:
-        r"""
-        Decode text from a latent, with every option of [`~GenerationMixin.generate`] (greedy, sampling, beam search,
-        `num_return_sequences`, `max_new_tokens`, static caches, `return_dict_in_generate`, ...).
-
-        Where z comes from:
-        - encoder inputs (`input_ids`, `attention_mask`, `token_type_ids`): x is encoded and decoded from the posterior
-          mean, or a posterior sample with `sample_latent=True` (reconstruction, paraphrase);
-        - `latent` of shape `(batch_size, latent_size)`: interpolations (`model.interpolate`), edited codes;
-        - neither: z is drawn from the prior N(0, I), one draw per returned sequence, so `num_return_sequences=n`
-          gives n samples of p(x) (and `generate()` alone gives one).
-
-        `decoder_prompt_ids` (decoder token ids, the decoder start token first) with an optional
-        `decoder_prompt_attention_mask` is a decoder prefix to continue under z (guided completion); by default the
-        prefix is the decoder start token alone. One prefix row is shared by every latent; otherwise there is one per
-        latent. With `cache=` (a cache returned by `generate(..., return_dict_in_generate=True)` or
-        `forward(use_cache=True)`) the prefix is the whole decoded text so far, and only its uncached part is run.
-
-        A training batch's decoder inputs and targets (`decoder_input_ids`, `decoder_attention_mask`, `labels`, as
-        `MineVaeProcessor` returns them) are ignored, so `generate(**processor(texts))` reconstructs the texts.
-
-        Returns:
-            `torch.LongTensor` of shape `(batch_size * num_return_sequences, prefix_length + new_tokens)`: the decoder
-            prefix (by default the decoder start token, which `skip_special_tokens=True` drops) followed by the new
-            tokens; a [`~generation.GenerateOutput`] with `return_dict_in_generate=True`.
-        """
-        if _called_from_pipeline():
-            raise TypeError(
-                "MineVaeModel does not run in a text-generation pipeline: the pipeline passes the decoder prompt's "
-                "token ids, but generate() reads encoder input_ids (text to reconstruct) or a latent. Call "
-                "model.generate(**processor(texts)) or model.generate(latent=...) instead."
-            )
-        _refuse_assistants(kwargs)
-        token_type_ids = kwargs.pop("token_type_ids", None)
-        for key in ("decoder_input_ids", "decoder_attention_mask", "labels"):
-            kwargs.pop(key, None)  # the text to reconstruct is read through the encoder, not continued
-        if latent is None and input_ids is not None:
-            posterior = self.encode(input_ids, attention_mask, token_type_ids)
-            latent = posterior.sample() if sample_latent else posterior.mu
-        prompt, prompt_mask = self._generation_prefix(decoder_prompt_ids, decoder_prompt_attention_mask)
-        if latent is None:
-            # The prior: one draw per returned sequence, so that each is a sample of p(x), not n decodings of one z.
-            copies = kwargs.pop("num_return_sequences", None) or self.generation_config.num_return_sequences or 1
-            rows = (prompt.shape[0] if prompt is not None else 1) * copies
-            latent = torch.randn(rows, self.config.latent_size, device=self.device)
-            if prompt is not None:
-                prompt, prompt_mask = prompt.repeat_interleave(copies, 0), prompt_mask.repeat_interleave(copies, 0)
-            kwargs["num_return_sequences"] = 1
-        if latent.ndim != 2 or latent.shape[-1] != self.config.latent_size or latent.shape[0] == 0:
-            raise ValueError(
-                f"latent must have shape (batch_size, {self.config.latent_size}) with batch_size >= 1, "
-                f"got {tuple(latent.shape)}; sample one with model.sample_prior(n)."
-            )
-        if not torch.isfinite(latent).all():
-            raise ValueError("latent holds NaN or infinite values; give finite latents (e.g. model.sample_prior(n)).")
-        latent = latent.to(self.device)
-        if prompt is None:
-            prompt = self._start_tokens(latent.shape[0], self.device)
-            # An explicit mask: the start token may equal the pad token (GPT-2), which generate() would mask out.
-            prompt_mask = torch.ones_like(prompt)
-        elif prompt.shape[0] != latent.shape[0]:
-            if prompt.shape[0] == 1:
-                prompt, prompt_mask = prompt.expand(latent.shape[0], -1), prompt_mask.expand(latent.shape[0], -1)
-            elif latent.shape[0] == 1:
-                latent = latent.expand(prompt.shape[0], -1)
-            else:
-                raise ValueError(
-                    f"decoder_prompt_ids has {prompt.shape[0]} rows but there are {latent.shape[0]} latents: give "
-                    "one prefix row per latent, or one row for all."
-                )
-        self._check_cache_is_shorter_than_prefix(kwargs.get("cache"), prompt.shape[1])
-        if self.config.injects_memory:
-            # The mask generate() carries covers z's key/value positions too (the first): generate() then builds the
-            # masks and positions of every cache type, static ones included, over what the cache really holds.
-            latent_columns = prompt_mask.new_ones(prompt_mask.shape[0], self.config.latent_memory_positions)
-            prompt_mask = torch.cat([latent_columns, prompt_mask], dim=1)
-        return super().generate(prompt, attention_mask=prompt_mask, latent=latent, **kwargs)
-
-    def _check_cache_is_shorter_than_prefix(self, cache: Cache | None, prefix_length: int) -> None:
-        """A cache continues the decoding it came from: the prefix is that text, and at least its last token is new.
-        A shorter prefix would leave no token to run (transformers then fails reshaping an empty tensor) or silently
-        continue from the wrong place."""
-        if cache is None:
-            return
-        cached = int(cache.get_seq_length()) - self.config.num_latent_positions
-        if cached >= prefix_length:
-            raise ValueError(
-                f"The cache holds {cached} decoder tokens but the decoder prefix has {prefix_length}: pass the whole "
-                "text decoded so far as decoder_prompt_ids (generate(..., return_dict_in_generate=True).sequences, "
-                "whose last token the cache has not run yet) together with its cache."
-            )
-
-    def _generation_prefix(
-        self, prompt_ids: torch.LongTensor | None, prompt_mask: torch.Tensor | None
-    ) -> tuple[torch.LongTensor | None, torch.Tensor | None]:
-        """The decoder prefix given to `generate`, checked, on the model's device, with a mask."""
-        if prompt_ids is None:
-            if prompt_mask is not None:
-                raise ValueError("decoder_prompt_attention_mask was given without decoder_prompt_ids.")
-            return None, None
-        if prompt_ids.ndim != 2 or prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
-            raise ValueError(
-                "decoder_prompt_ids must have shape (batch_size, length) with both at least 1 (the decoder start "
-                f"token first), got {tuple(prompt_ids.shape)}."
-            )
-        if prompt_mask is None:
-            return prompt_ids.to(self.device), torch.ones_like(prompt_ids, device=self.device)
-        if prompt_mask.shape != prompt_ids.shape:
-            raise ValueError(
-                f"decoder_prompt_attention_mask has shape {tuple(prompt_mask.shape)}, decoder_prompt_ids "
-                f"{tuple(prompt_ids.shape)}: give one mask value per prefix token."
-            )
-        return prompt_ids.to(self.device), prompt_mask.to(self.device)
-
-    def _prepare_cache_for_generation(
-        self,
-        generation_config: GenerationConfig,
-        model_kwargs: dict,
-        generation_mode: Any,
-        batch_size: int,
-        max_cache_length: int,
-    ) -> Any:
-        # z's key/value positions take slots of a fixed-size (static) cache ahead of the decoder's tokens.
-        return super()._prepare_cache_for_generation(
-            generation_config,
-            model_kwargs,
-            generation_mode,
-            batch_size,
-            max_cache_length + self.config.num_latent_positions,
-        )
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        next_sequence_length: int | None = None,
-        cache: Cache | None = None,
-        latent: torch.Tensor | None = None,
-        **kwargs,
-    ) -> dict:
-        if self.config.injects_memory and cache is not None and latent is not None:
-            if int(cache.get_seq_length()) == 0:
-                # z goes into the cache before the first step's mask is built, so that mask (4D for static caches)
-                # and the positions count z's key/value positions, as the cache holds them.
-                self._latent_cache(latent, cache, store=True)
-            # The cache holds z and the decoder tokens run so far; the rest of `input_ids` is this step's input.
-            cached_tokens = int(cache.get_seq_length()) - self.config.latent_memory_positions
-            next_sequence_length = input_ids.shape[1] - cached_tokens
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, cache=cache, latent=latent, **kwargs
-        )
-        # GenerationMixin's `input_ids`/`attention_mask` are the decoder's: rename them to this model's decoder inputs.
-        inputs["decoder_input_ids"] = inputs.pop("input_ids")
-        inputs["decoder_attention_mask"] = inputs.pop("attention_mask", None)
-        return inputs
-
 
 # GenerationMixin.prepare_inputs_for_generation reads forward's signature at every decoding step of a model registered
 # for the auto classes (a check for a `cache_position` argument), and inspect.signature through forward's two decorators
 # costs as much Python as the rest of the step's bookkeeping. The signature never changes: compute it once.
 MineVaeModel.forward.__signature__ = inspect.signature(MineVaeModel.forward)
-
-
-class LatentPrefixLayer(DynamicLayer):
-    """
-    One decoder layer's cache entry holding only z's key/value positions: `update` returns it joined to the keys and
-    values of the call and stores nothing. Calling a layer twice with the same inputs (activation checkpointing's
-    re-run in the backward pass) therefore sees the same keys and values both times.
-
-    Args:
-        key, value (`torch.Tensor` of shape `(batch_size, num_kv_heads, latent_memory_positions, head_dim)`): z's
-            projections.
-    """
-
-    def __init__(self, key: torch.Tensor, value: torch.Tensor):
-        super().__init__()
-        self.lazy_initialization(key, value)
-        self.keys, self.values = key, value
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
-
-
-def _with_latent_columns(mask: torch.Tensor | None, key_length: int, positions: int) -> torch.Tensor | None:
-    """A 2D decoder mask covering every key position, z's `positions` included (the first). Callers give the mask over
-    the decoder's tokens (cached and new), as `forward` documents; `generate` gives it with z's columns already in, so
-    that the 4D masks it builds for static caches line up with the cache. 4D masks are built whole and pass
-    unchanged."""
-    if mask is None or mask.ndim != 2 or mask.shape[1] == key_length:
-        return mask
-    if mask.shape[1] != key_length - positions:
-        raise ValueError(
-            f"decoder_attention_mask covers {mask.shape[1]} positions, but the decoder attends to "
-            f"{key_length - positions} tokens (cached and new) plus z's {positions}: give one mask column per decoder "
-            "token."
-        )
-    return torch.cat([mask.new_ones(mask.shape[0], positions), mask], dim=1)
 
 
 def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
@@ -1205,93 +438,6 @@ def _token_nll(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
     )
     return flat.view(labels.shape)
-
-
-def _refuse_assistants(generate_kwargs: dict[str, Any]) -> None:
-    """Assisted decoding with a second model is refused in one line: the assistant drafts from the decoder's tokens
-    alone (a plain decoder has no z; a MINE-VAE's `generate` reads `input_ids` as text to encode), and its cache
-    bookkeeping does not count z's positions. Prompt lookup (`prompt_lookup_num_tokens`) drafts from the prefix
-    itself and works."""
-    for key in ("assistant_model", "assistant_early_exit"):
-        if generate_kwargs.get(key) is not None:
-            raise ValueError(
-                f"MINE-VAE's generate() does not take {key}: a draft model would decode without z. Generate without "
-                "it, or use prompt_lookup_num_tokens=n (assisted decoding that drafts from the prefix, no second "
-                "model)."
-            )
-
-
-def _called_from_pipeline() -> bool:
-    """True when the caller of `generate` is a transformers pipeline (which would pass decoder prompt ids)."""
-    base = sys.modules.get("transformers.pipelines.base")  # only loaded once a pipeline exists
-    if base is None:
-        return False
-    frame = sys._getframe(2)  # generate's caller, or the no_grad wrapper around generate
-    for _ in range(3):  # a few frames up: wrappers (no_grad, peft) may stand between the pipeline and generate
-        if frame is None:
-            return False
-        caller = frame.f_locals.get("self")
-        if isinstance(caller, base.Pipeline):
-            return not getattr(caller, "drives_mine_vae", False)  # the MINE-VAE pipeline passes latents itself
-        frame = frame.f_back
-    return False
-
-
-def _decoder_layers(decoder: PreTrainedModel) -> nn.ModuleList:
-    """The decoder's stack of transformer layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the
-    ModuleList holding one module per hidden layer."""
-    count = decoder.config.num_hidden_layers
-    for module in decoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(
-        f"Could not find the {count} transformer layers of the decoder {type(decoder).__name__}, which "
-        "latent_residual_layers needs; leave latent_residual_layers unset for this decoder."
-    )
-
-
-def _add_latent_residual(module: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook on a decoder layer: add the shift `MineVaeModel._set_residual_shifts` gave the layer (one vector
-    per sequence, the same at every position) to its hidden states."""
-    shift = getattr(module, "_mine_vae_residual", None)
-    if shift is None:
-        return output
-    hidden = output[0] if isinstance(output, tuple) else output
-    hidden = hidden + shift.to(hidden.dtype).unsqueeze(1)
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-def _decoder_kv_geometry(decoder: PreTrainedModel) -> tuple[int, int, int]:
-    """(layers, key/value heads, head size) of a decoder that can take a key/value prefix; a clear error otherwise."""
-    config = decoder.config
-    name = type(decoder).__name__
-    if "cache" not in inspect.signature(decoder.forward).parameters:
-        raise ValueError(
-            f"The decoder {name}'s forward() has no `cache` argument (looked for `cache`, the name transformers "
-            f">= 5.24 gives the decoder cache; transformers {transformers.__version__} is installed), so it cannot "
-            "take z's key/value position, which latent_injection='memory' and 'both' need. Use a decoder that "
-            "takes a cache (any causal LM of transformers' own), or latent_injection='embedding'."
-        )
-    num_heads = getattr(config, "num_attention_heads", None)
-    why = (
-        "it has no num_attention_heads"
-        if num_heads is None
-        else "it is an encoder-decoder model"
-        if getattr(config, "is_encoder_decoder", False)
-        else "it does not use transformers' DynamicCache"
-        if not decoder._supports_default_dynamic_cache()
-        else "it is stateful (a recurrent cache)"
-        if getattr(decoder, "_is_stateful", False)
-        else None
-    )
-    if why is not None:
-        raise ValueError(
-            f"The decoder {name} cannot take a key/value prefix ({why}), which latent_injection='memory' and 'both' "
-            "need; use latent_injection='embedding'."
-        )
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    return config.num_hidden_layers, num_kv_heads, head_dim
 
 
 __all__ = ["MineVaeModel", "MineVaeOutput", "MineVaePosterior", "MineVaePreTrainedModel"]

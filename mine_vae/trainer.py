@@ -49,7 +49,6 @@ from .distributed import (
     partitioned_critic_weights,
     release_backward_leftovers,
     restore_partitioned_critic,
-    sync_critic_gradients,
     whole_parameters,
 )
 from .evaluation import LatentMoments, aggregate_posterior_moments, count_words, evaluate_vae
@@ -171,7 +170,7 @@ class MineVaeTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         critic = self._vae.critic
-        with _frozen(critic):  # the VAE optimizer must never see the critic's parameters
+        with critic.frozen():  # the VAE optimizer must never see the critic's parameters
             optimizer = super().create_optimizer(model)
         critic_ids = {id(p) for p in critic.parameters()}
         if any(id(p) in critic_ids for group in optimizer.param_groups for p in group["params"]):
@@ -258,7 +257,7 @@ class MineVaeTrainer(Trainer):
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             release_backward_leftovers(self.model_wrapped)
-            sync_critic_gradients(vae.critic)
+            vae.critic.sync_gradients()
             if self.args.critic_max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(vae.critic.parameters(), self.args.critic_max_grad_norm)
             with whole_parameters(vae.critic):
@@ -529,18 +528,6 @@ def _training_args_as_json(args: Any) -> Iterator[None]:
         yield
     finally:
         torch.save = real_save
-
-
-@contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 __all__ = [

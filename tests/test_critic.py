@@ -76,6 +76,35 @@ def test_critic_moving_average_starts_at_first_batch_then_decays():
     assert critic.ema_updates.item() == 2
 
 
+def test_a_frozen_critic_takes_no_gradient_and_gets_its_flags_back():
+    """`frozen()` holds the critic fixed for the block (no gradient reaches it, though z still gets one) and leaves
+    each parameter as trainable as it was before, an already frozen one included."""
+    critic = MineCritic(feature_size=4, latent_size=3, hidden_size=8, num_layers=2)
+    critic.feature_norm.requires_grad_(False)
+    before = [p.requires_grad for p in critic.parameters()]
+    latent = torch.randn(5, 3, requires_grad=True)
+    with critic.frozen():
+        assert not any(p.requires_grad for p in critic.parameters())
+        joint, marginal = critic(torch.randn(5, 4), latent, derangement(5))
+        critic.lower_bound(joint, marginal).backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())
+    assert [p.requires_grad for p in critic.parameters()] == before and not all(before)
+
+
+def test_standardizing_the_critics_latent_scores_every_pair_as_before():
+    """With z' = (z - mean) / std, the re-centred critic scores (x, z') as the critic before scored (x, z)."""
+    torch.manual_seed(0)
+    critic = MineCritic(feature_size=4, latent_size=3, hidden_size=8, num_layers=2)
+    features, latent, permutation = torch.randn(6, 4), torch.randn(6, 3), derangement(6)
+    mean, std = torch.tensor([0.5, -2.0, 1.0]), torch.tensor([2.0, 0.5, 3.0])
+    expected = critic(features, latent, permutation)
+    critic.standardize_latent(mean, std)
+    got = critic(features, (latent - mean) / std, permutation)
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want)
+
+
 def test_critic_learns_dependence():
     """Trained on pairs where z copies x, the critic's bound rises well above 0 (and stays 0-ish when independent)."""
     torch.manual_seed(0)

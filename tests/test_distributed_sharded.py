@@ -114,6 +114,9 @@ def test_the_critic_learns_ranks_agree_evaluation_runs_and_the_saved_folder_load
         "modeling_mine_vae.py",
         "configuration_mine_vae.py",
         "critic.py",
+        "latent_path.py",
+        "generation_mine_vae.py",
+        "pretrained_mine_vae.py",
         "pipeline_mine_vae.py",
         "sentence_mine_vae.py",
     }

@@ -462,7 +462,10 @@ def test_push_folder_refuses_what_it_cannot_share(tmp_path: Path) -> None:
     folder = tmp_path / "vae"
     tiny.model().save_pretrained(folder)
     os.remove(folder / "critic.py")
-    with pytest.raises(ValueError, match="lacks critic.py, which loading with trust_remote_code=True needs"):
+    os.remove(folder / "sentence_mine_vae.py")  # imported by pretrained_mine_vae.py, not by the modelling file itself
+    with pytest.raises(
+        ValueError, match="lacks critic.py, sentence_mine_vae.py, which loading with trust_remote_code=True needs"
+    ):
         mine_hub.check_model_folder(folder)
     os.remove(folder / "model.safetensors")
     with pytest.raises(ValueError, match="has no model.safetensors"):

@@ -91,7 +91,7 @@ def test_each_latent_memory_position_is_a_key_of_every_layer(kind, batch):
     assert all(layer.shape[-1] == 3 + ids.shape[1] for layer in out.attentions)
     # The positions have their own projections: giving the last position the first one's key and value changes what
     # the decoder reads.
-    num_kv_heads, positions, head_dim = model._kv_shape
+    num_kv_heads, positions, head_dim = model.latent_path.kv_shape
     with torch.no_grad():
         for projection in (model.latent_to_key, model.latent_to_value):
             weight = projection.weight.view(-1, num_kv_heads, positions, head_dim, 8)

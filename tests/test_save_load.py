@@ -7,6 +7,7 @@ import textwrap
 import pytest
 import tiny
 import torch
+from safetensors import safe_open
 from transformers import AutoModel
 
 from mine_vae import MineVaeModel
@@ -32,6 +33,51 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
     assert torch.equal(model.generate(latent=z, max_new_tokens=6), loaded.generate(latent=z, max_new_tokens=6))
 
 
+# The keys of the heads (everything besides the encoder's and decoder's own) of a model with every head, as the code
+# before the latent path had a module of its own saved them: every saved MINE-VAE holds these names.
+SAVED_HEAD_KEYS = [
+    "posterior.weight",
+    "posterior.bias",
+    "latent_to_key.weight",
+    "latent_to_key.bias",
+    "latent_to_value.weight",
+    "latent_to_value.bias",
+    "latent_to_embedding.weight",
+    "latent_to_embedding.bias",
+    "latent_to_vocab.weight",
+    "latent_to_vocab.bias",
+    "latent_to_residual.0.weight",
+    "latent_to_residual.0.bias",
+    "latent_to_residual.1.weight",
+    "latent_to_residual.1.bias",
+    "critic.log_ema",
+    "critic.ema_updates",
+    "critic.feature_norm.weight",
+    "critic.feature_norm.bias",
+    "critic.feature_proj.weight",
+    "critic.feature_proj.bias",
+    "critic.latent_proj.weight",
+    "critic.mlp.1.weight",
+    "critic.mlp.1.bias",
+    "critic.mlp.3.weight",
+    "critic.mlp.3.bias",
+]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_heads_keep_the_weight_names_saved_models_have(tmp_path, kind):
+    """Folders saved before keep loading: the heads' weights are named as they always were, in the model, in the
+    saved file and among the heads that always train."""
+    model = tiny.model(kind, latent_injection="both", latent_vocab_bias=True, latent_residual_layers=[0, 1])
+    heads = [key for key in model.state_dict() if not key.startswith(("encoder.", "decoder."))]
+    assert heads == SAVED_HEAD_KEYS
+    assert model.head_names == list(dict.fromkeys(key.split(".")[0] for key in SAVED_HEAD_KEYS))
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
+        assert sorted(key for key in saved.keys() if not key.startswith(("encoder.", "decoder."))) == sorted(heads)
+    assert set(MineVaeModel.from_pretrained(tmp_path).state_dict()) == set(model.state_dict())
+
+
 def test_saved_folder_carries_auto_map_and_code(tmp_path):
     tiny.model().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -43,6 +89,9 @@ def test_saved_folder_carries_auto_map_and_code(tmp_path):
         "modeling_mine_vae.py",
         "configuration_mine_vae.py",
         "critic.py",
+        "latent_path.py",
+        "generation_mine_vae.py",
+        "pretrained_mine_vae.py",
         "pipeline_mine_vae.py",
         "sentence_mine_vae.py",
     }
