@@ -41,11 +41,24 @@ def test_greedy_generation_follows_forward_argmax(kind, positions):
     assert torch.equal(logits.argmax(-1), tokens[:, 1:])
 
 
+# z's direct paths besides the key/value positions: (config settings, the head made strong enough to change the greedy
+# tokens, the standard deviation that does it).
+LATENT_HEADS = {
+    "vocab_bias": ({"latent_vocab_bias": True}, lambda m: m.latent_to_vocab, 3.0),
+    "residual": ({"latent_residual_layers": [0], "latent_residual_scale": 4.0}, lambda m: m.latent_to_residual[0], 1.0),
+}
+
+
+@pytest.mark.parametrize("head", sorted(LATENT_HEADS))
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_latent_vocab_bias_decodes_alike_with_and_without_cache_and_follows_forward(kind):
-    model = tiny.model(kind, latent_memory_positions=2, latent_vocab_bias=True).eval()
+def test_latent_heads_decode_alike_with_and_without_cache_and_follow_forward(kind, head):
+    """The vocabulary bias and the residual shifts reach every generated position: cached and uncached greedy decoding
+    agree, each token is the argmax of a full forward pass, beams expand them with z, and they change what is
+    generated."""
+    settings, module, std = LATENT_HEADS[head]
+    model = tiny.model(kind, latent_memory_positions=2, **settings).eval()
     with torch.no_grad():
-        model.latent_to_vocab.weight.normal_(std=3.0)  # strong enough to change the greedy tokens
+        module(model).weight.normal_(std=std)
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(2)) * 3
     cached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     uncached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
@@ -54,9 +67,9 @@ def test_latent_vocab_bias_decodes_alike_with_and_without_cache_and_follows_forw
     logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
     assert torch.equal(logits.argmax(-1), cached[:, 1:])
     beams = model.generate(latent=z, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False)
-    assert beams.shape[0] == 6  # each z's rows are expanded with it, bias included
+    assert beams.shape[0] == 6  # each z's rows are expanded with it, the head's contribution included
     with torch.no_grad():
-        model.latent_to_vocab.weight.zero_()
+        module(model).weight.zero_()
     assert not torch.equal(model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)
 
 
@@ -194,24 +207,3 @@ def test_a_training_batch_is_reconstructed_not_continued(model):
     batch = tiny.processor()(tiny.sentences(2))
     encoder = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     assert torch.equal(model.generate(**batch, max_new_tokens=4), model.generate(**encoder, max_new_tokens=4))
-
-
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_residual_injection_decodes_alike_with_and_without_cache_and_follows_forward(kind):
-    """z's residual shifts reach every generated position: cached and uncached greedy decoding agree, each token is
-    the argmax of a full forward pass, beams expand the shifts with z, and the shifts change what is generated."""
-    model = tiny.model(kind, latent_memory_positions=2, latent_residual_layers=[0], latent_residual_scale=4.0).eval()
-    with torch.no_grad():
-        model.latent_to_residual[0].weight.normal_(std=1.0)  # strong enough to change the greedy tokens
-    z = model.sample_prior(3, generator=torch.Generator().manual_seed(2)) * 3
-    cached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-    uncached = model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached)
-    logits = model(latent=z, decoder_input_ids=cached[:, :-1]).logits
-    logits[..., model.config.eos_token_id] = -float("inf")  # min_new_tokens forbids EOS
-    assert torch.equal(logits.argmax(-1), cached[:, 1:])
-    beams = model.generate(latent=z, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False)
-    assert beams.shape[0] == 6
-    with torch.no_grad():
-        model.latent_to_residual[0].weight.zero_()
-    assert not torch.equal(model.generate(latent=z, max_new_tokens=8, min_new_tokens=8, do_sample=False), cached)
