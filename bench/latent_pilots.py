@@ -37,6 +37,10 @@ ROUNDS: dict[str, dict[str, list[str]]] = {
     },
     "objective": {
         "residual12x10-fb0.5": RESIDUAL + ["--free_bits", "0.5"],
+        "residual6layersx10-fb1": [
+            *("--latent_residual_layers", "4", "8", "12", "16", "20", "24"),
+            *("--latent_residual_scale", "10", "--free_bits", "1"),
+        ],
     },
 }
 
