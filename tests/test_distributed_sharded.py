@@ -338,4 +338,10 @@ if __name__ == "__main__":
     _present_cpu_processes_as_devices()
     torch.set_num_threads(1)
     backend_name, scenario_name, output = sys.argv[1:]
-    {"learn": _learn, "resume": _resume, "own_optimizer": _own_optimizer}[scenario_name](backend_name, Path(output))
+    try:
+        {"learn": _learn, "resume": _resume, "own_optimizer": _own_optimizer}[scenario_name](backend_name, Path(output))
+    finally:
+        # Shut the process group down before the interpreter does: a gloo group left to interpreter exit can abort a
+        # rank ("terminate called without an active exception", exit -6) after its work is done.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
