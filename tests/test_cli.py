@@ -71,6 +71,18 @@ def test_train_saves_a_loadable_folder_and_reports(trained):
     assert json.loads((output_dir / "mine_vae_results.json").read_text())["metrics"] == report["metrics"]
 
 
+def test_every_file_train_writes_is_one_overwrite_owns(trained):
+    """`--overwrite` replaces what a previous run wrote (output.OWN_FILES, OWN_FOLDERS, trainer checkpoints): every
+    top-level entry of a trained folder is among them, the shipped model code included."""
+    from mine_vae.cli.output import OWN_FILES, OWN_FOLDERS, TRAINER_CHECKPOINT
+
+    output_dir, _ = trained
+    names = {path.name for path in output_dir.iterdir()}
+    assert tiny.SHIPPED_CODE <= names
+    unowned = {n for n in names if n not in {*OWN_FILES, *OWN_FOLDERS} and not TRAINER_CHECKPOINT.fullmatch(n)}
+    assert not unowned
+
+
 def test_evaluate_prints_a_table_and_json(trained, corpus):
     output_dir, _ = trained
     code, out, err = run(["evaluate", "--model", str(output_dir), "--file", str(corpus["validation"])])

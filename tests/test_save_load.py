@@ -85,17 +85,7 @@ def test_saved_folder_carries_auto_map_and_code(tmp_path):
         "AutoConfig": "configuration_mine_vae.MineVaeConfig",
         "AutoModel": "modeling_mine_vae.MineVaeModel",
     }
-    code = {
-        "modeling_mine_vae.py",
-        "configuration_mine_vae.py",
-        "critic.py",
-        "latent_path.py",
-        "generation_mine_vae.py",
-        "pretrained_mine_vae.py",
-        "pipeline_mine_vae.py",
-        "sentence_mine_vae.py",
-    }
-    assert code | {"modules.json"} <= set(os.listdir(tmp_path))
+    assert tiny.SHIPPED_CODE | {"modules.json"} <= set(os.listdir(tmp_path))
 
 
 def test_auto_model_loads_after_import(tmp_path):

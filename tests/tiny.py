@@ -14,6 +14,21 @@ VERBS = ["sees", "likes", "finds", "paints", "follows", "hears", "helps", "calls
 OBJECTS = ["the river", "a red ball", "the quiet house", "an apple", "the green hill", "a small boat", "the moon"]
 
 
+# The code a saved model carries for `trust_remote_code` (the modelling files and those they import).
+SHIPPED_CODE = frozenset(
+    {
+        "modeling_mine_vae.py",
+        "configuration_mine_vae.py",
+        "critic.py",
+        "latent_path.py",
+        "generation_mine_vae.py",
+        "pretrained_mine_vae.py",
+        "pipeline_mine_vae.py",
+        "sentence_mine_vae.py",
+    }
+)
+
+
 def sentences(count: int = 200, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}" for _ in range(count)]
