@@ -172,6 +172,8 @@ class MineVaeTrainer(Trainer):
         critic = self._vae.critic
         with critic.frozen():  # the VAE optimizer must never see the critic's parameters
             optimizer = super().create_optimizer(model)
+        if self.args.pretrained_learning_rate is not None:
+            _give_pretrained_weights_their_rate(optimizer, self._vae, self.args.pretrained_learning_rate)
         critic_ids = {id(p) for p in critic.parameters()}
         if any(id(p) in critic_ids for group in optimizer.param_groups for p in group["params"]):
             raise ValueError("The VAE optimizer holds critic parameters; build it from the encoder/decoder/heads only.")
@@ -494,6 +496,24 @@ class MineVaeTrainer(Trainer):
     def create_model_card(self, **kwargs: Any) -> None:
         """The MINE-VAE model card (README.md in output_dir), which `push_to_hub` uploads with the model."""
         write_trainer_model_card(self, **kwargs)
+
+
+def _give_pretrained_weights_their_rate(optimizer: torch.optim.Optimizer, model: nn.Module, rate: float) -> None:
+    """Move the encoder's and decoder's trainable weights (LoRA adapters included) into groups of their own at `rate`,
+    each beside the group it came from (same weight decay). The heads start from random and take a high rate; the
+    pretrained weights, fine-tuned at that rate, lose what they were pretrained for. Runs before the scheduler and
+    the first step, so the groups' rates are the scheduler's base rates and no optimizer state exists yet."""
+    vae = peft_base_vae(model) or model
+    pretrained = {id(p) for side in (vae.encoder, vae.decoder) for p in side.parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        own = [p for p in group["params"] if id(p) in pretrained]
+        rest = [p for p in group["params"] if id(p) not in pretrained]
+        if rest:
+            groups.append({**group, "params": rest})
+        if own:
+            groups.append({**group, "params": own, "lr": rate})
+    optimizer.param_groups[:] = groups
 
 
 def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:

@@ -24,6 +24,13 @@ class MineVaeTrainingArguments(TrainingArguments):
     `critic_warmup_steps` so that when λ enters the loss the bound already carries a gradient.
     """
 
+    pretrained_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the pretrained encoder's and decoder's weights that train (or of LoRA adapters "
+            "on them); the heads this model adds keep learning_rate. None: learning_rate for everything."
+        },
+    )
     critic_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the critic's optimizer."})
     critic_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the critic's AdamW."})
     critic_adam_beta1: float = field(default=0.9, metadata={"help": "beta1 of the critic's AdamW."})
@@ -97,6 +104,12 @@ class MineVaeTrainingArguments(TrainingArguments):
         _require(self.learning_rate >= 0, "learning_rate", self.learning_rate, "a number >= 0")
         _require(self.critic_steps >= 1, "critic_steps", self.critic_steps, "an integer >= 1")
         _require(self.critic_learning_rate > 0, "critic_learning_rate", self.critic_learning_rate, "a number > 0")
+        _require(
+            self.pretrained_learning_rate is None or self.pretrained_learning_rate >= 0,
+            "pretrained_learning_rate",
+            self.pretrained_learning_rate,
+            "a number >= 0, or None for learning_rate",
+        )
         _require(self.critic_weight_decay >= 0, "critic_weight_decay", self.critic_weight_decay, "a number >= 0")
         _require(self.critic_max_grad_norm >= 0, "critic_max_grad_norm", self.critic_max_grad_norm, "a number >= 0")
         _require(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, "an integer >= 0")

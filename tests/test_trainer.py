@@ -52,6 +52,39 @@ def test_optimizers_are_disjoint_and_both_parts_learn(tmp_path):
     assert steps == {2 * 6}
 
 
+def test_pretrained_weights_take_their_own_rate(tmp_path):
+    trainer = make_trainer(tmp_path, learning_rate=1e-3, pretrained_learning_rate=1e-5, weight_decay=0.1)
+    trainer.create_optimizer_and_scheduler(2)
+    vae = trainer.model
+    rate_of = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    pretrained = [p for side in (vae.encoder, vae.decoder) for p in side.parameters() if p.requires_grad]
+    assert pretrained and {rate_of[id(p)] for p in pretrained} == {1e-5}
+    assert {rate_of[id(p)] for p in vae.posterior.parameters()} == {1e-3}
+    # Every trainable parameter sits in exactly one group, and the Trainer's weight-decay split is kept on both sides.
+    ids = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert len(ids) == len(set(ids)) == len(rate_of)
+    assert {(g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups} == {
+        (rate, decay) for rate in (1e-3, 1e-5) for decay in (0.0, 0.1)
+    }
+
+
+def test_a_pretrained_rate_of_zero_leaves_the_pretrained_weights_and_trains_the_heads(tmp_path):
+    trainer = make_trainer(tmp_path, pretrained_learning_rate=0.0, max_steps=3)
+    before = parameters(trainer.model)
+    trainer.train()
+    after = parameters(trainer.model)
+    for name in before:
+        if name.startswith(("encoder.", "decoder.")):
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["posterior.weight"], after["posterior.weight"])
+
+
+def test_without_a_pretrained_rate_every_weight_takes_learning_rate(tmp_path):
+    trainer = make_trainer(tmp_path, learning_rate=1e-3, warmup_steps=0)
+    trainer.create_optimizer_and_scheduler(2)
+    assert {group["lr"] for group in trainer.optimizer.param_groups} == {1e-3}
+
+
 def test_each_term_is_logged(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.train()
