@@ -50,7 +50,7 @@ class LatentPath:
             model.latent_to_vocab = nn.Linear(latent_size, vocab_size)
         self.residual_layers: list[nn.Module] = []
         if config.latent_residual_layers:
-            layers = _decoder_layers(decoder)
+            layers = decoder_layers(decoder)
             model.latent_to_residual = nn.ModuleList(
                 nn.Linear(latent_size, decoder_hidden) for _ in config.latent_residual_layers
             )
@@ -260,16 +260,16 @@ def _with_latent_columns(mask: torch.Tensor | None, key_length: int, positions: 
     return torch.cat([mask.new_ones(mask.shape[0], positions), mask], dim=1)
 
 
-def _decoder_layers(decoder: PreTrainedModel) -> nn.ModuleList:
+def decoder_layers(decoder: PreTrainedModel, needed_by: str = "latent_residual_layers") -> nn.ModuleList:
     """The decoder's stack of transformer layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the
-    ModuleList holding one module per hidden layer."""
+    ModuleList holding one module per hidden layer. `needed_by` names the setting the error blames."""
     count = decoder.config.num_hidden_layers
     for module in decoder.modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return module
     raise ValueError(
         f"Could not find the {count} transformer layers of the decoder {type(decoder).__name__}, which "
-        "latent_residual_layers needs; leave latent_residual_layers unset for this decoder."
+        f"{needed_by} needs; leave {needed_by} unset for this decoder."
     )
 
 
