@@ -301,3 +301,46 @@ def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path)
     # The same terms, reached through graphs built in another order (the trainer scores the bound after the critic's
     # updates): equal up to float32 summation order.
     torch.testing.assert_close(trainer_grad, own_grad)
+
+
+@pytest.mark.parametrize(
+    ("kind", "top", "bottom", "norm"),
+    [
+        ("gpt2", "transformer.h.1.", "transformer.h.0.", "transformer.ln_f."),
+        ("llama", "model.layers.1.", "model.layers.0.", "model.norm."),
+    ],
+)
+def test_decoder_trainable_layers_train_the_top_of_a_frozen_decoder_only(tmp_path, kind, top, bottom, norm):
+    """freeze_decoder with decoder_trainable_layers=1: the decoder's last layer and final norm train, its lower layer,
+    embeddings and LM head keep their weights bit for bit (weight decay would move any weight the optimizer held)."""
+    model = tiny.model(kind, mi_weight=1.0)
+    trainer = make_trainer(
+        tmp_path, model=model, max_steps=3, weight_decay=0.1, freeze_decoder=True, decoder_trainable_layers=1
+    )
+    trainable = {name for name, p in model.decoder.named_parameters() if p.requires_grad}
+    expected = {name for name, _ in model.decoder.named_parameters() if name.startswith((top, norm))}
+    assert expected and trainable == expected
+    before = parameters(model)
+    trainer.train()
+    after = parameters(model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    decoder_changed = {name.removeprefix("decoder.") for name in changed if name.startswith("decoder.")}
+    assert any(name.startswith(top) and name.endswith("weight") for name in decoder_changed)
+    assert all(name.startswith((top, norm)) for name in decoder_changed), decoder_changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"decoder_trainable_layers": -1}, "decoder_trainable_layers=-1 is not allowed"),
+        ({"decoder_trainable_layers": 1}, "set freeze_decoder=True"),
+    ],
+)
+def test_bad_decoder_trainable_layers_fail_in_the_arguments(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_more_decoder_trainable_layers_than_the_decoder_has_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="decoder_trainable_layers=3, but the decoder has 2 layers; use at most 2"):
+        make_trainer(tmp_path, freeze_decoder=True, decoder_trainable_layers=3)
