@@ -87,8 +87,9 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
 }
 
 # The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
-# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these.
-LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda")
+# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these. "bow"
+# (the bag-of-words loss) is logged only by a model with a bag-of-words head (`MineVaeConfig.bow_weight` > 0).
+LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "bow")
 
 
 class MineVaeTrainer(Trainer):
@@ -227,22 +228,23 @@ class MineVaeTrainer(Trainer):
         outputs = model(**{**inputs, "use_cache": False}, kl_weight=beta, mi_weight=0.0)
         bound = outputs.mi_lower_bound
         if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
-            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta)
+            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta, bow=outputs.bow_loss)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         critic_loss = self._critic_updates(outputs)
         vae = self._vae
         if lam > 0:
             bound = vae.mi_lower_bound(outputs.pooler_output, outputs.z)
-        loss = vae.vae_loss(outputs.reconstruction_loss, outputs.kl_per_dimension, bound, kl_weight=beta, mi_weight=lam)
-        self._check_finite("VAE", loss, reconstruction=outputs.reconstruction_loss, kl=outputs.kl, mi_bound=bound)
-        self._record(
-            reconstruction=outputs.reconstruction_loss,
-            kl=outputs.kl,
-            mi_bound=bound,
-            critic_loss=critic_loss,
-            beta=beta,
-            **{"lambda": lam},
+        loss = vae.vae_loss(
+            outputs.reconstruction_loss,
+            outputs.kl_per_dimension,
+            bound,
+            kl_weight=beta,
+            mi_weight=lam,
+            bow_loss=outputs.bow_loss,
         )
+        terms = {"reconstruction": outputs.reconstruction_loss, "kl": outputs.kl, "mi_bound": bound}
+        self._check_finite("VAE", loss, **terms, bow=outputs.bow_loss)
+        self._record(**terms, critic_loss=critic_loss, beta=beta, bow=outputs.bow_loss, **{"lambda": lam})
         return (loss, outputs) if return_outputs else loss
 
     def _critic_updates(self, outputs) -> torch.Tensor:

@@ -59,10 +59,19 @@ def test_each_term_is_logged(tmp_path):
     assert logged
     for key in ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda"):
         assert all(key in entry for entry in logged), key
-    # What the CLI and the study show of a log line: the trainer's terms, declared once, and nothing it does not log.
-    assert set(LOGGED_TERMS) == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
+    # What the CLI and the study show of a log line: the trainer's terms, declared once, and nothing it does not log
+    # ("bow" only with a bag-of-words head, below).
+    assert set(LOGGED_TERMS) - {"bow"} == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
     # lambda is 0 during the critic warm-up step and then active.
     assert logged[0]["lambda"] < 1.0 and logged[-1]["lambda"] == 1.0
+
+
+def test_the_bag_of_words_term_is_logged_with_its_head(tmp_path):
+    trainer = make_trainer(tmp_path, model=tiny.model(mi_weight=1.0, bow_weight=1.0))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all(entry["bow"] > 0 for entry in logged)
+    assert set(LOGGED_TERMS) == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
 
 
 def test_schedules_drive_the_weights(tmp_path):
@@ -269,11 +278,12 @@ def test_a_last_batch_of_one_trains_without_the_critic(tmp_path):
     assert {int(s["step"]) for s in trainer.critic_optimizer.state.values()} == {2}
 
 
-def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path):
+@pytest.mark.parametrize("bow_weight", [0.0, 0.4])
+def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path, bow_weight):
     """After the critic's updates, the trainer's VAE loss (and its gradients) equal the model's own forward loss at the
-    same β and λ, free bits included: both assemble it with `MineVaeModel.vae_loss`. A batch of 2 has one pairing
-    (the swap), and reseeding gives both passes the same dropout and posterior sample."""
-    model = tiny.model(mi_weight=1.5, kl_weight=0.7, xi=1.0, free_bits=0.3)
+    same β and λ, free bits and the bag-of-words term included: both assemble it with `MineVaeModel.vae_loss`. A
+    batch of 2 has one pairing (the swap), and reseeding gives both passes the same dropout and posterior sample."""
+    model = tiny.model(mi_weight=1.5, kl_weight=0.7, xi=1.0, free_bits=0.3, bow_weight=bow_weight)
     trainer = make_trainer(
         tmp_path,
         model=model,
