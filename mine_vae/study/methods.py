@@ -78,9 +78,9 @@ OPTIMUS_FREE_BITS = {"free_bits": 0.5}
 # and stays there, with free bits keeping what the warm start wrote into z: one cycle of the cyclical schedule.
 AE_WARM = {"kl_schedule": "cyclical", "kl_cycles": 1, "kl_zero_ratio": 0.5, "kl_increase_ratio": 0.1}
 AE_WARM_FREE_BITS = {"free_bits": 0.5}
-# Zhao et al. 2017 (and DELLA, Hu et al. 2022, as a baseline): the VAE's objective plus a bag-of-words loss, a head
-# predicting the sentence's words from z alone. Weight 1: Zhao et al. add the term to the ELBO unweighted, and both
-# it and the reconstruction are sums over the same tokens (nats per sentence), so 1 weighs them alike.
+# Zhao et al. 2017: the VAE's objective plus a bag-of-words loss, a head predicting the sentence's words from z alone.
+# Weight 1: Zhao et al. add the term to the ELBO unweighted, and both it and the reconstruction are sums over the same
+# tokens (nats per sentence), so 1 weighs them alike.
 BOW = {"bow_weight": 1.0}
 _NO_FREE_BITS = {"free_bits": 0.0}  # every other method: the preset's free bits would blur the comparison
 _CONSTANT_BETA = {"kl_schedule": "constant"}
