@@ -119,6 +119,12 @@ class MineVaeConfig(PreTrainedConfig):
             (docs/benchmarks.md) found λ = 1 too weak to keep the latent alive against β = 1, and λ = 3 enough.
         free_bits (`float`, defaults to 0.0):
             Free-bits threshold per latent dimension, in nats: a dimension's batch-mean KL below it costs nothing.
+        bow_weight (`float`, defaults to 0.0):
+            Weight of a bag-of-words loss (Zhao et al. 2017): a linear head from z to the decoder's vocabulary
+            (`bow_head`, built only when the weight is above 0) predicts every target token of the sentence at once,
+            without word order, and the loss adds bow_weight × −Σ_tokens log softmax(bow_head(z))[token] per
+            sentence. The head sees only z, so z must carry the sentence's words whatever the decoder learns to do
+            without it: a remedy for posterior collapse. 0: no head, no term.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the initialisation of the heads this model adds (posterior, injection, critic).
         posterior_logvar_init (`float`, defaults to 0.0):
@@ -164,6 +170,7 @@ class MineVaeConfig(PreTrainedConfig):
     kl_weight: float = 1.0
     mi_weight: float = 3.0
     free_bits: float = 0.0
+    bow_weight: float = 0.0
     initializer_range: float = 0.02
     posterior_logvar_init: float = 0.0
     use_cache: bool = True
@@ -265,7 +272,7 @@ class MineVaeConfig(PreTrainedConfig):
         _require(
             _is_number(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1)"
         )
-        for name in ("kl_weight", "mi_weight", "free_bits"):
+        for name in ("kl_weight", "mi_weight", "free_bits", "bow_weight"):
             value = getattr(self, name)
             _require(_is_number(value) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
         _require(

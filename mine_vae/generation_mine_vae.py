@@ -32,12 +32,12 @@ class MineVaeGenerationMixin(GenerationMixin):
     def standardize_latent(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """
         Re-express z as z' = (z - mean) / std, in place: the posterior head outputs z' and every layer that reads z
-        (z's key/value, embedding and vocabulary heads, the critic) takes z' with the change folded into its weights.
-        q(z|x) and p(x|z) describe the same model as before, so reconstructions do not change; the prior N(0, I) now
-        sits over z', where the decoder was trained. Given the aggregate posterior's moments over training data
-        (`mine_vae.evaluation.aggregate_posterior_moments`), prior samples land where posterior samples did: free bits
-        let the posterior drift off the prior (a shared offset the decoder reads as "this corpus"), and a prior sample
-        without that offset decodes to text the decoder never saw in training.
+        (z's key/value, embedding and vocabulary heads, the bag-of-words head, the critic) takes z' with the change
+        folded into its weights. q(z|x) and p(x|z) describe the same model as before, so reconstructions do not
+        change; the prior N(0, I) now sits over z', where the decoder was trained. Given the aggregate posterior's
+        moments over training data (`mine_vae.evaluation.aggregate_posterior_moments`), prior samples land where
+        posterior samples did: free bits let the posterior drift off the prior (a shared offset the decoder reads as
+        "this corpus"), and a prior sample without that offset decodes to text the decoder never saw in training.
 
         Args:
             mean, std (`torch.Tensor` of shape `(latent_size,)`): the per-dimension location and scale to remove
@@ -60,7 +60,8 @@ class MineVaeGenerationMixin(GenerationMixin):
         assign(weight[:size], weight[:size].double() / std[:, None])
         assign(bias[:size], (bias[:size].double() - mean) / std)
         assign(bias[size:], bias[size:].double() - 2 * std.log())
-        self.latent_path.standardize(mean, std)  # every layer reading z
+        bow_head = getattr(self, "bow_head", None)
+        self.latent_path.standardize(mean, std, others=[bow_head] if bow_head is not None else None)  # all reading z
         self.critic.standardize_latent(mean, std)
 
     @staticmethod

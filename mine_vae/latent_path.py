@@ -50,7 +50,7 @@ class LatentPath:
             model.latent_to_vocab = nn.Linear(latent_size, vocab_size)
         self.residual_layers: list[nn.Module] = []
         if config.latent_residual_layers:
-            layers = _decoder_layers(decoder)
+            layers = decoder_layers(decoder)
             model.latent_to_residual = nn.ModuleList(
                 nn.Linear(latent_size, decoder_hidden) for _ in config.latent_residual_layers
             )
@@ -198,27 +198,15 @@ class LatentPath:
     def resize_vocab_bias(self, num_tokens: int) -> None:
         """Give z's vocabulary bias one row per token again: kept rows keep their values, new tokens start at zero
         (as the whole bias does)."""
-        if not self.model.config.latent_vocab_bias:
-            return
-        old = self.model.latent_to_vocab
-        if old.out_features == num_tokens:
-            return
-        new = nn.Linear(old.in_features, num_tokens, device=old.weight.device, dtype=old.weight.dtype)
-        kept = min(num_tokens, old.out_features)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.bias.zero_()
-            new.weight[:kept] = old.weight[:kept]
-            new.bias[:kept] = old.bias[:kept]
-        new.weight.requires_grad_(old.weight.requires_grad)
-        new.bias.requires_grad_(old.bias.requires_grad)
-        self.model.latent_to_vocab = new
+        if self.model.config.latent_vocab_bias:
+            self.model.latent_to_vocab = resized_rows(self.model.latent_to_vocab, num_tokens)
 
     @torch.no_grad()
-    def standardize(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Fold z = std * z' + mean into every head, in place: W z + b = (W diag(std)) z' + (b + W mean). `mean` and
-        `std` are float64 of shape `(latent_size,)` (see `MineVaeModel.standardize_latent`)."""
-        for layer in self.heads():
+    def standardize(self, mean: torch.Tensor, std: torch.Tensor, others: list[nn.Linear] | None = None) -> None:
+        """Fold z = std * z' + mean into every head, and into the linear layers `others` that also read z (the
+        bag-of-words head), in place: W z + b = (W diag(std)) z' + (b + W mean). `mean` and `std` are float64 of
+        shape `(latent_size,)` (see `MineVaeModel.standardize_latent`)."""
+        for layer in self.heads() + list(others or []):
             weight = layer.weight.double()
             layer.bias.copy_((layer.bias.double() + weight @ mean).to(layer.bias.dtype))
             layer.weight.copy_((weight * std[None, :]).to(layer.weight.dtype))
@@ -260,16 +248,33 @@ def _with_latent_columns(mask: torch.Tensor | None, key_length: int, positions: 
     return torch.cat([mask.new_ones(mask.shape[0], positions), mask], dim=1)
 
 
-def _decoder_layers(decoder: PreTrainedModel) -> nn.ModuleList:
+def resized_rows(old: nn.Linear, num_tokens: int) -> nn.Linear:
+    """`old` with `num_tokens` output rows (one per decoder token): kept rows keep their values, new rows start at
+    zero (a new token gets no logit from z). `old` itself when it already has that many."""
+    if old.out_features == num_tokens:
+        return old
+    new = nn.Linear(old.in_features, num_tokens, device=old.weight.device, dtype=old.weight.dtype)
+    kept = min(num_tokens, old.out_features)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.bias.zero_()
+        new.weight[:kept] = old.weight[:kept]
+        new.bias[:kept] = old.bias[:kept]
+    new.weight.requires_grad_(old.weight.requires_grad)
+    new.bias.requires_grad_(old.bias.requires_grad)
+    return new
+
+
+def decoder_layers(decoder: PreTrainedModel, needed_by: str = "latent_residual_layers") -> nn.ModuleList:
     """The decoder's stack of transformer layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the
-    ModuleList holding one module per hidden layer."""
+    ModuleList holding one module per hidden layer. `needed_by` names the setting the error blames."""
     count = decoder.config.num_hidden_layers
     for module in decoder.modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return module
     raise ValueError(
         f"Could not find the {count} transformer layers of the decoder {type(decoder).__name__}, which "
-        "latent_residual_layers needs; leave latent_residual_layers unset for this decoder."
+        f"{needed_by} needs; leave {needed_by} unset for this decoder."
     )
 
 

@@ -83,6 +83,14 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
             ema_decay=config.ema_decay,
             score_bound=config.critic_score_bound,
         )
+        if config.bow_weight > 0:
+            # z -> one logit per decoder token: the bag-of-words loss (see `MineVaeConfig.bow_weight`). out_features,
+            # not weight.shape: DeepSpeed ZeRO-3 partitions the weight to 0 rows.
+            # Built last and without drawing from the global generator (post_init initialises it, last), so that every
+            # other weight is the same with and without it: the study starts each method of a seed from the same
+            # weights.
+            with torch.random.fork_rng(devices=[]):
+                self.bow_head = nn.Linear(config.latent_size, self.decoder.get_output_embeddings().out_features)
         # The critic has its own optimizer and step; distributed training syncs its gradients there, not in DDP.
         self._ddp_params_and_buffers_to_ignore = [f"critic.{name}" for name, _ in self.critic.named_parameters()]
         self.generation_config.decoder_start_token_id = config.decoder_start_token_id
@@ -330,7 +338,7 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
             decoder_attention_mask = None
         beta = self.config.kl_weight if kl_weight is None else kl_weight
         lam = self.config.mi_weight if mi_weight is None else mi_weight
-        kl_per_dimension = kl = bound = reconstruction = loss = None
+        kl_per_dimension = kl = bound = reconstruction = bow = loss = None
         if posterior is not None:
             kl_per_dimension = posterior.kl_per_dimension()
             kl = kl_per_dimension.sum()
@@ -354,7 +362,9 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
 
         if labels is not None:
             reconstruction = _token_nll(logits, labels).sum(dim=1).mean()
-            loss = self.vae_loss(reconstruction, kl_per_dimension, bound, kl_weight=beta, mi_weight=lam)
+            if posterior is not None and hasattr(self, "bow_head"):
+                bow = self.bag_of_words_loss(latent, labels)
+            loss = self.vae_loss(reconstruction, kl_per_dimension, bound, kl_weight=beta, mi_weight=lam, bow_loss=bow)
 
         return MineVaeOutput(
             loss=loss,
@@ -363,6 +373,7 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
             kl=kl,
             kl_per_dimension=kl_per_dimension,
             mi_lower_bound=bound,
+            bow_loss=bow,
             mu=posterior.mu if posterior is not None else None,
             logvar=posterior.logvar if posterior is not None else None,
             z=latent,
@@ -381,10 +392,12 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
         mi_lower_bound: torch.Tensor | None = None,
         kl_weight: float | None = None,
         mi_weight: float | None = None,
+        bow_loss: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The VAE's objective: reconstruction + β Σ_d max(KL_d, free_bits) − λ bound, with β and λ defaulting to
-        `config.kl_weight` / `config.mi_weight`. Without `kl_per_dimension` (z given, not encoded) it is the
-        reconstruction alone; without a bound (fewer than 2 examples) or with λ = 0 the bound term is left out.
+        """The VAE's objective: reconstruction + β Σ_d max(KL_d, free_bits) − λ bound (+ `config.bow_weight` ×
+        `bow_loss` when given, see `bag_of_words_loss`), with β and λ defaulting to `config.kl_weight` /
+        `config.mi_weight`. Without `kl_per_dimension` (z given, not encoded) it is the reconstruction alone; without
+        a bound (fewer than 2 examples) or with λ = 0 the bound term is left out.
 
         `forward` and `MineVaeTrainer` both assemble the loss here. Training alternates two phases: the critic's
         updates maximise the bound with z detached (they train the critic alone), then the VAE step minimises this
@@ -398,7 +411,19 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
             loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
             if mi_lower_bound is not None and lam > 0:
                 loss = loss - lam * mi_lower_bound
+        if bow_loss is not None:
+            loss = loss + self.config.bow_weight * bow_loss
         return loss
+
+    def bag_of_words_loss(self, latent: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """−Σ_t log softmax(bow_head(z))[label_t] over each sentence's target tokens (-100 skipped), averaged over the
+        batch (nats per sentence, like the reconstruction): how well z alone predicts the sentence's words, in any
+        order. Needs the `bow_head` a config with `bow_weight` > 0 builds."""
+        scores = self.bow_head(latent.to(self.bow_head.weight.dtype))
+        log_probs = F.log_softmax(scores.float(), dim=-1)
+        kept = labels != -100
+        picked = log_probs.gather(1, labels.masked_fill(~kept, 0))
+        return -(picked * kept).sum(dim=1).mean()
 
     def _eval_pairing(self) -> torch.Generator | None:
         """In eval mode the bound's marginal pairing is drawn from a fixed seed, so evaluating the same batch twice

@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mine_vae import MineVaeConfig
 from .critic import MineCritic
+from .latent_path import resized_rows
 
 # `modules.json` of every saved folder (see `save_pretrained`): sentence-transformers chains the one module of
 # `sentence_mine_vae.py`, which needs sentence-transformers (an optional extra), so this file does not import it.
@@ -70,7 +71,8 @@ class MineVaeOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` scalar, *optional*, with `labels`):
-            reconstruction_loss + kl_weight * KL (after free bits) - mi_weight * mi_lower_bound.
+            reconstruction_loss + kl_weight * KL (after free bits) - mi_weight * mi_lower_bound (+ bow_weight *
+            bow_loss with a bag-of-words head).
         logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): decoder logits.
         reconstruction_loss (`torch.FloatTensor` scalar, *optional*): -log p(x|z), summed over the label tokens of
             each sentence and averaged over the batch (nats per sentence).
@@ -78,6 +80,8 @@ class MineVaeOutput(ModelOutput):
         kl_per_dimension (`torch.FloatTensor` of shape `(latent_size,)`, *optional*): the same per latent dimension.
         mi_lower_bound (`torch.FloatTensor` scalar, *optional*): the critic's lower bound on I(x; z), in nats, with the
             critic's parameters held fixed (gradients reach the encoder through z only). Needs at least 2 examples.
+        bow_loss (`torch.FloatTensor` scalar, *optional*, with `labels`, x encoded and `config.bow_weight` > 0): the
+            bag-of-words loss of z, nats per sentence (see `MineVaeModel.bag_of_words_loss`).
         mu, logvar (`torch.FloatTensor` of shape `(batch_size, latent_size)`, *optional*): the posterior.
         z (`torch.FloatTensor` of shape `(batch_size, latent_size)`): the latent the decoder was conditioned on.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, encoder_hidden_size)`, *optional*): pooled
@@ -99,6 +103,7 @@ class MineVaeOutput(ModelOutput):
     kl: torch.FloatTensor | None = None
     kl_per_dimension: torch.FloatTensor | None = None
     mi_lower_bound: torch.FloatTensor | None = None
+    bow_loss: torch.FloatTensor | None = None
     mu: torch.FloatTensor | None = None
     logvar: torch.FloatTensor | None = None
     z: torch.FloatTensor | None = None
@@ -269,9 +274,18 @@ class MineVaePreTrainedModel(PreTrainedModel):
         vocab_size` updated), e.g. after adding tokens to the decoder tokenizer; the decoder does the work, as a
         causal LM's own `resize_token_embeddings` would."""
         self.latent_path.check_resizable()
+        bow_head = getattr(self, "bow_head", None)
+        if bow_head is not None and not isinstance(bow_head, nn.Linear):  # peft's wrapper, as check_resizable says
+            raise ValueError(
+                "The bag-of-words head is wrapped by peft, which a resized copy would drop out of; call "
+                "resize_token_embeddings on the MineVaeModel before get_peft_model."
+            )
         embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.decoder.vocab_size  # as PreTrainedModel.resize_token_embeddings records it
-        self.latent_path.resize_vocab_bias(self.decoder.get_output_embeddings().out_features)
+        num_tokens = self.decoder.get_output_embeddings().out_features
+        self.latent_path.resize_vocab_bias(num_tokens)
+        if bow_head is not None:
+            self.bow_head = resized_rows(bow_head, num_tokens)
         return embeddings
 
     # ----------------------------------------------------------------------------------------------------------------

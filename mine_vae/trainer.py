@@ -53,6 +53,7 @@ from .distributed import (
 )
 from .evaluation import LatentMoments, aggregate_posterior_moments, count_words, evaluate_vae
 from .hub import write_trainer_model_card
+from .latent_path import decoder_layers
 from .modeling_mine_vae import MineVaeModel, MineVaePosterior
 from .processing_mine_vae import MineVaeProcessor
 from .sampling import SeededLengthGroupedSampler, SeededRandomSampler
@@ -86,8 +87,9 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
 }
 
 # The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
-# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these.
-LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda")
+# terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these. "bow"
+# (the bag-of-words loss) is logged only by a model with a bag-of-words head (`MineVaeConfig.bow_weight` > 0).
+LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "bow")
 
 
 class MineVaeTrainer(Trainer):
@@ -228,22 +230,23 @@ class MineVaeTrainer(Trainer):
         outputs = model(**{**inputs, "use_cache": False}, kl_weight=beta, mi_weight=0.0)
         bound = outputs.mi_lower_bound
         if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
-            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta)
+            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta, bow=outputs.bow_loss)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         critic_loss = self._critic_updates(outputs)
         vae = self._vae
         if lam > 0:
             bound = vae.mi_lower_bound(outputs.pooler_output, outputs.z)
-        loss = vae.vae_loss(outputs.reconstruction_loss, outputs.kl_per_dimension, bound, kl_weight=beta, mi_weight=lam)
-        self._check_finite("VAE", loss, reconstruction=outputs.reconstruction_loss, kl=outputs.kl, mi_bound=bound)
-        self._record(
-            reconstruction=outputs.reconstruction_loss,
-            kl=outputs.kl,
-            mi_bound=bound,
-            critic_loss=critic_loss,
-            beta=beta,
-            **{"lambda": lam},
+        loss = vae.vae_loss(
+            outputs.reconstruction_loss,
+            outputs.kl_per_dimension,
+            bound,
+            kl_weight=beta,
+            mi_weight=lam,
+            bow_loss=outputs.bow_loss,
         )
+        terms = {"reconstruction": outputs.reconstruction_loss, "kl": outputs.kl, "mi_bound": bound}
+        self._check_finite("VAE", loss, **terms, bow=outputs.bow_loss)
+        self._record(**terms, critic_loss=critic_loss, beta=beta, bow=outputs.bow_loss, **{"lambda": lam})
         return (loss, outputs) if return_outputs else loss
 
     def _critic_updates(self, outputs) -> torch.Tensor:
@@ -518,13 +521,43 @@ def _give_pretrained_weights_their_rate(optimizer: torch.optim.Optimizer, model:
 
 def _freeze_pretrained_parts(model: nn.Module, args: MineVaeTrainingArguments) -> None:
     """`args.freeze_encoder` / `freeze_decoder`: fix the pretrained sub-models' weights. The heads this model adds
-    (posterior, latent injection, critic) are left trainable. A peft-wrapped model is left to peft, which has already
-    frozen every base weight; freezing a side there would freeze its adapters."""
+    (posterior, latent injection, critic) are left trainable. With `args.decoder_trainable_layers` = N, the frozen
+    decoder's top N layers and its final norm train again (full fine-tuning of a few top layers); its embeddings and
+    LM head (tied in most causal LMs) stay fixed. A peft-wrapped model is left to peft, which has already frozen every
+    base weight; freezing a side there would freeze its adapters."""
     if peft_base_vae(model) is not None:
+        if args.decoder_trainable_layers:
+            raise ValueError(
+                "decoder_trainable_layers unfreezes layers of the decoder, which peft's adapters have frozen; set "
+                "decoder_trainable_layers=0 with adapters (or drop the adapters)."
+            )
         return
     for side in ("encoder", "decoder"):
         if getattr(args, f"freeze_{side}"):
             getattr(model, side).requires_grad_(False)
+    count = args.decoder_trainable_layers
+    if count:
+        layers = decoder_layers(model.decoder, needed_by="decoder_trainable_layers")
+        if count > len(layers):
+            raise ValueError(
+                f"decoder_trainable_layers={count}, but the decoder has {len(layers)} layers; use at most "
+                f"{len(layers)}."
+            )
+        for layer in layers[len(layers) - count :]:
+            layer.requires_grad_(True)
+        norm = _final_norm(model.decoder)
+        if norm is not None:
+            norm.requires_grad_(True)
+
+
+def _final_norm(decoder: nn.Module) -> nn.Module | None:
+    """The norm the decoder applies after its last layer (GPT-2's `ln_f`, Llama's `norm`): a normalisation module
+    among its base model's direct children, or None when it has none."""
+    base = getattr(decoder, "base_model", decoder)
+    for child in base.children():
+        if "norm" in type(child).__name__.lower():
+            return child
+    return None
 
 
 @contextmanager

@@ -73,6 +73,13 @@ class MineVaeTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Keep the pretrained decoder's weights fixed (z's injection heads still train)."},
     )
+    decoder_trainable_layers: int = field(
+        default=0,
+        metadata={
+            "help": "With freeze_decoder: the decoder's top N transformer layers (and its final norm) still train, "
+            "its embeddings and LM head stay fixed. A decoder that learns can learn to ignore z (posterior collapse)."
+        },
+    )
     standardize_latent_examples: int = field(
         default=0,
         metadata={
@@ -112,6 +119,17 @@ class MineVaeTrainingArguments(TrainingArguments):
         )
         _require(self.critic_weight_decay >= 0, "critic_weight_decay", self.critic_weight_decay, "a number >= 0")
         _require(self.critic_max_grad_norm >= 0, "critic_max_grad_norm", self.critic_max_grad_norm, "a number >= 0")
+        _require(
+            self.decoder_trainable_layers >= 0,
+            "decoder_trainable_layers",
+            self.decoder_trainable_layers,
+            "an integer >= 0",
+        )
+        if self.decoder_trainable_layers and not self.freeze_decoder:
+            raise ValueError(
+                f"MineVaeTrainingArguments: decoder_trainable_layers={self.decoder_trainable_layers} trains the top "
+                "layers of a frozen decoder; set freeze_decoder=True with it (without it the whole decoder trains)."
+            )
         _require(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, "an integer >= 0")
         _require(self.mi_warmup_steps >= 0, "mi_warmup_steps", self.mi_warmup_steps, "an integer >= 0")
         _require(0 <= self.kl_warmup_ratio <= 1, "kl_warmup_ratio", self.kl_warmup_ratio, "a number in [0, 1]")

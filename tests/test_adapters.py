@@ -263,3 +263,13 @@ def test_resuming_adapters_onto_another_base_is_refused(tmp_path):
     )
     trainer.train(resume_from_checkpoint=checkpoint)  # the same base resumes
     assert trainer.state.global_step == 4
+
+
+def test_unfreezing_decoder_layers_under_adapters_is_refused_before_training(tmp_path):
+    """peft has frozen every base weight; decoder_trainable_layers would unfreeze some behind its back."""
+    from mine_vae import MineVaeTrainer
+
+    model = get_peft_model(tiny.model("llama", mi_weight=1.0), LoraConfig(target_modules=TARGETS["llama"], r=4))
+    args = tiny.training_args(tmp_path / "out", freeze_decoder=True, decoder_trainable_layers=1)
+    with pytest.raises(ValueError, match="set decoder_trainable_layers=0 with adapters"):
+        MineVaeTrainer(model=model, args=args, processing_class=tiny.processor())

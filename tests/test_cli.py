@@ -493,6 +493,28 @@ def test_the_critics_depth_moving_average_and_free_bits_are_model_flags(tmp_path
     assert config["free_bits"] == 0.2
 
 
+def test_bag_of_words_and_a_learning_top_decoder_layer_are_train_flags(tmp_path):
+    from safetensors import safe_open
+
+    output_dir = tmp_path / "model"
+    code, _, err = run(
+        ["train", "--preset", "tiny", "--output_dir", str(output_dir), "--max_steps", "2", "--bow_weight", "0.5",
+         "--freeze_decoder", "true", "--decoder_trainable_layers", "1", "--max_train_examples", "64"]
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((output_dir / "config.json").read_text())["bow_weight"] == 0.5
+    with safe_open(str(output_dir / "model.safetensors"), "pt") as weights:
+        assert "bow_head.weight" in set(weights.keys())
+    assert json.loads((output_dir / "training_args.json").read_text())["decoder_trainable_layers"] == 1
+    # The tiny preset's decoder has one layer: asking for more is a one-line error naming the limit.
+    code, _, err = run(
+        ["train", "--preset", "tiny", "--output_dir", str(tmp_path / "other"), "--max_steps", "2",
+         "--freeze_decoder", "true", "--decoder_trainable_layers", "2", "--max_train_examples", "64"]
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err, err
+    assert "decoder_trainable_layers=2, but the decoder has 1 layers; use at most 1" in err
+
+
 def test_free_bits_are_a_model_setting_with_the_presets_default():
     """Free bits belong to MineVaeConfig (they change the objective, like β and λ): a preset's value, a flag and a
     config file's setting all reach the config; the training arguments have no such field."""

@@ -458,3 +458,91 @@ def test_a_setting_that_does_not_explain_the_mismatch_is_not_blamed_for_it(tmp_p
     save_without("latent_to_vocab.")
     with pytest.raises(ValueError, match="do not fit its config: .* Save the model again"):
         MineVaeModel.from_pretrained(tmp_path, latent_vocab_bias=True)  # as saved: the file is what is wrong
+
+
+def test_bag_of_words_loss_is_each_target_tokens_log_probability_under_the_head(batch):
+    """bow_loss = mean over sentences of −Σ log softmax(bow_head(z))[token] over the label tokens (padding's -100
+    skipped), and the loss adds bow_weight times it."""
+    model = tiny.model(bow_weight=0.5, kl_weight=0.7, mi_weight=0.0).eval()
+    with torch.no_grad():
+        model.bow_head.weight.normal_()  # logits far from uniform: a wrong token or a counted pad shows
+    labels = batch["labels"]
+    assert (labels == -100).any()  # sentences of several lengths: the padding must be left out
+    out = model(**batch)
+    scores = model.bow_head(out.z).double()
+    per_sentence = []
+    for row, sentence in zip(scores, labels.tolist()):
+        log_probs = row - torch.logsumexp(row, dim=0)
+        per_sentence.append(-sum(log_probs[token] for token in sentence if token != -100))
+    expected = torch.stack(per_sentence).mean()
+    assert out.bow_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(
+        (out.reconstruction_loss + 0.7 * out.kl + 0.5 * out.bow_loss).item(), rel=1e-5
+    )
+
+
+def test_without_bow_weight_there_is_no_head_and_nothing_else_changes(batch):
+    """bow_weight = 0 builds no head and no term; with a head, every other weight starts as it does without one."""
+    plain = tiny.model(seed=3).eval()
+    assert not hasattr(plain, "bow_head") and "bow_head" not in plain.head_names
+    assert not any(name.startswith("bow_head") for name in plain.state_dict())
+    out = plain(**batch)
+    assert out.bow_loss is None
+    with_head = tiny.model(seed=3, bow_weight=1.0)
+    assert "bow_head" in with_head.head_names  # trained whatever is frozen
+    bare = {name: value for name, value in with_head.state_dict().items() if not name.startswith("bow_head")}
+    assert bare.keys() == plain.state_dict().keys()
+    assert all(torch.equal(value, plain.state_dict()[name]) for name, value in bare.items())
+
+
+def test_bag_of_words_gradient_reaches_the_posterior_and_not_the_decoder(batch):
+    model = tiny.model(bow_weight=1.0)
+    model(**batch).bow_loss.backward()
+    assert model.bow_head.weight.grad.abs().sum() > 0
+    assert model.posterior.weight.grad.abs().sum() > 0
+    assert model.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_bag_of_words_head_survives_save_load_standardisation_and_resizing(batch, tmp_path):
+    model = tiny.model(bow_weight=2.0).eval()
+    with torch.no_grad():
+        model.bow_head.weight.normal_()
+        model.bow_head.bias.normal_()
+    expected = model(**batch)
+    model.save_pretrained(tmp_path)
+    reloaded = MineVaeModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.bow_weight == 2.0
+    again = reloaded(**batch)
+    torch.testing.assert_close(again.bow_loss, expected.bow_loss, rtol=0, atol=0)
+    torch.testing.assert_close(again.loss, expected.loss, rtol=0, atol=0)
+    # z' = (z - mean) / std: the head reads z' and predicts the same words.
+    labels = batch["labels"]
+    z = torch.randn(labels.shape[0], 8)
+    before = model.bag_of_words_loss(z, labels)
+    mean, std = torch.randn(8), torch.rand(8) + 0.5
+    model.standardize_latent(mean, std)
+    torch.testing.assert_close(model.bag_of_words_loss((z - mean) / std, labels), before, atol=1e-4, rtol=1e-5)
+    # A resized vocabulary keeps the old tokens' rows; new tokens start at zero.
+    weight, vocab = model.bow_head.weight.detach().clone(), model.bow_head.out_features
+    model.resize_token_embeddings(vocab + 3)
+    assert model.bow_head.out_features == vocab + 3
+    torch.testing.assert_close(model.bow_head.weight[:vocab], weight)
+    assert not model.bow_head.weight[vocab:].any()
+
+
+def test_a_config_saved_before_bow_weight_existed_loads_without_the_head(tmp_path):
+    import json
+
+    tiny.model().save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    saved.pop("bow_weight", None)
+    path.write_text(json.dumps(saved))
+    reloaded = MineVaeModel.from_pretrained(tmp_path)
+    assert reloaded.config.bow_weight == 0.0 and not hasattr(reloaded, "bow_head")
+
+
+def test_bow_weight_must_be_a_finite_number_at_least_zero():
+    with pytest.raises(ValueError, match="bow_weight=-1.0 is not allowed"):
+        tiny.model(bow_weight=-1.0)

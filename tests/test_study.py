@@ -286,6 +286,48 @@ def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_witho
     assert (warm["kl_cycles"], warm["kl_zero_ratio"]) == (1, 0.5)
 
 
+def test_the_collapse_study_trains_six_methods_with_the_decoders_top_layers_learning(tmp_path):
+    """`--preset minilm-smollm2-embed`: z through the embeddings only, the top 2 decoder layers trained in every run;
+    the bag-of-words method is the VAE's objective plus the head's loss, the others have no head."""
+    from mine_vae.presets import get_preset
+    from mine_vae.study import get_study_preset, training_kwargs
+    from mine_vae.study.methods import resolve_method
+
+    preset = get_study_preset("minilm-smollm2-embed")
+    assert preset.default_methods() == ["vae", "beta-anneal", "optimus", "bow", "mine-dv", "mine-ema"]
+    assert (preset.seed_count(), preset.seed_count(quick=True)) == (3, 1)
+    assert (preset.budget().steps, preset.budget(quick=True).steps) == (300, 150)
+    model = get_preset("minilm-smollm2-embed").model
+    assert model["latent_injection"] == "embedding" and model["free_bits"] == 0.0
+    assert "latent_memory_positions" not in model and "latent_vocab_bias" not in model
+    budget = preset.budget(quick=True)
+    for name in preset.default_methods():
+        kwargs = training_kwargs("minilm-smollm2-embed", resolve_method(name), budget, 0, tmp_path)
+        assert kwargs["freeze_encoder"] and kwargs["freeze_decoder"] and kwargs["decoder_trainable_layers"] == 2
+        assert kwargs["max_steps"] == 150 and kwargs["standardize_latent_examples"] == 0
+    bow = resolve_method("bow")
+    assert bow.model["bow_weight"] > 0 and bow.model["mi_weight"] == 0.0 and bow.model["free_bits"] == 0.0
+    assert bow.training["kl_schedule"] == "constant"
+    assert all("bow_weight" not in resolve_method(name).model for name in preset.default_methods() if name != "bow")
+    # The CPU study keeps the nine methods it has run.
+    assert "bow" not in get_study_preset("small").default_methods()
+
+
+def test_report_model_line_says_which_decoder_layers_trained():
+    from mine_vae.study.report import _architecture_text
+
+    arch = {
+        "encoder": {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384, "hidden_dropout_prob": 0.1},
+        "decoder": {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "vocab_size": 49152},
+        **{"latent_size": 64, "pooling": "mean", "latent_injection": "embedding", "parameters": 1000},
+        **{"critic_num_layers": 2, "critic_hidden_size": 256},
+    }
+    frozen = {"freeze_encoder": True, "freeze_decoder": True, "decoder_trainable_layers": 0}
+    assert "trained:" not in _architecture_text(arch, "minilm-smollm2", frozen)
+    line = _architecture_text(arch, "minilm-smollm2-embed", {**frozen, "decoder_trainable_layers": 2})
+    assert "critic 2×256; trained: the decoder's top 2 layers and final norm (the decoder learns;" in line
+
+
 def test_report_model_line_names_positions_the_vocabulary_bias_and_the_score_bound_only_when_set():
     """Runs recorded before either setting existed (or with its default) keep the model line they always had."""
     from mine_vae.study.report import _architecture_text

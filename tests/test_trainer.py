@@ -92,10 +92,19 @@ def test_each_term_is_logged(tmp_path):
     assert logged
     for key in ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda"):
         assert all(key in entry for entry in logged), key
-    # What the CLI and the study show of a log line: the trainer's terms, declared once, and nothing it does not log.
-    assert set(LOGGED_TERMS) == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
+    # What the CLI and the study show of a log line: the trainer's terms, declared once, and nothing it does not log
+    # ("bow" only with a bag-of-words head, below).
+    assert set(LOGGED_TERMS) - {"bow"} == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
     # lambda is 0 during the critic warm-up step and then active.
     assert logged[0]["lambda"] < 1.0 and logged[-1]["lambda"] == 1.0
+
+
+def test_the_bag_of_words_term_is_logged_with_its_head(tmp_path):
+    trainer = make_trainer(tmp_path, model=tiny.model(mi_weight=1.0, bow_weight=1.0))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all(entry["bow"] > 0 for entry in logged)
+    assert set(LOGGED_TERMS) == set(logged[0]) - {"loss", "grad_norm", "learning_rate", "epoch", "step"}
 
 
 def test_schedules_drive_the_weights(tmp_path):
@@ -302,11 +311,12 @@ def test_a_last_batch_of_one_trains_without_the_critic(tmp_path):
     assert {int(s["step"]) for s in trainer.critic_optimizer.state.values()} == {2}
 
 
-def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path):
+@pytest.mark.parametrize("bow_weight", [0.0, 0.4])
+def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path, bow_weight):
     """After the critic's updates, the trainer's VAE loss (and its gradients) equal the model's own forward loss at the
-    same β and λ, free bits included: both assemble it with `MineVaeModel.vae_loss`. A batch of 2 has one pairing
-    (the swap), and reseeding gives both passes the same dropout and posterior sample."""
-    model = tiny.model(mi_weight=1.5, kl_weight=0.7, xi=1.0, free_bits=0.3)
+    same β and λ, free bits and the bag-of-words term included: both assemble it with `MineVaeModel.vae_loss`. A
+    batch of 2 has one pairing (the swap), and reseeding gives both passes the same dropout and posterior sample."""
+    model = tiny.model(mi_weight=1.5, kl_weight=0.7, xi=1.0, free_bits=0.3, bow_weight=bow_weight)
     trainer = make_trainer(
         tmp_path,
         model=model,
@@ -334,3 +344,46 @@ def test_the_vae_step_loss_is_the_models_loss_at_the_scheduled_weights(tmp_path)
     # The same terms, reached through graphs built in another order (the trainer scores the bound after the critic's
     # updates): equal up to float32 summation order.
     torch.testing.assert_close(trainer_grad, own_grad)
+
+
+@pytest.mark.parametrize(
+    ("kind", "top", "bottom", "norm"),
+    [
+        ("gpt2", "transformer.h.1.", "transformer.h.0.", "transformer.ln_f."),
+        ("llama", "model.layers.1.", "model.layers.0.", "model.norm."),
+    ],
+)
+def test_decoder_trainable_layers_train_the_top_of_a_frozen_decoder_only(tmp_path, kind, top, bottom, norm):
+    """freeze_decoder with decoder_trainable_layers=1: the decoder's last layer and final norm train, its lower layer,
+    embeddings and LM head keep their weights bit for bit (weight decay would move any weight the optimizer held)."""
+    model = tiny.model(kind, mi_weight=1.0)
+    trainer = make_trainer(
+        tmp_path, model=model, max_steps=3, weight_decay=0.1, freeze_decoder=True, decoder_trainable_layers=1
+    )
+    trainable = {name for name, p in model.decoder.named_parameters() if p.requires_grad}
+    expected = {name for name, _ in model.decoder.named_parameters() if name.startswith((top, norm))}
+    assert expected and trainable == expected
+    before = parameters(model)
+    trainer.train()
+    after = parameters(model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    decoder_changed = {name.removeprefix("decoder.") for name in changed if name.startswith("decoder.")}
+    assert any(name.startswith(top) and name.endswith("weight") for name in decoder_changed)
+    assert all(name.startswith((top, norm)) for name in decoder_changed), decoder_changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"decoder_trainable_layers": -1}, "decoder_trainable_layers=-1 is not allowed"),
+        ({"decoder_trainable_layers": 1}, "set freeze_decoder=True"),
+    ],
+)
+def test_bad_decoder_trainable_layers_fail_in_the_arguments(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_more_decoder_trainable_layers_than_the_decoder_has_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="decoder_trainable_layers=3, but the decoder has 2 layers; use at most 2"):
+        make_trainer(tmp_path, freeze_decoder=True, decoder_trainable_layers=3)

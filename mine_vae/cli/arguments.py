@@ -73,6 +73,10 @@ class ModelArguments:
         default=None,
         metadata={"help": "Free bits per latent dimension (nats): a dimension's KL below it costs nothing."},
     )
+    bow_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the bag-of-words loss: a head predicts the sentence's words from z (0: off)."},
+    )
     posterior_logvar_init: float | None = field(
         default=None,
         metadata={"help": "Initial log-variance of q(z|x) (0: the prior's width; the pretrained preset starts at -6)."},

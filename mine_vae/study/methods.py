@@ -78,6 +78,10 @@ OPTIMUS_FREE_BITS = {"free_bits": 0.5}
 # and stays there, with free bits keeping what the warm start wrote into z: one cycle of the cyclical schedule.
 AE_WARM = {"kl_schedule": "cyclical", "kl_cycles": 1, "kl_zero_ratio": 0.5, "kl_increase_ratio": 0.1}
 AE_WARM_FREE_BITS = {"free_bits": 0.5}
+# Zhao et al. 2017: the VAE's objective plus a bag-of-words loss, a head predicting the sentence's words from z alone.
+# Weight 1: Zhao et al. add the term to the ELBO unweighted, and both it and the reconstruction are sums over the same
+# tokens (nats per sentence), so 1 weighs them alike.
+BOW = {"bow_weight": 1.0}
 _NO_FREE_BITS = {"free_bits": 0.0}  # every other method: the preset's free bits would blur the comparison
 _CONSTANT_BETA = {"kl_schedule": "constant"}
 _ANNEALED_BETA = {"kl_schedule": "linear", "kl_warmup_ratio": KL_WARMUP_RATIO}
@@ -120,6 +124,13 @@ METHODS: dict[str, Method] = {
             "Optimus: cyclical β + free bits",
             {"kl_weight": 1.0, **_WATCHING, **OPTIMUS_FREE_BITS},
             OPTIMUS,
+            "baseline",
+        ),
+        Method(
+            "bow",
+            "VAE + bag-of-words loss",
+            {"kl_weight": 1.0, **_WATCHING, **_NO_FREE_BITS, **BOW},
+            _CONSTANT_BETA,
             "baseline",
         ),
         Method(
@@ -297,6 +308,18 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
             "the CPU study: 3 seeds x 640 steps (quick: 1 seed x 320 steps, ~15 min on 2 idle cores)",
             FULL,
             QUICK,
+            # The nine methods this study has run (docs/benchmarks.md); `bow` came later, for the collapse regime.
+            methods=(
+                "vae",
+                "beta-anneal",
+                "optimus",
+                "mine-xi1",
+                "mine-dv",
+                "mine-ema",
+                "mine-anneal",
+                "ae-warm",
+                "ae",
+            ),
         ),
         StudyPreset(
             "minilm-smollm2",
@@ -328,6 +351,38 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
             # The baselines the pretrained regime is known for, and the ξ that held in the CPU study (the NWJ bound's
             # e^f diverged in long runs of both presets).
             methods=("vae", "beta-anneal", "optimus", "mine-dv", "ae-warm"),
+        ),
+        StudyPreset(
+            "minilm-smollm2-embed",
+            "the collapse regime (MiniLM -> z -> SmolLM2's embeddings only, the decoder's top 2 layers learning): 6 "
+            "methods x 3 seeds x 300 steps = 18 runs (quick: 6 runs, 1 seed x 150 steps)",
+            Budget(
+                steps=300,
+                eval_examples=300,
+                importance_samples=5,
+                bleu_examples=200,
+                probe_examples=128,
+                probe_bleu_examples=16,
+                log_points=10,
+                saves=2,
+                lr_warmup_ratio=0.05,
+            ),
+            Budget(
+                steps=150,
+                eval_examples=100,
+                importance_samples=3,
+                bleu_examples=50,
+                probe_examples=64,
+                probe_bleu_examples=8,
+                log_points=6,
+                saves=2,
+                lr_warmup_ratio=0.1,
+            ),
+            seeds=3,
+            quick_seeds=1,
+            # Where the plain VAE collapses: the baselines known against collapse (annealing, Optimus' cyclical β with
+            # free bits, the bag-of-words loss) beside MINE-VAE with the two estimators that held in long runs.
+            methods=("vae", "beta-anneal", "optimus", "bow", "mine-dv", "mine-ema"),
         ),
         StudyPreset(
             "tiny",

@@ -343,7 +343,7 @@ def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     return "\n".join(lines)
 
 
-def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
+def _architecture_text(arch: Mapping[str, Any] | None, preset: str, training: Mapping[str, Any] | None = None) -> str:
     if not arch:
         return ""
     encoder, decoder = arch["encoder"], arch["decoder"]
@@ -360,12 +360,20 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str) -> str:
     critic = f"{arch['critic_num_layers']}×{arch['critic_hidden_size']}"
     if arch.get("critic_score_bound"):  # recorded since bounded scores became a setting
         critic += f", scores bounded to ±{arch['critic_score_bound']:g}"
+    trained = ""
+    top = (training or {}).get("decoder_trainable_layers")  # recorded since a frozen decoder's top layers could train
+    if top:
+        encoder_part = "" if training.get("freeze_encoder") else "the encoder, "
+        trained = (
+            f"; trained: {encoder_part}the decoder's top {top} layers and final norm (the decoder learns; its lower "
+            "layers, embeddings and LM head frozen) and the heads"
+        )
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
         f"{encoder.get('hidden_size')} encoder (dropout {encoder.get('hidden_dropout_prob')}), {decoder['model_type']} "
         f"{layers}×{width} decoder (dropout {dropout}), vocabulary "
         f"{decoder.get('vocab_size')}, latent {arch['latent_size']} ({arch['pooling']} pooling, injected as "
-        f"{injection}), critic {critic}; "
+        f"{injection}), critic {critic}{trained}; "
         f"{arch['parameters']:,} parameters.\n"
     )
 
@@ -374,7 +382,7 @@ def budget_text(results: Sequence[Mapping[str, Any]]) -> str:
     first = results[0]
     budget, training = first["budget"], first["training"]
     return (
-        _architecture_text(first.get("architecture"), first.get("preset", "small"))
+        _architecture_text(first.get("architecture"), first.get("preset", "small"), training)
         + f"- Budget per run: {budget['steps']} optimizer steps of {training['per_device_train_batch_size']} sentences "
         f"(learning rate {training['learning_rate']}, {training['lr_scheduler_type']}, {training['warmup_steps']} "
         f"warm-up steps); critic: AdamW lr {training['critic_learning_rate']}, k = {training['critic_steps']} "
