@@ -67,10 +67,13 @@ class LatentPath:
 
     def starts_at_zero(self, module: nn.Module) -> bool:
         """Whether `module` is a head that starts at zero, so that the decoder starts as it was: see
-        `MineVaeConfig.latent_vocab_bias` and `latent_residual_layers`."""
+        `MineVaeConfig.latent_injection`, `latent_vocab_bias` and `latent_residual_layers`."""
         residual = getattr(self.model, "latent_to_residual", None)
-        return module is getattr(self.model, "latent_to_vocab", None) or (
-            residual is not None and any(module is layer for layer in residual)
+        embedding_only = self.model.config.latent_injection == "embedding"
+        return (
+            module is getattr(self.model, "latent_to_vocab", None)
+            or (embedding_only and module is getattr(self.model, "latent_to_embedding", None))
+            or (residual is not None and any(module is layer for layer in residual))
         )
 
     # ----------------------------------------------------------------------------------------------------------------

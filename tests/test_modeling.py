@@ -74,6 +74,9 @@ def test_latent_skips_encoder_and_changes_the_decoding(batch):
 @pytest.mark.parametrize("injection", ["memory", "embedding"])
 def test_each_injection_alone_carries_z(injection, batch):
     model = tiny.model("llama", latent_injection=injection).eval()
+    with torch.no_grad():  # as if trained: the embedding-only shift starts at zero
+        for head in model.latent_path.heads():
+            head.weight.normal_(std=0.02)
     z = torch.randn(batch["labels"].shape[0], 8)
     ids = batch["decoder_input_ids"]
     assert not torch.allclose(
@@ -116,6 +119,19 @@ def test_latent_vocab_bias_starts_at_zero_and_adds_a_z_made_bias_to_every_positi
         biased.latent_to_vocab.bias.normal_()
         expected = biased.latent_to_vocab(z).unsqueeze(1).expand_as(without)
     torch.testing.assert_close(biased(latent=z, decoder_input_ids=ids).logits - without, expected)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_embedding_only_injection_starts_at_zero_so_the_decoder_starts_as_it_was(kind, batch):
+    """With z's embedding shift as its only path, the decoder's first logits are the bare decoder's whatever z is;
+    beside key/value positions ("both") the shift starts random, as those heads do."""
+    model = tiny.model(kind, seed=0, latent_injection="embedding").eval()
+    ids = batch["decoder_input_ids"]
+    assert torch.count_nonzero(model.latent_to_embedding.weight) == 0
+    bare = model.decoder(input_ids=ids).logits
+    for z in (torch.zeros(ids.shape[0], 8), 5 * torch.randn(ids.shape[0], 8)):
+        torch.testing.assert_close(model(latent=z, decoder_input_ids=ids).logits, bare)
+    assert torch.count_nonzero(tiny.model(kind, seed=0, latent_injection="both").latent_to_embedding.weight) > 0
 
 
 @pytest.mark.parametrize("kind", DECODERS)
