@@ -294,7 +294,10 @@ def test_the_collapse_study_trains_six_methods_with_the_decoders_top_layers_lear
     from mine_vae.study.methods import resolve_method
 
     preset = get_study_preset("minilm-smollm2-embed")
-    assert preset.default_methods() == ["vae", "beta-anneal", "optimus", "bow", "mine-dv", "mine-ema"]
+    methods = preset.default_methods()
+    assert methods == ["vae", "beta-anneal", "optimus", "bow", "mine-dv@mi_weight=10", "mine-ema"]
+    # λ per estimator, as the quick tier's pilot chose it.
+    assert [resolve_method(name).model["mi_weight"] for name in methods[-2:]] == [10, 3.0]
     assert (preset.seed_count(), preset.seed_count(quick=True)) == (3, 1)
     assert (preset.budget().steps, preset.budget(quick=True).steps) == (300, 150)
     model = get_preset("minilm-smollm2-embed").model
