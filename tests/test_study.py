@@ -179,6 +179,28 @@ def test_report_writes_table_claims_and_plots(study, tmp_path):
     assert set(summary) == set(METHODS)
 
 
+def test_curves_show_the_probes_mi_under_its_ceiling(study, tmp_path, monkeypatch):
+    """The curves have a panel per logged quantity (KL, bound, MI, AU, BLEU where logged), and the MI panel draws its
+    ceiling log N of the probe's N sentences."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to read them back
+    report(study.out, METHODS, tmp_path / "benchmarks.md", {"command": "mine-vae study --test"})
+    titles = [axis.get_title() for axis in figures[0].axes]
+    mi_axis = next(axis for axis in figures[0].axes if axis.get_title().startswith("MI, aggregate posterior"))
+    probe = json.loads(next((study.out / "finished").glob("*.json")).read_text())["budget"]["probe_examples"]
+    ceilings = [line.get_ydata()[0] for line in mi_axis.get_lines() if line.get_linestyle() == ":"]
+    assert titles[:3] == [titles[0], titles[1], mi_axis.get_title()] and "KL" in titles[0]
+    assert ceilings == [pytest.approx(math.log(probe))]
+    assert len(mi_axis.get_lines()) == len(METHODS) + 1
+
+
 def test_table_shows_the_decoder_alone_and_marks_mi_at_its_ceiling():
     """Each row shows the decoder alone next to the IW-NLL, and MI with its ceiling log N: an estimate that sits at
     the ceiling is printed as a lower bound ("≥")."""

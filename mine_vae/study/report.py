@@ -180,7 +180,8 @@ Styles = Mapping[str, Mapping[str, str]]
 
 
 def plot(results: Sequence[Mapping[str, Any]], summaries: Mapping[str, Summary], out: Path) -> list[Path]:
-    """`curves.png`: KL, the bound and probe AU over training per method; `active_units.png`: final AU per method."""
+    """`curves.png`: KL, the bound and the probe's MI, AU and BLEU over training per method; `active_units.png`: final
+    AU per method."""
     plt = import_pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {
@@ -201,8 +202,17 @@ def key_has_values(result: Mapping[str, Any], key: str) -> bool:
 def _plot_curves(
     plt: Any, results: Sequence[Mapping[str, Any]], summaries: Mapping[str, Summary], styles: Styles, out: Path
 ) -> Path:
-    with_bleu = any(key_has_values(result, "probe_bleu") for result in results)  # studies with a BLEU curve
-    panels = ("kl", "mi_bound", "probe_au", "probe_bleu")[: 4 if with_bleu else 3]
+    probe = results[0]["budget"]["probe_examples"]
+    # KL and the bound always; the probe's MI, AU and BLEU where the runs logged them (older studies lack some).
+    titles = {
+        "kl": "KL (nats, training batches; symlog)",
+        "mi_bound": "critic's bound (nats, training batches)",
+        "probe_mi": f"MI, aggregate posterior ({probe} validation sentences)",
+        "probe_au": f"active units ({probe} validation sentences)",
+        "probe_bleu": f"reconstruction BLEU ({results[0]['budget'].get('probe_bleu_examples')} validation sentences, "
+        "greedy)",
+    }
+    panels = [key for key in titles if key in ("kl", "mi_bound") or any(key_has_values(r, key) for r in results)]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6))
     lowest, highest = math.inf, -math.inf
     for name, summary in summaries.items():
@@ -211,20 +221,19 @@ def _plot_curves(
             axis.plot(steps, values, label=summary.label, **styles[name])
             if key == "mi_bound":
                 lowest, highest = min([lowest, *values]), max([highest, *values])
-    probe = results[0]["budget"]["probe_examples"]
-    titles = (
-        "KL (nats, training batches; symlog)",
-        "critic's bound (nats, training batches)" + (f"; axis cut at {BOUND_FLOOR:g}" if lowest < BOUND_FLOOR else ""),
-        f"active units ({probe} validation sentences)",
-        f"reconstruction BLEU ({results[0]['budget'].get('probe_bleu_examples')} validation sentences, greedy)",
-    )
+    if lowest < BOUND_FLOOR:
+        titles["mi_bound"] += f"; axis cut at {BOUND_FLOOR:g}"
+    if "probe_mi" in panels:  # no estimate without its ceiling: the aggregate-posterior MI cannot exceed log N
+        axes[panels.index("probe_mi")].axhline(math.log(probe), color="grey", linestyle=":", linewidth=1)
+        titles["probe_mi"] += f"; dotted: ceiling log {probe}"
+    titles = [titles[key] for key in panels]
     for axis, title in zip(axes, titles):
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     axes[0].set_yscale("symlog", linthresh=0.1)
     if lowest < BOUND_FLOOR:
-        axes[1].set_ylim(BOUND_FLOOR, highest + 0.1 * (highest - BOUND_FLOOR))
+        axes[panels.index("mi_bound")].set_ylim(BOUND_FLOOR, highest + 0.1 * (highest - BOUND_FLOOR))
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4), 1, 1))
