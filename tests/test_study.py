@@ -374,3 +374,46 @@ def test_report_model_line_names_positions_the_vocabulary_bias_and_the_score_bou
         text = _architecture_text({**arch, "critic_score_bound": bound}, "tiny")
         assert ("critic 2×16, scores bounded to ±5;" in text) == (bound is not None)
         assert ("critic 2×16; 1,000 parameters" in text) == (bound is None)
+
+
+def test_a_stopped_study_records_the_runs_it_finished(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI raises the same way) during a study: the invocation is still recorded, with
+    its wall time, the runs it finished and a mark that it was stopped; the report then has a wall time to print."""
+    from mine_vae.study import record
+    from mine_vae.study.runner import StudyPaths
+
+    paths = StudyPaths(tmp_path / "out", tmp_path / "work")
+
+    def one_run_then_stopped(specs, seeds, budget, paths, jobs=1, **options):
+        paths.result("vae", 0).parent.mkdir(parents=True)
+        paths.result("vae", 0).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(record, "run_study", one_run_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        record.run_and_record(["vae", "mine-dv"], [0], None, paths, "mine-vae study vae mine-dv", jobs=2)
+    meta = record.read_meta(paths.out)
+    assert meta["command"] == "mine-vae study vae mine-dv" and meta["jobs"] == 2
+    (invocation,) = meta["invocations"]
+    assert invocation["runs"] == 1 and invocation["interrupted"] is True and invocation["wall_seconds"] >= 0
+    # A later invocation that finishes adds to the record; one that trains nothing adds nothing.
+    monkeypatch.setattr(record, "run_study", lambda *args, **kwargs: ["mine-dv-seed0"])
+    record.run_and_record(["vae", "mine-dv"], [0], None, paths, "mine-vae study vae mine-dv", jobs=2)
+    monkeypatch.setattr(record, "run_study", lambda *args, **kwargs: [])
+    record.run_and_record(["vae", "mine-dv"], [0], None, paths, "mine-vae study vae mine-dv", jobs=2)
+    invocations = record.read_meta(paths.out)["invocations"]
+    assert [i["runs"] for i in invocations] == [1, 1] and "interrupted" not in invocations[1]
+
+
+def test_the_report_says_when_an_invocation_was_stopped(study, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(study.out, out)
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"command": "mine-vae study --test"}
+    stopped = {"wall_seconds": 60.0, "load_start": 1.0, "load_end": 2.0, "runs": 1, "interrupted": True}
+    meta["invocations"] = [*meta.get("invocations", []), stopped]
+    meta_path.write_text(json.dumps(meta))
+    text = report(out, METHODS, tmp_path / "benchmarks.md", meta)
+    assert "1 of them stopped before the end" in text
+    del meta["invocations"][-1]["interrupted"]
+    assert "stopped before the end" not in report(out, METHODS, tmp_path / "benchmarks.md", meta)

@@ -83,6 +83,11 @@ def machine_description() -> str:
     )
 
 
+def _finished(out: Path) -> set[str]:
+    """The names of the runs finished in `out` so far."""
+    return {path.name for path in (out / "finished").glob("*.json")}
+
+
 def run_and_record(
     specs: Sequence[str],
     seeds: Sequence[int],
@@ -96,21 +101,29 @@ def run_and_record(
     start and end, code version) under `command`, the command line that regenerates the study. Returns the record."""
     previous = read_meta(paths.out)
     load_start, start, code = load_average(), time.perf_counter(), code_version()
-    ran = run_study(specs, seeds, budget, paths, jobs=jobs, **options)
-    invocation = {
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "load_start": load_start,
-        "code": code,
-        "machine": machine_description(),
-    }
-    invocation.update(load_end=load_average(), runs=len(ran))
-    invocations = previous.get("invocations", [])
-    meta = {
-        "command": command,
-        "out_rel": relative_path(paths.out),
-        "jobs": jobs,
-        "invocations": [*invocations, invocation] if ran else invocations,
-    }
-    paths.out.mkdir(parents=True, exist_ok=True)
-    (paths.out / META).write_text(json.dumps(meta, indent=1) + "\n")
+    finished_before = _finished(paths.out)
+    ran: Sequence[Any] | None = None
+    try:
+        ran = run_study(specs, seeds, budget, paths, jobs=jobs, **options)
+    finally:
+        # Recorded when the study is stopped too (Ctrl-C, a cut-off session): the runs it finished keep its wall time.
+        invocation = {
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "load_start": load_start,
+            "code": code,
+            "machine": machine_description(),
+        }
+        runs = len(ran) if ran is not None else len(_finished(paths.out) - finished_before)
+        invocation.update(load_end=load_average(), runs=runs)
+        if ran is None:
+            invocation["interrupted"] = True
+        invocations = previous.get("invocations", [])
+        meta = {
+            "command": command,
+            "out_rel": relative_path(paths.out),
+            "jobs": jobs,
+            "invocations": [*invocations, invocation] if runs else invocations,
+        }
+        paths.out.mkdir(parents=True, exist_ok=True)
+        (paths.out / META).write_text(json.dumps(meta, indent=1) + "\n")
     return meta

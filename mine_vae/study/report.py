@@ -332,13 +332,16 @@ def hardware(results: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     threads = sorted({r.get("threads") for r in results if r.get("threads")})
     invocations = meta.get("invocations", [])
     wall = sum(i["wall_seconds"] for i in invocations)
+    stopped = sum(1 for i in invocations if i.get("interrupted"))
     loads = ", ".join(f"{i['load_start']}→{i['load_end']}" for i in invocations)
     codes = ", ".join(dict.fromkeys(i["code"] for i in invocations if "code" in i))
     code = f"; code: {codes}" if codes else ""  # recorded since the study began to note its commit
     lines = [
         f"- Hardware: {machines or machine_description()}; torch threads per run: "
-        f"{', '.join(map(str, threads)) or '?'}; runs at a time: {meta.get('jobs', 1)}.",
-        f"- Wall time of the study: {wall / 60:.1f} min over {len(invocations)} invocation(s) (1-minute load "
+        f"{', '.join(map(str, threads)) or '?'}; runs at a time: {meta.get('jobs', '?')}.",
+        f"- Wall time of the study: {wall / 60:.1f} min over {len(invocations)} invocation(s)"
+        + (f", {stopped} of them stopped before the end" * bool(stopped))
+        + " (1-minute load "
         f"average at start→end of each: {loads or '?'}; other processes shared the machine when it exceeded the "
         f"core count){code}."
         if invocations
