@@ -271,6 +271,20 @@ QUICK = Budget(steps=320, eval_examples=500, importance_samples=5, bleu_examples
 FULL = Budget(steps=640, eval_examples=1000, importance_samples=10, bleu_examples=200)
 
 
+# The quick tier of both studies of the pretrained pair: 1 seed x 150 steps, evaluated on 100 test sentences.
+PAIR_QUICK = Budget(
+    steps=150,
+    eval_examples=100,
+    importance_samples=3,
+    bleu_examples=50,
+    probe_examples=64,
+    probe_bleu_examples=16,
+    log_points=6,
+    saves=2,
+    lr_warmup_ratio=0.1,
+)
+
+
 @dataclass(frozen=True)
 class StudyPreset:
     """What `mine-vae study --preset NAME` runs: every method trains the model of the `mine_vae.presets` preset of the
@@ -336,17 +350,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                 saves=2,
                 lr_warmup_ratio=0.03,
             ),
-            Budget(
-                steps=150,
-                eval_examples=100,
-                importance_samples=3,
-                bleu_examples=50,
-                probe_examples=64,
-                probe_bleu_examples=16,
-                log_points=6,
-                saves=2,
-                lr_warmup_ratio=0.1,
-            ),
+            PAIR_QUICK,
             seeds=2,
             # The baselines the pretrained regime is known for, and the ξ that held in the CPU study (the NWJ bound's
             # e^f diverged in long runs of both presets).
@@ -367,17 +371,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                 saves=2,
                 lr_warmup_ratio=0.05,
             ),
-            Budget(
-                steps=150,
-                eval_examples=100,
-                importance_samples=3,
-                bleu_examples=50,
-                probe_examples=64,
-                probe_bleu_examples=8,
-                log_points=6,
-                saves=2,
-                lr_warmup_ratio=0.1,
-            ),
+            dataclasses.replace(PAIR_QUICK, probe_bleu_examples=8),  # the pair's quick tier, fewer probe decodings
             seeds=3,
             quick_seeds=1,
             # Where the plain VAE collapses: the baselines known against collapse (annealing, Optimus' cyclical β with
