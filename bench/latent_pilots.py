@@ -34,6 +34,7 @@ ROUNDS: dict[str, dict[str, list[str]]] = {
         "preset": AUTOENCODER,
         "residual12x10": AUTOENCODER + RESIDUAL,
         "residual8-16x10": AUTOENCODER + ["--latent_residual_layers", "8", "16", "--latent_residual_scale", "10"],
+        "encoder-finetuned-1e-4": AUTOENCODER + ["--freeze_encoder", "false", "--pretrained_learning_rate", "1e-4"],
     },
     "objective": {
         "residual12x10-fb0.5": RESIDUAL + ["--free_bits", "0.5"],
