@@ -309,7 +309,7 @@ def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_witho
 
 
 def test_the_collapse_study_trains_six_methods_with_the_decoders_top_layers_learning(tmp_path):
-    """`--preset minilm-smollm2-embed`: z through the embeddings only, the top 2 decoder layers trained in every run;
+    """`--preset minilm-smollm2-embed`: z through the embeddings only, all 30 decoder layers trained in every run;
     the bag-of-words method is the VAE's objective plus the head's loss, the others have no head."""
     from mine_vae.presets import get_preset
     from mine_vae.study import get_study_preset, training_kwargs
@@ -317,9 +317,9 @@ def test_the_collapse_study_trains_six_methods_with_the_decoders_top_layers_lear
 
     preset = get_study_preset("minilm-smollm2-embed")
     methods = preset.default_methods()
-    assert methods == ["vae", "beta-anneal", "optimus", "bow", "mine-dv@mi_weight=10", "mine-ema"]
+    assert methods == ["vae", "beta-anneal", "optimus", "bow", "mine-dv@mi_weight=10", "mine-ema@mi_weight=10"]
     # λ per estimator, as the quick tier's pilot chose it.
-    assert [resolve_method(name).model["mi_weight"] for name in methods[-2:]] == [10, 3.0]
+    assert [resolve_method(name).model["mi_weight"] for name in methods[-2:]] == [10, 10]
     assert (preset.seed_count(), preset.seed_count(quick=True)) == (3, 1)
     assert (preset.budget().steps, preset.budget(quick=True).steps) == (300, 150)
     model = get_preset("minilm-smollm2-embed").model
@@ -328,7 +328,7 @@ def test_the_collapse_study_trains_six_methods_with_the_decoders_top_layers_lear
     budget = preset.budget(quick=True)
     for name in preset.default_methods():
         kwargs = training_kwargs("minilm-smollm2-embed", resolve_method(name), budget, 0, tmp_path)
-        assert kwargs["freeze_encoder"] and kwargs["freeze_decoder"] and kwargs["decoder_trainable_layers"] == 2
+        assert kwargs["freeze_encoder"] and kwargs["freeze_decoder"] and kwargs["decoder_trainable_layers"] == 30
         assert kwargs["max_steps"] == 150 and kwargs["standardize_latent_examples"] == 0
     bow = resolve_method("bow")
     assert bow.model["bow_weight"] > 0 and bow.model["mi_weight"] == 0.0 and bow.model["free_bits"] == 0.0
