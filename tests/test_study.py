@@ -350,7 +350,9 @@ def test_report_model_line_says_which_decoder_layers_trained():
     frozen = {"freeze_encoder": True, "freeze_decoder": True, "decoder_trainable_layers": 0}
     assert "trained:" not in _architecture_text(arch, "minilm-smollm2", frozen)
     line = _architecture_text(arch, "minilm-smollm2-embed", {**frozen, "decoder_trainable_layers": 2})
-    assert "critic 2×256; trained: the decoder's top 2 layers and final norm (the decoder learns;" in line
+    assert "critic 2×256; trained: the decoder's top 2 layers and final norm (the decoder learns; its lower" in line
+    every = _architecture_text(arch, "minilm-smollm2-embed", {**frozen, "decoder_trainable_layers": 30})
+    assert "trained: the decoder's 30 layers and final norm (the decoder learns; its embeddings and LM head" in every
 
 
 def test_report_model_line_names_positions_the_vocabulary_bias_and_the_score_bound_only_when_set():

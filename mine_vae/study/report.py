@@ -376,9 +376,12 @@ def _architecture_text(arch: Mapping[str, Any] | None, preset: str, training: Ma
     top = (training or {}).get("decoder_trainable_layers")  # recorded since a frozen decoder's top layers could train
     if top:
         encoder_part = "" if training.get("freeze_encoder") else "the encoder, "
+        which, frozen = f"top {top} layers", "its lower layers, embeddings and LM head"
+        if top == layers:
+            which, frozen = f"{top} layers", "its embeddings and LM head"
         trained = (
-            f"; trained: {encoder_part}the decoder's top {top} layers and final norm (the decoder learns; its lower "
-            "layers, embeddings and LM head frozen) and the heads"
+            f"; trained: {encoder_part}the decoder's {which} and final norm (the decoder learns; {frozen} frozen) and "
+            "the heads"
         )
     return (
         f"- Model (the `{preset}` preset's, as trained): {encoder['model_type']} {encoder.get('num_hidden_layers')}×"
