@@ -35,6 +35,8 @@ ROUNDS: dict[str, dict[str, list[str]]] = {
         "residual12x10": AUTOENCODER + RESIDUAL,
         "residual8-16x10": AUTOENCODER + ["--latent_residual_layers", "8", "16", "--latent_residual_scale", "10"],
         "encoder-finetuned-1e-4": AUTOENCODER + ["--freeze_encoder", "false", "--pretrained_learning_rate", "1e-4"],
+        # The decoder learns to read z's key/value positions: its 30 layers at 1e-4, embeddings and LM head frozen.
+        "decoder-learns-1e-4": AUTOENCODER + ["--decoder_trainable_layers", "30", "--pretrained_learning_rate", "1e-4"],
     },
     "objective": {
         "residual12x10-fb0.5": RESIDUAL + ["--free_bits", "0.5"],
