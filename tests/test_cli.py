@@ -587,3 +587,24 @@ def test_the_critic_score_bound_is_a_number_or_none_over_the_presets():
     assert bound(*TINY) == "not given"  # the tiny preset leaves the config's default (unbounded)
     code, _, err = run(["train", *TINY, "--critic_score_bound", "tight", "--output_dir", "unused"])
     assert_one_line_error(code, err, "critic_score_bound", "positive number or None")
+
+
+def test_pretrained_encoder_and_decoder_folders_replace_the_presets(corpus, tmp_path):
+    """`--encoder DIR --decoder DIR` build the model from those folders (each with its tokenizer): the paths choose the
+    sub-models and are not passed again as config settings."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    encoder_dir, decoder_dir = tmp_path / "encoder", tmp_path / "decoder"
+    AutoModel.from_config(tiny.encoder_config(hidden=24)).save_pretrained(encoder_dir)
+    tiny.encoder_tokenizer().save_pretrained(encoder_dir)
+    AutoModelForCausalLM.from_config(tiny.decoder_config(hidden=40)).save_pretrained(decoder_dir)
+    tiny.decoder_tokenizer().save_pretrained(decoder_dir)
+    output_dir = tmp_path / "model"
+    code, _, err = run(
+        ["train", *TINY, *tiny.cli_data_flags(corpus), "--output_dir", str(output_dir), "--max_steps", "2",
+         "--encoder", str(encoder_dir), "--decoder", str(decoder_dir)]
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["encoder"]["hidden_size"] == 24 and config["decoder"]["n_embd"] == 40

@@ -94,8 +94,13 @@ class ModelArguments:
 
     def config_kwargs(self) -> dict[str, Any]:
         """The `MineVaeConfig` fields given (flag, config file or preset), with `xi` as a number where it is one."""
-        # Every field of this class that MineVaeConfig also has (the others choose the model: preset, encoder, decoder).
-        names = [spec.name for spec in fields(self) if spec.name in MineVaeConfig.__dataclass_fields__]
+        # Every field of this class that MineVaeConfig also has, except those that choose the model: MineVaeConfig's
+        # `encoder` and `decoder` are the sub-models' configs, these flags are paths (build_model takes them apart).
+        names = [
+            spec.name
+            for spec in fields(self)
+            if spec.name in MineVaeConfig.__dataclass_fields__ and spec.name not in ("encoder", "decoder")
+        ]
         kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if "xi" in kwargs:
             kwargs["xi"] = _parse_xi(kwargs["xi"])
