@@ -393,11 +393,13 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
         kl_weight: float | None = None,
         mi_weight: float | None = None,
         bow_loss: torch.Tensor | None = None,
+        free_bits: float | None = None,
     ) -> torch.Tensor:
         """The VAE's objective: reconstruction + β Σ_d max(KL_d, free_bits) − λ bound (+ `config.bow_weight` ×
-        `bow_loss` when given, see `bag_of_words_loss`), with β and λ defaulting to `config.kl_weight` /
-        `config.mi_weight`. Without `kl_per_dimension` (z given, not encoded) it is the reconstruction alone; without
-        a bound (fewer than 2 examples) or with λ = 0 the bound term is left out.
+        `bow_loss` when given, see `bag_of_words_loss`), with β, λ and the free bits defaulting to
+        `config.kl_weight` / `config.mi_weight` / `config.free_bits` (`MineVaeTrainer` lowers the free bits for a
+        rate cut, `final_free_bits`). Without `kl_per_dimension` (z given, not encoded) it is the reconstruction
+        alone; without a bound (fewer than 2 examples) or with λ = 0 the bound term is left out.
 
         `forward` and `MineVaeTrainer` both assemble the loss here. Training alternates two phases: the critic's
         updates maximise the bound with z detached (they train the critic alone), then the VAE step minimises this
@@ -406,9 +408,10 @@ class MineVaeModel(MineVaePreTrainedModel, MineVaeGenerationMixin):
         """
         beta = self.config.kl_weight if kl_weight is None else kl_weight
         lam = self.config.mi_weight if mi_weight is None else mi_weight
+        floor = self.config.free_bits if free_bits is None else free_bits
         loss = reconstruction
         if kl_per_dimension is not None:
-            loss = loss + beta * kl_per_dimension.clamp(min=self.config.free_bits).sum()
+            loss = loss + beta * kl_per_dimension.clamp(min=floor).sum()
             if mi_lower_bound is not None and lam > 0:
                 loss = loss - lam * mi_lower_bound
         if bow_loss is not None:

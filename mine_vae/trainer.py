@@ -89,7 +89,7 @@ OVERRIDDEN_TRAINER_INTERNALS: dict[str, str] = {
 # The means MineVaeTrainer adds to each training log line, beside the Trainer's own loss and learning rate: its losses'
 # terms and the schedules' weights (β, λ) at the step. The CLI's log lines and the study's curves show these. "bow"
 # (the bag-of-words loss) is logged only by a model with a bag-of-words head (`MineVaeConfig.bow_weight` > 0).
-LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "bow")
+LOGGED_TERMS = ("reconstruction", "kl", "mi_bound", "critic_loss", "beta", "lambda", "free_bits", "bow")
 
 
 class MineVaeTrainer(Trainer):
@@ -198,6 +198,7 @@ class MineVaeTrainer(Trainer):
         config = self._vae.config
         self.kl_schedule = self.args.kl_weight_schedule(config.kl_weight, num_training_steps)
         self.mi_schedule = self.args.mi_weight_schedule(config.mi_weight, num_training_steps)
+        self.free_bits_schedule = self.args.free_bits_schedule(config.free_bits, num_training_steps)
         return scheduler
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
@@ -223,17 +224,26 @@ class MineVaeTrainer(Trainer):
         if not model.training:  # evaluation: the model's own loss at the configured weights
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         step = self.state.global_step
-        beta, lam = self.kl_schedule(step), self.mi_schedule(step)
+        beta, lam, free_bits = self.kl_schedule(step), self.mi_schedule(step), self.free_bits_schedule(step)
         # λ = 0 here: the bound that enters the VAE's loss is scored below, by the critic after this batch's updates
         # (MineVaeModel.vae_loss says why); forward's own bound, from the critic before them, is kept graph-free.
         # The step never continues a sequence, so the decoder cache (on by default in the config) is dead weight.
         outputs = model(**{**inputs, "use_cache": False}, kl_weight=beta, mi_weight=0.0)
         bound = outputs.mi_lower_bound
-        if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
-            self._record(reconstruction=outputs.reconstruction_loss, kl=outputs.kl, beta=beta, bow=outputs.bow_loss)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-        critic_loss = self._critic_updates(outputs)
         vae = self._vae
+        if bound is None:  # a batch of one (an epoch's last) has no marginal pairs: the ELBO step alone
+            loss = vae.vae_loss(
+                outputs.reconstruction_loss,
+                outputs.kl_per_dimension,
+                kl_weight=beta,
+                mi_weight=0.0,
+                bow_loss=outputs.bow_loss,
+                free_bits=free_bits,
+            )
+            terms = {"reconstruction": outputs.reconstruction_loss, "kl": outputs.kl, "free_bits": free_bits}
+            self._record(**terms, beta=beta, bow=outputs.bow_loss)
+            return (loss, outputs) if return_outputs else loss
+        critic_loss = self._critic_updates(outputs)
         if lam > 0:
             bound = vae.mi_lower_bound(outputs.pooler_output, outputs.z)
         loss = vae.vae_loss(
@@ -243,10 +253,13 @@ class MineVaeTrainer(Trainer):
             kl_weight=beta,
             mi_weight=lam,
             bow_loss=outputs.bow_loss,
+            free_bits=free_bits,
         )
         terms = {"reconstruction": outputs.reconstruction_loss, "kl": outputs.kl, "mi_bound": bound}
         self._check_finite("VAE", loss, **terms, bow=outputs.bow_loss)
-        self._record(**terms, critic_loss=critic_loss, beta=beta, bow=outputs.bow_loss, **{"lambda": lam})
+        self._record(
+            **terms, critic_loss=critic_loss, beta=beta, free_bits=free_bits, bow=outputs.bow_loss, **{"lambda": lam}
+        )
         return (loss, outputs) if return_outputs else loss
 
     def _critic_updates(self, outputs) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import partial
 
@@ -64,6 +65,16 @@ class MineVaeTrainingArguments(TrainingArguments):
     )
     kl_increase_ratio: float = field(
         default=0.25, metadata={"help": "With kl_schedule='cyclical': fraction of each cycle where beta rises."}
+    )
+    final_free_bits: float | None = field(
+        default=None,
+        metadata={
+            "help": "Free bits per dimension for the last final_free_bits_ratio of the steps, in place of the "
+            "model's free_bits (a rate cut: the posterior gives back the KL the decoder does not read). None: off."
+        },
+    )
+    final_free_bits_ratio: float = field(
+        default=0.25, metadata={"help": "With final_free_bits: the fraction of training, at its end, it applies to."}
     )
     freeze_encoder: bool = field(
         default=False,
@@ -145,6 +156,15 @@ class MineVaeTrainingArguments(TrainingArguments):
                 "MineVaeTrainingArguments: standardize_latent_examples rewrites the heads' full weights in place, "
                 "which FSDP and DeepSpeed shard; set it to 0 and call model.standardize_latent(...) on the saved model."
             )
+        _require(
+            self.final_free_bits is None or self.final_free_bits >= 0,
+            "final_free_bits",
+            self.final_free_bits,
+            "a number >= 0, or None for the model's free_bits throughout",
+        )
+        _require(
+            0 < self.final_free_bits_ratio <= 1, "final_free_bits_ratio", self.final_free_bits_ratio, "in (0, 1]"
+        )
         _require(self.eval_importance_samples >= 1, "eval_importance_samples", self.eval_importance_samples, ">= 1")
         for name in ("mi_schedule", "kl_schedule"):
             _require(getattr(self, name) in SCHEDULE_KINDS, name, getattr(self, name), f"one of {SCHEDULE_KINDS}")
@@ -169,6 +189,14 @@ class MineVaeTrainingArguments(TrainingArguments):
                 increase_ratio=self.kl_increase_ratio,
             )
         return WeightSchedule.constant(peak)
+
+    def free_bits_schedule(self, level: float, total_steps: int) -> Callable[[int], float]:
+        """Free bits per dimension at each optimizer step: `level` (the model's `config.free_bits`), then
+        `final_free_bits` from step `total_steps - round(final_free_bits_ratio * total_steps)` on."""
+        if self.final_free_bits is None:
+            return lambda step: level
+        final, cut = self.final_free_bits, total_steps - round(self.final_free_bits_ratio * total_steps)
+        return lambda step: final if step >= cut else level
 
     def mi_weight_schedule(self, peak: float, total_steps: int) -> WeightSchedule:
         """λ over the optimizer steps: 0 during the critic warm-up, then the chosen shape up to `peak`."""

@@ -114,6 +114,35 @@ def test_schedules_drive_the_weights(tmp_path):
     assert [trainer.mi_schedule(s) for s in range(5)] == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
+def test_the_rate_cut_lowers_the_free_bits_for_the_last_steps(tmp_path):
+    """final_free_bits replaces the model's free bits over the last final_free_bits_ratio of the steps: the logged
+    floor drops at the cut, and the loss there charges the KL a floor of 100 nats per dimension had hidden."""
+    model = tiny.model(mi_weight=0.0, free_bits=100.0)
+    trainer = make_trainer(
+        tmp_path,
+        model=model,
+        max_steps=8,
+        logging_steps=1,
+        kl_schedule="constant",
+        final_free_bits=0.0,
+        final_free_bits_ratio=0.25,
+    )
+    trainer.create_optimizer_and_scheduler(8)
+    assert [trainer.free_bits_schedule(step) for step in range(8)] == [100.0] * 6 + [0.0] * 2
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["free_bits"] for entry in logged] == [100.0] * 6 + [0.0] * 2
+    # Under the floor the KL term is the constant 100 x latent size; after the cut it is the KL itself.
+    constant = 100.0 * model.config.latent_size
+    for entry in logged:
+        charged = constant if entry["free_bits"] else entry["kl"]
+        assert entry["loss"] == pytest.approx(entry["reconstruction"] + charged, rel=1e-4), entry
+    # Without final_free_bits the model's own floor holds throughout.
+    plain = make_trainer(tmp_path / "plain", model=tiny.model(free_bits=0.5), max_steps=4)
+    plain.create_optimizer_and_scheduler(4)
+    assert {plain.free_bits_schedule(step) for step in range(4)} == {0.5}
+
+
 def test_gradient_accumulation_and_bf16_autocast_train(tmp_path):
     trainer = make_trainer(
         tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=4, bf16=True, max_steps=3
