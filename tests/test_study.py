@@ -303,6 +303,7 @@ def test_the_pretrained_study_runs_its_five_methods_on_the_pretrained_pair_witho
     optimus = training_kwargs("minilm-smollm2", resolve_method("optimus"), budget, 0, tmp_path)
     assert optimus["kl_schedule"] == "cyclical" and optimus["kl_cycles"] == 4
     assert "kl_zero_ratio" not in optimus  # the preset's 0.4 would have changed Optimus' cycles
+    assert "final_free_bits" not in optimus  # nor its rate cut Optimus' own free bits
     assert optimus["freeze_decoder"] and optimus["bf16"] and optimus["max_steps"] == budget.steps
     warm = training_kwargs("minilm-smollm2", resolve_method("ae-warm"), budget, 0, tmp_path)
     assert (warm["kl_cycles"], warm["kl_zero_ratio"]) == (1, 0.5)

@@ -149,10 +149,11 @@ def training_kwargs(preset_name: str, method: Method, budget: Budget, seed: int,
     """The preset's training defaults, the study's budget and critic settings, then the method's schedules."""
     from ..presets import get_preset
 
-    # The method owns the β and λ schedules: a preset's own (e.g. the pretrained preset's warm start) would leak into
-    # every method that does not set each of its fields.
+    # The method owns the β, λ and free-bits schedules: a preset's own (e.g. the pretrained preset's warm start and
+    # rate cut) would leak into every method that does not set each of its fields.
+    owned = ("kl_", "mi_", "final_free_bits")
     preset_training = {
-        key: value for key, value in get_preset(preset_name).training.items() if not key.startswith(("kl_", "mi_"))
+        key: value for key, value in get_preset(preset_name).training.items() if not key.startswith(owned)
     }
     kwargs: dict[str, Any] = {
         **preset_training,
