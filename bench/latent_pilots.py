@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 # Every pilot: evaluated on the first 100 validation sentences that fit, 2 importance samples (the table compares
 # pilots with one another; the main job's figures use the preset's 200 sentences and 5 samples).
 COMMON = ["--max_eval_examples", "100", "--eval_importance_samples", "2", "--num_samples", "2"]
+# Flags over the default pair's recipe before the rate cut, which every pilot here started from.
+BASE = ["--preset", "minilm-smollm2-v1"]
 AUTOENCODER = ["--kl_weight", "0", "--mi_weight", "0", "--max_steps", "400"]
 RESIDUAL = ["--latent_residual_layers", "12", "--latent_residual_scale", "10"]
 
@@ -37,8 +39,16 @@ ROUNDS: dict[str, dict[str, list[str]]] = {
         "encoder-finetuned-1e-4": AUTOENCODER + ["--freeze_encoder", "false", "--pretrained_learning_rate", "1e-4"],
         # The decoder learns to read z's key/value positions: its 30 layers at 1e-4, embeddings and LM head frozen.
         "decoder-learns-1e-4": AUTOENCODER + ["--decoder_trainable_layers", "30", "--pretrained_learning_rate", "1e-4"],
+        # An encoder that keeps the wording: SmolLM2's own first 15 layers (frozen), mean-pooled, instead of MiniLM.
+        "encoder-smollm2-15": AUTOENCODER + ["--encoder", "{smollm2_layers_15}"],
+        # A wider z: per sentence, a random 64-dimensional subspace of layer 12's residual stream takes SmolLM2's NLL
+        # from 147 to 92 nats, a 256-dimensional one to 27 (all 576 dimensions: 14).
+        "latent256": AUTOENCODER + ["--latent_size", "256"],
+        "latent256-residual12x10": AUTOENCODER + ["--latent_size", "256"] + RESIDUAL,
     },
     "objective": {
+        # MiniLM learns to keep the wording (its own rate, 1e-4) under the preset's objective.
+        "encoder-finetuned-1e-4": ["--freeze_encoder", "false", "--pretrained_learning_rate", "1e-4"],
         "residual12x10-fb0.5": RESIDUAL + ["--free_bits", "0.5"],
         "residual6layersx10-fb1": [
             *("--latent_residual_layers", "4", "8", "12", "16", "20", "24"),
@@ -48,11 +58,26 @@ ROUNDS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def smollm2_layers(output: Path, layers: int) -> str:
+    """A folder holding SmolLM2's first `layers` transformer layers as a base model (an encoder), built once."""
+    folder = output / "encoders" / f"smollm2-layers-{layers}"
+    if not (folder / "config.json").exists():
+        from transformers import AutoModel, AutoTokenizer
+
+        from mine_vae.assets import smollm2_path
+
+        AutoModel.from_pretrained(smollm2_path(), num_hidden_layers=layers).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(smollm2_path()).save_pretrained(folder)
+    return str(folder)
+
+
 def run_pilot(folder: Path, flags: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / "report.json"
     if not report.exists():
-        command = ["mine-vae", "train", *flags, *COMMON, "--output_dir", str(folder / "model"), "--json"]
+        # The report keeps the placeholder; the command gets the folder it stands for.
+        argv = [smollm2_layers(folder.parents[1], 15) if flag == "{smollm2_layers_15}" else flag for flag in flags]
+        command = ["mine-vae", "train", *BASE, *argv, *COMMON, "--output_dir", str(folder / "model"), "--json"]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
