@@ -295,10 +295,7 @@ PRESETS["minilm-smollm2-v1"] = dataclasses.replace(
     _PAIR,
     name="minilm-smollm2-v1",
     description="the default pair's recipe before the rate cut (2 free nats per dimension to the end)",
-    training={
-        **{key: value for key, value in _PAIR.training.items() if not key.startswith("final_free_bits")},
-        "output_dir": "mine-vae-minilm-smollm2-v1",
-    },
+    training={**_PAIR.training, "output_dir": "mine-vae-minilm-smollm2-v1", "final_free_bits": None},
 )
 # Settings of z's key/value positions and vocabulary bias, paths this preset closes (the pair preset's warm start, a
 # schedule of β, is left out below with the other kl_ settings).
