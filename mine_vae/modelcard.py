@@ -50,7 +50,8 @@ METRIC_NAMES = {
     "mi_bound": "Critic's lower bound on I(x; z) (nats)",
     "reconstruction": "Reconstruction -log p(x|z) (nats per sentence)",
     "elbo": "ELBO (nats per sentence, higher is better)",
-    "bleu": "Reconstruction BLEU",
+    "bleu": "Reconstruction BLEU (beam search over 4, no repeated 4-gram)",
+    "bleu_greedy": "Reconstruction BLEU, plain greedy decoding",
     "loss": "Training objective",
 }
 COUNT_METRICS = ("num_examples", "num_tokens", "num_words")

@@ -105,6 +105,14 @@ def test_evaluate_prints_a_table_and_json(trained, corpus):
     assert code == 0
     report = json.loads(out)
     assert report["metrics"]["num_examples"] == 10 and report["importance_samples"] == 3
+    # --bleu: the reconstructions' BLEU under the report's decoding, with plain greedy's beside it.
+    argv = ["evaluate", "--model", str(output_dir), "--file", str(corpus["validation"]), "--max_eval_examples", "6"]
+    code, out, err = run([*argv, "--bleu", "--importance_samples", "1"])
+    assert code == 0, err
+    assert "beam search over 4, no repeated 4-gram" in out and "plain greedy decoding" in out
+    code, out, _ = run([*argv, "--bleu", "--importance_samples", "1", "--json"])
+    metrics = json.loads(out)["metrics"]
+    assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["bleu_greedy"] <= 100
 
 
 def test_evaluate_drops_sentences_longer_than_the_model_takes(trained, corpus, tmp_path):

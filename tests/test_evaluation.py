@@ -17,6 +17,8 @@ import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from mine_vae.evaluation import (
+    GREEDY_DECODING,
+    RECONSTRUCTION_DECODING,
     active_units,
     budgeted_samples_per_call,
     count_words,
@@ -236,6 +238,7 @@ class LinearGaussianVae(torch.nn.Module):
         self.mean_shift, self.logvar_shift = mean_shift, logvar_shift
         self.log_likelihood_rows: list[int] = []
         self.bound_values: list[float] = []
+        self.decodings: list[dict] = []  # generate's options beyond do_sample, call by call
         self.saw_eval_mode: list[bool] = []
 
     # -- closed forms used by the tests --
@@ -269,13 +272,16 @@ class LinearGaussianVae(torch.nn.Module):
         self.bound_values.append(float(value))
         return value
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample) -> torch.Tensor:
+    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, **decoding) -> torch.Tensor:
         assert do_sample is False
-        # "Reconstruct" example n as the words of its reference, except example 0 which drops its last word.
+        self.decodings.append(decoding)
+        # "Reconstruct" example n as the words of its reference, except example 0 which drops its last word; plain
+        # greedy decoding (no options) also drops example 1's.
+        dropped = (0,) if decoding else (0, 1)
         rows = []
         for n in input_ids[:, 0].tolist():
             words = reference_ids(n)
-            rows.append([1, *(words[:-1] if n == 0 else words), 2][: max_new_tokens + 1])
+            rows.append([1, *(words[:-1] if n in dropped else words), 2][: max_new_tokens + 1])
         width = max(len(r) for r in rows)
         return torch.tensor([r + [0] * (width - len(r)) for r in rows])
 
@@ -470,9 +476,28 @@ def test_reconstruction_bleu() -> None:
     processor = FakeProcessor(WordTokenizer(VOCAB))
     results = evaluate_vae(model, make_batches(12, 5), num_importance_samples=1, compute_bleu=True, processor=processor)
     references = [" ".join(VOCAB[i - 3] for i in reference_ids(n)) for n in range(12)]
-    predictions = [" ".join(r.split()[:-1]) if n == 0 else r for n, r in enumerate(references)]
-    assert results["bleu"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score)
-    assert 50 < results["bleu"] < 100
+
+    def dropping(examples: tuple[int, ...]) -> list[str]:
+        return [" ".join(r.split()[:-1]) if n in examples else r for n, r in enumerate(references)]
+
+    # BLEU under the reconstruction decoding, and plain greedy's beside it, each from its own reconstructions.
+    assert results["bleu"] == pytest.approx(sacrebleu.corpus_bleu(dropping((0,)), [references]).score)
+    assert results["bleu_greedy"] == pytest.approx(sacrebleu.corpus_bleu(dropping((0, 1)), [references]).score)
+    assert 50 < results["bleu_greedy"] < results["bleu"] < 100
+    beams = {key: value for key, value in RECONSTRUCTION_DECODING.items() if key != "do_sample"}
+    assert beams and model.decodings == [beams, {}] * 3  # 3 batches: both decodings each
+    # The study's plain greedy BLEU: one decoding, no bleu_greedy.
+    model.decodings.clear()
+    greedy = evaluate_vae(
+        model,
+        make_batches(12, 5),
+        num_importance_samples=1,
+        compute_bleu=True,
+        processor=processor,
+        bleu_decoding=GREEDY_DECODING,
+    )
+    assert greedy["bleu"] == pytest.approx(results["bleu_greedy"]) and "bleu_greedy" not in greedy
+    assert model.decodings == [{}] * 3
     with pytest.raises(ValueError, match="decoder_tokenizer"):
         evaluate_vae(model, make_batches(12, 5), num_importance_samples=1, compute_bleu=True)
 

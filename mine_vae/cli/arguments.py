@@ -246,7 +246,10 @@ class EvaluateArguments:
     importance_samples: int = field(
         default=10, metadata={"help": "Importance samples per sentence for the NLL (papers use 100; slower)."}
     )
-    bleu: bool = field(default=False, metadata={"help": "Also compute reconstruction BLEU (greedy decoding)."})
+    bleu: bool = field(
+        default=False,
+        metadata={"help": "Also compute reconstruction BLEU (beams of 4, no repeated 4-gram; greedy beside it)."},
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -350,6 +353,8 @@ MAX_MODEL_SIZES = {"latent_size": 65_536, "latent_memory_positions": 4_096, "cri
 # Far above any useful value, far below what would loop for ever or overflow the samplers.
 MAX_BATCH_SIZE = 1_000_000
 MAX_IMPORTANCE_SAMPLES = 100_000
+
+
 def _require(condition: bool, message: str) -> None:
     """A value check of a dataclass: the parser reports the ValueError as the command's one-line error."""
     if not condition:

@@ -26,6 +26,7 @@ METRIC_ORDER = (
     "reconstruction",
     "elbo",
     "bleu",
+    "bleu_greedy",
 )
 METRIC_HELP = {
     "nll": "negative log-likelihood per sentence (importance-weighted, nats)",
@@ -39,7 +40,8 @@ METRIC_HELP = {
     "mi_bound": "the critic's lower bound on I(x; z) (nats)",
     "reconstruction": "-log p(x|z), one posterior sample (nats)",
     "elbo": "evidence lower bound per sentence (nats)",
-    "bleu": "reconstruction BLEU, greedy from the posterior mean",
+    "bleu": "reconstruction BLEU from the posterior mean (beam search over 4, no repeated 4-gram)",
+    "bleu_greedy": "the same with plain greedy decoding, which loops on the decoder's commonest words",
 }
 
 

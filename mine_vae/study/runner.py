@@ -284,7 +284,7 @@ def _loader(dataset: Any, processor: Any, batch_size: int) -> Any:
 def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, batch_size: int) -> dict[str, float]:
     """Metrics of the evaluation split: `evaluate_vae` on its first `eval_examples` sentences, BLEU on the first
     `bleu_examples`."""
-    from ..evaluation import count_words, evaluate_vae
+    from ..evaluation import GREEDY_DECODING, count_words, evaluate_vae
 
     test = first_examples(data.tokenized[budget.eval_split], budget.eval_examples)
     metrics = evaluate_vae(
@@ -302,6 +302,8 @@ def evaluate_run(model: Any, processor: Any, data: StudyData, budget: Budget, ba
         compute_bleu=True,
         processor=processor,
         seed=0,
+        # Greedy, as every study result on record was decoded: a resumed study's table compares its runs alike.
+        bleu_decoding=GREEDY_DECODING,
     )
     metrics["bleu"] = reconstructed["bleu"]
     metrics["bleu_examples"] = float(len(subset))

@@ -28,7 +28,7 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Corpus-level BLEU (Papineni et al. 2002) as computed by sacrebleu's ``corpus_bleu``, used to
-score how well a text VAE reconstructs its input: predictions are the decoder's (greedy)
+score how well a text VAE reconstructs its input: predictions are the decoder's
 reconstructions, references are the input sentences. Scores are on a 0-100 scale.
 """
 
