@@ -23,6 +23,7 @@ posterior means taken without gradients, on the CPU: they are small, and `genera
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, overload
@@ -190,15 +191,21 @@ def texts_from_ids(processor: Any, sequences: torch.Tensor) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Where latents come from: the prior, and paths between two
 # ----------------------------------------------------------------------------------------------------------------------
-def prior_latents(latent_size: int, count: int, seed: int) -> torch.Tensor:
+def prior_latents(latent_size: int, count: int, seed: int, prior_scale: float = 1.0) -> torch.Tensor:
     """
-    `count` draws z ~ N(0, I) from a generator seeded with `seed`, on the CPU: shape `(count, latent_size)`. The same
-    seed gives the same draws on any device and however they are later batched (`MineVaeModel.sample_prior` draws on
-    the model's device instead, from the generator it is given).
+    `count` draws z ~ N(0, prior_scale² I) from a generator seeded with `seed`, on the CPU: shape `(count,
+    latent_size)`. The same seed gives the same draws on any device and however they are later batched
+    (`MineVaeModel.sample_prior` draws on the model's device instead, from the generator it is given).
+
+    `prior_scale` below 1 samples a reduced-temperature prior (as Glow and NVAE show their samples): the draws stay
+    nearer the bulk of the aggregate posterior, where the decoder was trained, and fewer of them decode to loops or
+    symbols. The draws at any scale are the N(0, I) draws of the same seed, scaled.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}.")
-    return torch.randn(count, latent_size, generator=torch.Generator().manual_seed(seed))
+    if not (math.isfinite(prior_scale) and prior_scale > 0):
+        raise ValueError(f"prior_scale must be a number > 0 (1: the prior itself), got {prior_scale}.")
+    return prior_scale * torch.randn(count, latent_size, generator=torch.Generator().manual_seed(seed))
 
 
 def interpolate(
@@ -245,18 +252,27 @@ def _arc(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor | None:
 # The seeded decodings the CLI shows
 # ----------------------------------------------------------------------------------------------------------------------
 def prior_sample_batches(
-    model: MineVaeModel, processor: Any, count: int, seed: int, batch_size: int, **generate_kwargs: Any
+    model: MineVaeModel,
+    processor: Any,
+    count: int,
+    seed: int,
+    batch_size: int,
+    prior_scale: float = 1.0,
+    **generate_kwargs: Any,
 ) -> Iterator[list[str]]:
-    """Decode `count` draws z ~ N(0, I), `batch_size` latents at a time. The latents are drawn up front (a few floats
-    each), so that the same seed gives the same draws whatever the batch size; `seed` also seeds token sampling."""
-    latents = prior_latents(model.config.latent_size, count, seed)
+    """Decode `count` draws z ~ N(0, prior_scale² I) (`prior_latents`), `batch_size` latents at a time. The latents
+    are drawn up front (a few floats each), so that the same seed gives the same draws whatever the batch size; `seed`
+    also seeds token sampling."""
+    latents = prior_latents(model.config.latent_size, count, seed, prior_scale)
     torch.manual_seed(seed)  # token sampling, when asked for
     yield from decode_latent_batches(model, processor, latents, batch_size, **generate_kwargs)
 
 
-def prior_samples(model: MineVaeModel, processor: Any, count: int, seed: int, **generate_kwargs: Any) -> list[str]:
+def prior_samples(
+    model: MineVaeModel, processor: Any, count: int, seed: int, prior_scale: float = 1.0, **generate_kwargs: Any
+) -> list[str]:
     """`prior_sample_batches` in one batch, as one list."""
-    batches = prior_sample_batches(model, processor, count, seed, max(count, 1), **generate_kwargs)
+    batches = prior_sample_batches(model, processor, count, seed, max(count, 1), prior_scale, **generate_kwargs)
     return [text for batch in batches for text in batch]
 
 

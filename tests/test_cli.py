@@ -24,6 +24,7 @@ import torch
 from mine_vae import MineVaeModel, MineVaeProcessor, text_latent
 from mine_vae.cli import COMMANDS, _ensure_commands, format_table, main
 from mine_vae.cli.parsing import parse_command
+from mine_vae.evaluation import RECONSTRUCTION_DECODING
 from mine_vae.presets import get_preset
 from mine_vae.trainer import MineVaeTrainer, last_complete_checkpoint
 
@@ -141,6 +142,12 @@ def test_generate_from_the_prior_and_reconstructs(trained):
     model, processor = MineVaeModel.from_pretrained(output_dir).eval(), MineVaeProcessor.from_pretrained(output_dir)
     expected = text_latent.prior_samples(model, processor, 3, seed=0, max_new_tokens=50, do_sample=False)
     assert [row["output"] for row in report["results"]] == expected
+    # A reduced-temperature prior, as train's report draws it.
+    argv = ["generate", "--model", str(output_dir), "--num_samples", "3", "--json"]
+    code, out, err = run([*argv, "--prior_scale", "0.1"])
+    assert code == 0, err
+    expected = text_latent.prior_samples(model, processor, 3, 0, 0.1, max_new_tokens=50, do_sample=False)
+    assert [row["output"] for row in json.loads(out)["results"]] == expected
     code, out, _ = run(
         [
             "generate",
@@ -159,6 +166,13 @@ def test_generate_from_the_prior_and_reconstructs(trained):
     )
     assert code == 0
     assert "Reconstructions" in out and out.count("the cat sees the moon") == 2
+    # train's report decoding, asked for by flags: the library's reconstructions under RECONSTRUCTION_DECODING.
+    sentences = ["the cat sees the moon", "a dog likes an apple"]
+    argv = ["generate", "--model", str(output_dir), *sentences, "--max_new_tokens", "8", "--json"]
+    code, out, err = run([*argv, "--num_beams", "4", "--no_repeat_ngram_size", "4"])
+    assert code == 0, err
+    expected = text_latent.reconstructions(model, processor, sentences, 0, max_new_tokens=8, **RECONSTRUCTION_DECODING)
+    assert [row["output"] for row in json.loads(out)["results"]] == expected
 
 
 def test_interpolate(trained):

@@ -721,6 +721,8 @@ def test_bad_training_values(corpus, tmp_path, monkeypatch, flags, fragment):
     ("flags", "fragment"),
     [
         (["--num_beams", "0"], "--num_beams must be at least 1"),
+        (["--no_repeat_ngram_size", "-1"], "--no_repeat_ngram_size must be 0 (off) or more"),
+        (["--prior_scale", "0"], "--prior_scale must be a number > 0"),
         (["--top_p", "2", "--do_sample"], "--top_p must be in (0, 1]"),
         (["--top_p", "2"], "--top_p must be in (0, 1]"),
         (["--num_return_sequences", "0"], "--num_return_sequences must be at least 1"),

@@ -17,6 +17,7 @@ from mine_vae.text_latent import (
     interpolation,
     prior_latents,
     prior_sample_batches,
+    prior_samples,
     reconstruction_batches,
     texts_from_ids,
 )
@@ -116,6 +117,18 @@ def test_prior_draws_follow_the_seed_not_the_batch_size(model_and_processor):
     assert one_batch == in_pairs == decode_latents(model, processor, draws, **GREEDY)
     with pytest.raises(ValueError, match="count must be at least 1"):
         prior_latents(LATENT_SIZE, 0, seed=0)
+
+
+def test_a_reduced_temperature_prior_decodes_the_same_draws_scaled(model_and_processor):
+    model, processor = model_and_processor
+    draws = prior_latents(LATENT_SIZE, 4, seed=7)
+    assert torch.equal(prior_latents(LATENT_SIZE, 4, seed=7, prior_scale=0.5), 0.5 * draws)
+    scaled = prior_samples(model, processor, 4, 7, prior_scale=0.05, **GREEDY)
+    assert scaled == decode_latents(model, processor, 0.05 * draws, **GREEDY)
+    assert scaled != prior_samples(model, processor, 4, 7, **GREEDY)  # the scale reaches the decoded latents
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prior_scale must be a number > 0"):
+            prior_latents(LATENT_SIZE, 4, seed=7, prior_scale=bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

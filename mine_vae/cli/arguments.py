@@ -278,6 +278,13 @@ class DecodingArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: the smallest set with mass p."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width (1: greedy or sampling)."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty on repeated tokens (1: none)."})
+    no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={
+            "help": "Never repeat an n-gram of this many tokens (0: off). `train`'s reconstructions use 4, with "
+            "--num_beams 4."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Checked here, before a model is loaded: out of range, transformers fails deep inside generate() (a
@@ -294,6 +301,10 @@ class DecodingArguments:
             math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
             f"--repetition_penalty must be a number > 0 (1: none), got {self.repetition_penalty}.",
         )
+        _require(
+            self.no_repeat_ngram_size >= 0,
+            f"--no_repeat_ngram_size must be 0 (off) or more, got {self.no_repeat_ngram_size}; e.g. 4.",
+        )
 
     def generate_kwargs(self, model: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -301,6 +312,7 @@ class DecodingArguments:
             "do_sample": self.do_sample,
             "num_beams": self.num_beams,
             "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
         if self.do_sample:  # transformers warns about sampling options given without sampling
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
@@ -314,6 +326,13 @@ class GenerateArguments:
     _argument_group_name = "generation"
 
     num_samples: int = field(default=5, metadata={"help": "Sentences drawn from the prior when no input is given."})
+    prior_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Draw prior samples from N(0, s^2 I) (1: the prior itself; below 1, a reduced-temperature prior "
+            "whose draws stay nearer the training sentences' latents; train's report uses 0.8)."
+        },
+    )
     input_file: str | None = field(
         default=None, metadata={"help": "Reconstruct the sentences of this file (one a line)."}
     )
@@ -340,6 +359,10 @@ class GenerateArguments:
             f"--num_return_sequences must be at least 1, got {self.num_return_sequences}.",
         )
         _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}.")
+        _require(
+            math.isfinite(self.prior_scale) and self.prior_scale > 0,
+            f"--prior_scale must be a number > 0 (1: the prior itself), got {self.prior_scale}; e.g. 0.8.",
+        )
 
 
 @dataclass

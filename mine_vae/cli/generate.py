@@ -66,7 +66,10 @@ def run_generate(load: LoadArguments, decoding: DecodingArguments, options: Gene
                     inputs = [s for s in sentences[start : start + batch] for _ in range(per_input)]
                     rows.write([{"input": s, "output": o} for s, o in zip(inputs, texts)])
             else:
-                for texts in prior_sample_batches(model, processor, options.num_samples, load.seed, batch, **kwargs):
+                samples = prior_sample_batches(
+                    model, processor, options.num_samples, load.seed, batch, options.prior_scale, **kwargs
+                )
+                for texts in samples:
                     rows.write([{"output": text} for text in texts])
         rows.finish()
     if options.output_file:
