@@ -5,7 +5,7 @@ overrides (`mine-vae train --preset small --latent_size 64 --max_steps 5000`).
 
 * ``minilm-smollm2`` (the default): the pretrained pair shipped in PyPI packages (all-MiniLM-L6-v2 encoder,
   SmolLM2-135M decoder, see ``mine_vae.assets``), both frozen while z's heads and the critic train: ``mine-vae train``
-  with no other argument finishes on 2 CPU cores in about 15 minutes, installs, final evaluation and samples
+  with no other argument finishes on 2 CPU cores in about 15-17 minutes, installs, final evaluation and samples
   included. On a GPU, raise the steps and unfreeze the decoder.
 * ``small``: a word-level BERT encoder + GPT-2 decoder trained from scratch on the Penn Treebank in about a quarter
   of an hour on 2 CPU cores (no asset packages needed).
@@ -204,7 +204,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "minilm-smollm2": Preset(
         name="minilm-smollm2",
-        description="pretrained all-MiniLM-L6-v2 encoder + SmolLM2-135M decoder, both frozen, on PTB; ~15 min on 2 CPU "
+        description="pretrained all-MiniLM-L6-v2 encoder + SmolLM2-135M decoder, both frozen, on PTB; ~17 min on 2 CPU "
         "cores",
         model={
             "latent_size": 64,
