@@ -69,6 +69,19 @@ def ptb_batch(
     return dict(processor([fitting[i] for i in chosen]))
 
 
+def main_job_sentences(processor: Any, count: int) -> Any:
+    """The first `count` sentences the main job evaluates on: PTB's validation split tokenised and filtered as
+    `mine-vae train` does (sentences over the processor's length dropped); a `datasets.Dataset` with `text`,
+    `input_ids` and `decoder_token_ids`."""
+    from mine_vae.cli.loading import tokenize_splits
+    from mine_vae.data import load_corpus
+
+    limit = processor.max_decoder_length - 1
+    tokenized, _ = tokenize_splits({"validation": load_corpus()["validation"]}, processor, limit, overlength="drop")
+    validation = tokenized["validation"]
+    return validation.select(range(min(count, len(validation))))
+
+
 @dataclass
 class RatioRow:
     """One line of a ratio table: A and B in `unit`, their `ratio`, checked against `target`."""

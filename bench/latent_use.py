@@ -22,10 +22,9 @@ import argparse
 import json
 
 import torch
+from common import main_job_sentences
 
 from mine_vae import MineVaeModel, MineVaeProcessor
-from mine_vae.cli.loading import tokenize_splits
-from mine_vae.data import load_corpus
 
 
 def sentence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,10 +46,7 @@ def main() -> None:
 
     model = MineVaeModel.from_pretrained(args.model).eval()
     processor = MineVaeProcessor.from_pretrained(args.model)
-    # The sentences the main job evaluates on: the validation split tokenised and filtered as `mine-vae train` does.
-    limit = processor.max_decoder_length - 1
-    tokenized, _ = tokenize_splits({"validation": load_corpus()["validation"]}, processor, limit, overlength="drop")
-    rows = tokenized["validation"].select(range(min(args.sentences, len(tokenized["validation"]))))
+    rows = main_job_sentences(processor, args.sentences)
     features = [{"input_ids": row["input_ids"], "decoder_token_ids": row["decoder_token_ids"]} for row in rows]
 
     totals = {"decoder alone": 0.0, "another sentence's z": 0.0, "its own z": 0.0}

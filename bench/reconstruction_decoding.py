@@ -16,10 +16,9 @@ import argparse
 import time
 
 import torch
+from common import main_job_sentences
 
 from mine_vae import MineVaeModel, MineVaeProcessor
-from mine_vae.cli.loading import tokenize_splits
-from mine_vae.data import load_corpus
 from mine_vae.evaluation import GREEDY_DECODING, RECONSTRUCTION_DECODING
 from mine_vae.metrics import load_metric
 
@@ -47,10 +46,7 @@ def main() -> None:
 
     model = MineVaeModel.from_pretrained(args.model).eval()
     processor = MineVaeProcessor.from_pretrained(args.model)
-    tokenized, _ = tokenize_splits(
-        {"validation": load_corpus()["validation"]}, processor, processor.max_decoder_length - 1, overlength="drop"
-    )
-    texts = list(tokenized["validation"].select(range(args.sentences))["text"])
+    texts = list(main_job_sentences(processor, args.sentences)["text"])
     metric = load_metric("reconstruction_bleu")
     print(f"{args.model}: {len(texts)} validation sentences, posterior mean, bf16 {args.bf16}")
     print(f"{'decoding':<14} {'BLEU':>6} {'words':>6} {'seconds':>8}  example (sentence 2)")
